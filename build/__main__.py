@@ -1,0 +1,89 @@
+"""python -m build [all|corpus|export|index|render] — turn checkpoints and text into a deployable repository.
+
+Every step reuses what an earlier run built from the same inputs, so a second
+`make serve` takes seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from kernels.pooling import Pooling
+from model_repository.runtime.index import sha256_file
+
+from . import config as cfg
+from .corpus import build_python_docs, read_corpus
+from .export import ExportedTower, default_tower, export_tower
+from .index import build_index
+from .render import render_repository
+
+
+def log(message: str) -> None:
+    print(f"[build] {message}", file=sys.stderr, flush=True)
+
+
+def corpus_step(c: cfg.BuildConfig) -> tuple[Path, list[dict], str]:
+    if c.corpus is not None:
+        path = c.corpus
+    else:
+        folder = c.artifacts / "corpus" / "python-docs"
+        manifest = folder / "manifest.json"
+        if not (manifest.exists() and sha256_file(folder / "corpus.jsonl") == json.loads(manifest.read_text(encoding="utf-8"))["corpus_sha256"]):
+            log("building the default corpus from Debian python3.11-doc")
+            m = build_python_docs(folder, c.artifacts / "cache", c.deb)
+            log(f"corpus: {m['documents']} documents, {m['queries']} FAQ queries ({m['source']['package']} {m['source']['version']})")
+        path = folder / "corpus.jsonl"
+    return path, read_corpus(path), sha256_file(path)
+
+
+def export_step(c: cfg.BuildConfig, docs: list[dict]) -> tuple[ExportedTower, ExportedTower]:
+    pooling = Pooling.parse(c.pooling)
+    check_texts = [d["text"] for d in docs[:24]] + ["how do I copy a file in python", "x"]
+    query_source = c.query_tower or default_tower()
+    towers = []
+    for role, source in (("query", query_source), ("doc", c.doc_tower or query_source)):
+        t0 = time.monotonic()
+        tower = export_tower(source, c.artifacts / "towers", pooling, c.max_tokens, check_texts)
+        check = tower.info["check"]
+        log(f"{role} tower {tower.info['fingerprint']}: ONNX vs PyTorch min cosine {check['min_cosine']:.7f} "
+            f"({time.monotonic() - t0:.1f} s) -> {tower.folder}")
+        towers.append(tower)
+    return towers[0], towers[1]
+
+
+def run(c: cfg.BuildConfig, settings, steps: str) -> Path:
+    corpus_path, docs, corpus_sha = corpus_step(c)
+    if steps == "corpus":
+        return corpus_path
+    query, doc = export_step(c, docs)
+    if steps == "export":
+        return query.folder
+    index_dir = build_index(docs, corpus_sha, doc, query.info["fingerprint"], c.artifacts / "index", c.encode_batch_size)
+    log(f"index {index_dir.name}: {len(docs)} documents -> {index_dir}")
+    if steps == "index":
+        return index_dir
+    render_repository(c.repository, query, index_dir, settings)
+    build_json = json.dumps({k: str(v) for k, v in dataclasses.asdict(c).items()}, indent=2, sort_keys=True) + "\n"
+    (c.repository / "build.json").write_text(build_json, encoding="utf-8")
+    log(f"model repository -> {c.repository}")
+    return c.repository
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m build", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", nargs="?", default="all", choices=["all", "corpus", "export", "index", "render"],
+                        help="run the pipeline up to and including this step (default: all)")
+    cfg.add_arguments(parser)
+    args = parser.parse_args(argv)
+    c, settings = cfg.from_args(args)
+    out = run(c, settings, "all" if args.step == "render" else args.step)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Corpora: the default one built from Debian's python3.11-doc, or a user's JSONL.
+
+Corpus JSONL, one document a line: ``{"id": str, "title": str, "text": str}``.
+Queries JSONL (evaluation and tests): ``{"query": str, "positive": id}``.
+
+The default corpus is real text nobody here wrote: the reStructuredText sources of
+the Python 3.11 documentation, split into sections, plus the Python FAQ, whose
+questions become queries with their answer as the relevant document. The .deb comes
+from apt and is cached; its sha256 is checked against ``sources.lock.json`` (a
+different sha256 for the pinned version is an error; a newer Debian point release
+is reported and recorded in the corpus manifest).
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from model_repository.runtime.index import sha256_file
+
+LOCK_FILE = Path(__file__).with_name("sources.lock.json")
+DOC_PACKAGE = "python3.11-doc"
+SOURCES = "usr/share/doc/python3.11/html/_sources"
+MIN_SECTION_WORDS = 30
+MIN_FAQ_ANSWER_WORDS = 15
+# Release notes and licence text are not documentation a user searches.
+SKIP_PREFIXES = ("whatsnew/", "license", "copyright", "about", "bugs", "contents", "glossary")
+
+_UNDERLINE = re.compile(r"^([=\-~^\"'`#*+:._])\1{2,}\s*$")
+_ROLE = re.compile(r":[\w:+-]+:`(?:([^`<]*?)\s*<[^`>]*>|~?([^`]*))`")
+_LINK = re.compile(r"`([^`<]+?)\s*<[^`>]+>`_+")
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+class CorpusError(ValueError):
+    """A corpus or query file is malformed; the message names the line and the field."""
+
+
+def _clean(lines: list[str]) -> str:
+    kept, in_toctree = [], False
+    for line in lines:
+        s = line.strip()
+        in_toctree = s.startswith(".. toctree::") or (in_toctree and (not s or line[:1].isspace()))
+        if in_toctree or s.startswith(".. ") or s.startswith(":") and s.endswith(":") or _UNDERLINE.match(s):
+            continue
+        kept.append(line)
+    text = "\n".join(kept)
+    text = _ROLE.sub(lambda m: (m.group(1) or m.group(2) or "").strip(), text)
+    text = _LINK.sub(r"\1", text)
+    text = _LITERAL.sub(r"\1", text)
+    return " ".join(text.replace("::", ":").split())
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:80] or "section"
+
+
+def split_sections(rst: str) -> Iterator[tuple[str, str]]:
+    """Yield (heading, cleaned body) for every titled section of a .rst source."""
+    lines = rst.splitlines()
+    heads = []
+    for i in range(len(lines) - 1):
+        title, under = lines[i].strip(), lines[i + 1].strip()
+        if title and not _UNDERLINE.match(title) and _UNDERLINE.match(under) and len(under) >= len(title):
+            heads.append(i)
+    for n, i in enumerate(heads):
+        end = heads[n + 1] if n + 1 < len(heads) else len(lines)  # an overline left behind is dropped by _clean
+        yield lines[i].strip(), _clean(lines[i + 2 : end])
+
+
+def docs_from_sources(root: Path) -> tuple[list[dict], list[dict]]:
+    """Walk an extracted _sources tree -> (documents, FAQ queries)."""
+    docs, queries, seen = [], [], set()
+    for path in sorted(root.rglob("*.rst.txt")):
+        rel = path.relative_to(root).as_posix().removesuffix(".rst.txt")
+        if rel.startswith(SKIP_PREFIXES):
+            continue
+        is_faq = rel.startswith("faq/")
+        page_title = None
+        for heading, body in split_sections(path.read_text(encoding="utf-8", errors="replace")):
+            heading = _clean([heading])
+            page_title = page_title or heading
+            words = len(body.split())
+            question = is_faq and heading.endswith("?")
+            if words < (MIN_FAQ_ANSWER_WORDS if question else MIN_SECTION_WORDS):
+                continue
+            key = f"{rel}#{_slug(heading)}"
+            n = 2
+            while key in seen:
+                key, n = f"{rel}#{_slug(heading)}-{n}", n + 1
+            seen.add(key)
+            title = heading if question or heading == page_title else f"{page_title}: {heading}"
+            docs.append({"id": key, "title": title, "text": body})
+            if question:
+                queries.append({"query": heading, "positive": key})
+    return docs, queries
+
+
+def read_jsonl(path: Path, required: dict[str, type]) -> list[dict]:
+    """Read JSONL whose rows must have the ``required`` fields with the given types."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorpusError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            for field, kind in required.items():
+                if not isinstance(row.get(field), kind) or (kind is str and not row[field].strip()):
+                    raise CorpusError(f"{path}:{number}: field '{field}' must be a non-empty {kind.__name__}; got {row.get(field)!r}")
+            rows.append(row)
+    if not rows:
+        raise CorpusError(f"{path}: no documents; a corpus needs at least one line")
+    return rows
+
+
+def read_corpus(path: Path) -> list[dict]:
+    docs = read_jsonl(path, {"id": str, "title": str, "text": str})
+    ids = [d["id"] for d in docs]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise CorpusError(f"{path}: field 'id' must be unique; got {dup!r} more than once")
+    return docs
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
+def fetch_deb(cache: Path, package: str = DOC_PACKAGE) -> Path:
+    """apt-get download into ``cache`` (once); refresh apt lists if apt does not know the package."""
+    cache.mkdir(parents=True, exist_ok=True)
+    found = sorted(cache.glob(f"{package}_*.deb"))
+    if found:
+        return found[-1]
+    for attempt in range(2):
+        r = subprocess.run(["apt-get", "download", package], cwd=cache, capture_output=True, text=True)
+        found = sorted(cache.glob(f"{package}_*.deb"))
+        if r.returncode == 0 and found:
+            return found[-1]
+        if attempt == 0:
+            print(f"apt-get download {package} failed; running apt-get update once", file=sys.stderr)
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+    raise CorpusError(
+        f"could not download Debian package {package} with apt-get:\n{r.stderr.strip()}\n"
+        f"Pass a local copy with --deb PATH, or your own corpus with --corpus PATH.jsonl"
+    )
+
+
+def check_lock(deb: Path) -> dict:
+    lock = json.loads(LOCK_FILE.read_text(encoding="utf-8"))[DOC_PACKAGE]
+    version = deb.name.split("_")[1]
+    actual = sha256_file(deb)
+    if version == lock["version"] and actual != lock["sha256"]:
+        raise CorpusError(f"{deb}: sha256 must be {lock['sha256']} for version {version}; got {actual}")
+    if version != lock["version"]:
+        print(
+            f"warning: {DOC_PACKAGE} {version} is not the pinned {lock['version']} (a Debian point release); "
+            f"using it and recording sha256 {actual} in the corpus manifest",
+            file=sys.stderr,
+        )
+    return {"package": DOC_PACKAGE, "version": version, "sha256": actual, "pinned": version == lock["version"]}
+
+
+def build_python_docs(out: Path, cache: Path, deb: Path | None = None) -> dict:
+    """Build corpus.jsonl + queries.jsonl + manifest.json in ``out`` from python3.11-doc."""
+    deb = deb or fetch_deb(cache)
+    source = check_lock(deb)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
+        docs, queries = docs_from_sources(Path(tmp) / SOURCES)
+    write_jsonl(out / "corpus.jsonl", docs)
+    write_jsonl(out / "queries.jsonl", queries)
+    manifest = {
+        "name": "python-docs",
+        "source": source,
+        "documents": len(docs),
+        "queries": len(queries),
+        "corpus_sha256": sha256_file(out / "corpus.jsonl"),
+        "queries_sha256": sha256_file(out / "queries.jsonl"),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest

@@ -1,0 +1,80 @@
+"""Encode a corpus with the doc tower into an index folder (see model_repository/runtime/index.py).
+
+Embeddings are stored as float16 shards of at most ``shard_rows`` rows; doc ids are
+row numbers in corpus order. The manifest binds the index to the doc tower that
+made it and the query tower it pairs with, and records the sha256 of every file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from kernels.pooling import Pooling
+from model_repository.runtime.encoder import OnnxEncoder
+from model_repository.runtime.index import FORMAT_VERSION, MANIFEST, sha256_file
+from model_repository.runtime.pipeline import EmbeddingPipeline
+from model_repository.runtime.text import TextTokenizer
+
+from .corpus import write_jsonl
+from .export import ExportedTower
+
+
+def index_version(corpus_sha256: str, doc_tower: str, query_tower: str, shard_rows: int) -> str:
+    key = f"format={FORMAT_VERSION};corpus={corpus_sha256};doc={doc_tower};query={query_tower};shard_rows={shard_rows}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def build_index(
+    docs: list[dict],
+    corpus_sha256: str,
+    doc_tower: ExportedTower,
+    query_tower_fingerprint: str,
+    out_root: Path,
+    batch_size: int = 32,
+    shard_rows: int = 65536,
+) -> Path:
+    """Write ``out_root/<version>/``; an index already built from the same inputs is reused."""
+    info = doc_tower.info
+    version = index_version(corpus_sha256, info["fingerprint"], query_tower_fingerprint, shard_rows)
+    out = out_root / version
+    if (out / MANIFEST).exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    pooling = Pooling.parse(info["pooling"])
+    pipeline = EmbeddingPipeline(
+        TextTokenizer(doc_tower.tokenizer_file, info["max_tokens"]), OnnxEncoder(doc_tower.onnx_file), pooling
+    )
+    texts = [f"{d['title']}\n{d['text']}" for d in docs]
+    with tqdm(total=len(texts), desc=f"encoding {len(texts)} documents", unit="doc", mininterval=2.0) as bar:
+        embeddings = pipeline.embed_many(texts, batch_size, on_batch=bar.update)
+    shards = []
+    for n, start in enumerate(range(0, len(docs), shard_rows)):
+        name = f"shard-{n:05d}.npy"
+        np.save(tmp / name, embeddings[start : start + shard_rows].astype(np.float16))
+        shards.append({"file": name, "rows": min(shard_rows, len(docs) - start), "sha256": sha256_file(tmp / name)})
+    write_jsonl(tmp / "docs.jsonl", [{"key": d["id"], "title": d["title"], "text": d["text"]} for d in docs])
+    manifest = {
+        "format": FORMAT_VERSION,
+        "index_version": version,
+        "dim": int(embeddings.shape[1]),
+        "count": len(docs),
+        "dtype": "float16",
+        "pooling": pooling.value,
+        "normalized": True,
+        "doc_tower_fingerprint": info["fingerprint"],
+        "query_tower_fingerprint": query_tower_fingerprint,
+        "corpus_sha256": corpus_sha256,
+        "shards": shards,
+        "docs": {"file": "docs.jsonl", "sha256": sha256_file(tmp / "docs.jsonl")},
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out

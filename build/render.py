@@ -1,0 +1,158 @@
+"""Render the deployable Triton model repository from model_repository/models templates.
+
+The result is self-contained: every python model carries ``runtime/`` and
+``kernels/`` next to its ``model.py``, the tokenizer, the ONNX encoder and the index
+sit in the version folders, so the same folder could be mounted into an NGC
+tritonserver container. Rendering is deterministic: the same inputs give
+byte-identical configs. Every config.pbtxt is parsed as Triton's ModelConfig
+protobuf before the repository is swapped in.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jinja2
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from .export import ExportedTower
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "model_repository" / "models"
+SHIPPED_PACKAGES = (ROOT / "model_repository" / "runtime", ROOT / "kernels")
+PYTHON_MODELS = ("tokenizer", "query_encoder", "pool_normalize", "mips_topk")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingSettings:
+    max_batch_size: int = dataclasses.field(default=128, metadata={"help": "Triton max_batch_size of every model (rows per executed batch)"})
+    max_rows_per_request: int = dataclasses.field(default=64, metadata={"help": "most texts one request may carry"})
+    max_queue_delay_us: int = dataclasses.field(default=500, metadata={"help": "dynamic batcher: how long a request may wait for others"})
+    instances: int = dataclasses.field(default=1, metadata={"help": "instances of each python model"})
+    max_chars: int = dataclasses.field(default=8192, metadata={"help": "longest accepted text, in characters"})
+    intra_op_threads: int = dataclasses.field(default=0, metadata={"help": "ONNX Runtime intra-op threads (0: one per core)"})
+    max_k: int = dataclasses.field(default=1000, metadata={"help": "largest k a retrieve request may ask for"})
+    snippet_chars: int = dataclasses.field(default=240, metadata={"help": "length of the snippet returned per document"})
+    pool_implementation: str = dataclasses.field(default="numpy", metadata={"help": "pool_normalize implementation"})
+    topk_implementation: str = dataclasses.field(default="numpy", metadata={"help": "mips_topk implementation"})
+
+
+def _t(name: str, dtype: str, dims: str) -> dict:
+    return {"name": name, "dtype": dtype, "dims": dims}
+
+
+def ensembles(dim: int) -> list[dict]:
+    encode_steps = [
+        {"model": "tokenizer", "inputs": {"text": "TEXT"}, "outputs": {"input_ids": "_input_ids", "attention_mask": "_attention_mask"}},
+        {"model": "query_encoder", "inputs": {"input_ids": "_input_ids", "attention_mask": "_attention_mask"},
+         "outputs": {"last_hidden_state": "_last_hidden_state"}},
+    ]
+    pool = {"model": "pool_normalize", "inputs": {"last_hidden_state": "_last_hidden_state", "attention_mask": "_attention_mask"}}
+    topk_outputs = {"doc_ids": "DOC_IDS", "scores": "SCORES", "doc_keys": "DOC_KEYS", "titles": "TITLES",
+                    "snippets": "SNIPPETS", "index_version": "INDEX_VERSION"}
+    return [
+        {
+            "name": "embed",
+            "inputs": [_t("TEXT", "TYPE_STRING", "1")],
+            "outputs": [_t("EMBEDDING", "TYPE_FP32", str(dim))],
+            "steps": [*encode_steps, {**pool, "outputs": {"embedding": "EMBEDDING"}}],
+        },
+        {
+            "name": "retrieve",
+            "inputs": [_t("TEXT", "TYPE_STRING", "1"), _t("K", "TYPE_INT32", "1")],
+            "outputs": [_t("DOC_IDS", "TYPE_INT64", "-1"), _t("SCORES", "TYPE_FP32", "-1"), _t("DOC_KEYS", "TYPE_STRING", "-1"),
+                        _t("TITLES", "TYPE_STRING", "-1"), _t("SNIPPETS", "TYPE_STRING", "-1"), _t("INDEX_VERSION", "TYPE_STRING", "1")],
+            "steps": [*encode_steps, {**pool, "outputs": {"embedding": "_embedding"}},
+                      {"model": "mips_topk", "inputs": {"embedding": "_embedding", "k": "K"}, "outputs": topk_outputs}],
+        },
+    ]
+
+
+def sources_fingerprint() -> str:
+    """sha256 over the templates and every file shipped into the repository."""
+    h = hashlib.sha256()
+    for root in (TEMPLATES, *SHIPPED_PACKAGES):
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            h.update(path.relative_to(ROOT).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def parse_model_config(text: str) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def render_configs(context: dict) -> dict[str, str]:
+    """model name -> config.pbtxt text, each checked as ModelConfig protobuf."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    configs = {name: env.get_template(f"{name}/config.pbtxt.j2").render(context) for name in PYTHON_MODELS}
+    for ensemble in ensembles(context["dim"]):
+        configs[ensemble["name"]] = env.get_template("ensemble.pbtxt.j2").render({**context, "ensemble": ensemble})
+    for name, text in configs.items():
+        try:
+            parsed = parse_model_config(text)
+        except text_format.ParseError as e:
+            raise ValueError(f"rendered config of '{name}' is not a valid ModelConfig: {e}") from None
+        if parsed.name != name:
+            raise ValueError(f"rendered config of '{name}' names itself '{parsed.name}'")
+    return configs
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, settings: ServingSettings) -> dict:
+    """Write the repository to ``out`` (replacing it whole) and return the resolved render config."""
+    q = query_tower.info
+    index_manifest = json.loads((index_dir / "manifest.json").read_text(encoding="utf-8"))
+    if index_manifest["query_tower_fingerprint"] != q["fingerprint"]:
+        raise ValueError(
+            f"index {index_dir} pairs with query tower {index_manifest['query_tower_fingerprint']}, not {q['fingerprint']}"
+        )
+    context = {
+        **dataclasses.asdict(settings),
+        "dim": q["dim"],
+        "max_tokens": q["max_tokens"],
+        "pooling": q["pooling"],
+        "tokenizer_file": "tokenizer.json",
+        "onnx_file": "model.onnx",
+        "index_dir": "index",
+        "query_tower_fingerprint": q["fingerprint"],
+    }
+    configs = render_configs(context)
+    resolved = {"context": context, "sources": sources_fingerprint(), "query_tower": q, "index": {k: v for k, v in index_manifest.items() if k != "shards"}}
+    rendered = json.dumps(resolved, indent=2, sort_keys=True) + "\n"
+    if (out / "render.json").exists() and (out / "render.json").read_text(encoding="utf-8") == rendered:
+        return resolved  # same inputs: keep the repository a running server may be using
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, text in configs.items():
+        version = tmp / name / "1"
+        version.mkdir(parents=True)
+        (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
+        if name in PYTHON_MODELS:
+            shutil.copy2(TEMPLATES / name / "model.py", version / "model.py")
+            for package in SHIPPED_PACKAGES:
+                shutil.copytree(package, version / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    _link_or_copy(query_tower.tokenizer_file, tmp / "tokenizer" / "1" / "tokenizer.json")
+    _link_or_copy(query_tower.onnx_file, tmp / "query_encoder" / "1" / "model.onnx")
+    for f in sorted(index_dir.iterdir()):
+        _link_or_copy(f, tmp / "mips_topk" / "1" / "index" / f.name)
+    (tmp / "render.json").write_text(rendered, encoding="utf-8")
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return resolved

@@ -1,0 +1,76 @@
+"""gRPC client for the retrieval server (tritonclient). Talks to the server only over gRPC."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+DEFAULT_URL = "127.0.0.1:8001"
+
+
+@dataclasses.dataclass
+class Hit:
+    doc_id: int
+    key: str
+    score: float
+    title: str
+    snippet: str
+
+
+@dataclasses.dataclass
+class RetrieveResult:
+    hits: list[list[Hit]]  # one list per query, best first
+    index_version: str
+    latency_ms: float
+
+
+def text_input(texts: Sequence[str | bytes], name: str = "TEXT") -> grpcclient.InferInput:
+    data = np.array([[t.encode("utf-8") if isinstance(t, str) else t] for t in texts], dtype=np.object_)
+    tensor = grpcclient.InferInput(name, list(data.shape), "BYTES")
+    tensor.set_data_from_numpy(data)
+    return tensor
+
+
+def k_input(k: int, rows: int, name: str = "K") -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, [rows, 1], "INT32")
+    tensor.set_data_from_numpy(np.full((rows, 1), k, dtype=np.int32))
+    return tensor
+
+
+def _strings(array: np.ndarray) -> list:
+    return [[v.decode("utf-8") for v in row] for row in array]
+
+
+class RetrievalClient:
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 30.0):
+        self.client = grpcclient.InferenceServerClient(url)
+        self.timeout_s = timeout_s
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "RetrievalClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def embed(self, texts: Sequence[str | bytes]) -> np.ndarray:
+        """texts -> (B, D) float32 unit vectors from the `embed` ensemble."""
+        result = self.client.infer("embed", [text_input(texts)], client_timeout=self.timeout_s)
+        return result.as_numpy("EMBEDDING")
+
+    def retrieve(self, texts: Sequence[str | bytes], k: int = 10) -> RetrieveResult:
+        start = time.perf_counter()
+        result = self.client.infer("retrieve", [text_input(texts), k_input(k, len(texts))], client_timeout=self.timeout_s)
+        latency_ms = (time.perf_counter() - start) * 1e3
+        ids, scores = result.as_numpy("DOC_IDS"), result.as_numpy("SCORES")
+        keys, titles, snippets = (_strings(result.as_numpy(n)) for n in ("DOC_KEYS", "TITLES", "SNIPPETS"))
+        hits = [
+            [Hit(int(ids[q, j]), keys[q][j], float(scores[q, j]), titles[q][j], snippets[q][j]) for j in range(ids.shape[1])]
+            for q in range(ids.shape[0])
+        ]
+        return RetrieveResult(hits, result.as_numpy("INDEX_VERSION")[0, 0].decode(), latency_ms)

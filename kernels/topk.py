@@ -1,0 +1,71 @@
+"""Exact top-k maximum inner product search (MIPS).
+
+``TopK`` is the interface the ``mips_topk`` model serves through: built once from the
+index at model load, then asked for the k best documents of a batch of queries.
+``NumpyTopK`` serves the CPU and is the reference; the CuPy implementation of the
+kernels issue implements the same interface on the GPU.
+
+Results are sorted best first; equal scores are broken deterministically, lower id
+first.
+"""
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+
+def _check_k(k: int, n: int) -> None:
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}]; got {k}")
+
+
+def mips_topk_reference(queries: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force: full scores, full stable sort. (Q, D), (N, D) -> ids (Q, k) int64, scores (Q, k) float32."""
+    _check_k(k, index.shape[0])
+    scores = queries.astype(np.float32) @ index.astype(np.float32).T  # (Q, D) @ (D, N) -> (Q, N)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # stable: lower id wins a tie
+    return order.astype(np.int64), np.take_along_axis(scores, order, axis=1)
+
+
+class TopK(abc.ABC):
+    """Exact top-k over a fixed index of N unit vectors of dimension D."""
+
+    def __init__(self, index: np.ndarray):
+        if index.ndim != 2 or index.shape[0] == 0:
+            raise ValueError(f"index must be a non-empty (N, D) matrix; got shape {index.shape}")
+        self.size, self.dim = index.shape
+
+    @abc.abstractmethod
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) queries -> (ids (Q, k) int64, scores (Q, k) float32), best first."""
+
+    def check(self, queries: np.ndarray, k: int) -> None:
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must be (Q, {self.dim}); got shape {queries.shape}")
+        _check_k(k, self.size)
+
+
+class NumpyTopK(TopK):
+    """CPU: one GEMM for the batch, argpartition, then an exact sort of the k survivors."""
+
+    def __init__(self, index: np.ndarray):
+        super().__init__(index)
+        self.index = np.ascontiguousarray(index, dtype=np.float32)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.check(queries, k)
+        scores = np.ascontiguousarray(queries, dtype=np.float32) @ self.index.T  # (Q, N)
+        if k < self.size:
+            # Candidates: the k best, plus every entry tied with the k-th best, so that
+            # the lower-id tie-break below sees all of them.
+            kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # (Q, 1)
+            rows, cols = np.nonzero(scores >= kth)
+        else:
+            rows, cols = np.indices(scores.shape).reshape(2, -1)
+        order = np.lexsort((cols, -scores[rows, cols], rows))  # by row, score desc, id asc
+        rows, cols = rows[order], cols[order]
+        starts = np.searchsorted(rows, np.arange(scores.shape[0]))
+        take = starts[:, None] + np.arange(k)[None, :]  # (Q, k)
+        ids = cols[take].astype(np.int64)
+        return ids, np.take_along_axis(scores, ids, axis=1)

@@ -1,0 +1,62 @@
+"""python -m model_repository serve — run Triton Inference Server on the rendered repository.
+
+Binds to 127.0.0.1 unless --host says otherwise; stops cleanly on Ctrl-C or SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .launcher import LOOPBACK, ServerConfig, ServerStartError, TritonServer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model_repository")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start tritonserver and block until interrupted")
+    serve.add_argument("--repository", type=Path, default=Path("artifacts/model_repository"), help="rendered model repository")
+    serve.add_argument("--workdir", type=Path, default=Path("artifacts/server"), help="backends copy and server logs")
+    serve.add_argument("--host", default=LOOPBACK, help="address to bind gRPC, HTTP and metrics to (default: loopback only)")
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for all models to load")
+    serve.add_argument("--log-verbose", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    config = ServerConfig(
+        model_repository=args.repository.resolve(), workdir=args.workdir.resolve(), host=args.host,
+        grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
+        ready_timeout_s=args.ready_timeout, log_verbose=args.log_verbose,
+    )
+    server = TritonServer(config)
+    print(f"starting tritonserver on {args.host} (log: {server.log_path}) ...", flush=True)
+    try:
+        server.start()
+    except ServerStartError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(
+        f"ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}\n"
+        f"query it:  .venv/bin/python -m clients query \"how do I copy a file in python\" --url {server.grpc_url}\n"
+        f"Ctrl-C stops the server.",
+        flush=True,
+    )
+    while not stop.is_set() and server.process.poll() is None:
+        stop.wait(1.0)
+    code = server.process.poll()
+    server.stop()
+    if code is not None and not stop.is_set():
+        print(f"error: tritonserver exited with code {code}; log {server.log_path}:\n{server.log_tail()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Start and stop the real Triton Inference Server binary on a model repository.
+
+The binary is Triton 2.51 from the ``nvidia-pytriton`` wheel; we run it directly and
+never go through PyTriton's Python API. Three traps of that wheel are handled here:
+
+* the python backend needs the stub built for *our* Python next to
+  ``libtriton_python.so``, so the backends folder is copied somewhere writable;
+* the stub needs the wheel's bundled libraries and our ``libpython`` on
+  ``LD_LIBRARY_PATH``;
+* the stub embeds its own interpreter and starts it with ``-E`` semantics
+  (``sys.flags.ignore_environment == 1``), so ``PYTHONPATH`` is ignored. It finds
+  its interpreter by searching ``python3`` on ``PATH``; with the system Python first
+  it imports the system site-packages (numpy 2, whose ABI the stub was not built
+  for: BYTES tensors arrive corrupted). Putting this environment's ``bin/`` first
+  on ``PATH`` makes ``sys.executable`` the venv's python, whose ``pyvenv.cfg``
+  selects the venv's site-packages. ``tests/test_server_env.py`` proves both sides.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+class ServerStartError(RuntimeError):
+    """tritonserver exited or did not become ready in time."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def pytriton_root() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerStartError(
+            "nvidia-pytriton is not installed in this environment "
+            f"({sys.prefix}); run `make setup` first"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def tritonserver_binary() -> Path:
+    binary = pytriton_root() / "tritonserver" / "bin" / "tritonserver"
+    if not binary.exists():
+        raise ServerStartError(f"tritonserver binary missing at {binary}")
+    return binary
+
+
+def prepare_backends(workdir: Path) -> Path:
+    """Copy the wheel's backends/ to ``workdir`` and add the stub for this Python."""
+    root = pytriton_root() / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise ServerStartError(f"no python-backend stub for Python {version} at {stub}")
+    backends = workdir / "backends"
+    marker = backends / "python" / f".stub-{version}"
+    if not marker.exists():
+        shutil.rmtree(backends, ignore_errors=True)
+        shutil.copytree(root / "backends", backends)
+        shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
+        marker.touch()
+    return backends
+
+
+def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for tritonserver whose python stub imports from this venv."""
+    env = dict(os.environ if base is None else base)
+    libs = [str(pytriton_root().parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR")]
+    if env.get("LD_LIBRARY_PATH"):
+        libs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
+    # The stub ignores PYTHON* variables; it resolves `python3` through PATH.
+    env.pop("PYTHONPATH", None)
+    env.pop("PYTHONHOME", None)
+    env["PATH"] = os.pathsep.join([str(Path(sys.prefix) / "bin"), env.get("PATH", "")])
+    # Models must never reach for a hub at run time.
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return env
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    model_repository: Path
+    workdir: Path
+    host: str = LOOPBACK
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    log_verbose: int = 0
+    ready_timeout_s: float = 120.0
+    extra_args: tuple[str, ...] = ()
+    env: dict[str, str] | None = None  # None: server_env(); tests pass a broken one on purpose
+
+
+class TritonServer:
+    """A tritonserver child process; use as a context manager or call start()/stop()."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.process: subprocess.Popen | None = None
+        self.log_path = config.workdir / f"tritonserver-{config.grpc_port}.log"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.config.host}:{self.config.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.metrics_port}/metrics"
+
+    def command(self, backends: Path) -> list[str]:
+        c = self.config
+        return [
+            str(tritonserver_binary()),
+            f"--model-repository={c.model_repository}",
+            f"--backend-directory={backends}",
+            f"--grpc-address={c.host}",
+            f"--http-address={c.host}",
+            f"--grpc-port={c.grpc_port}",
+            f"--http-port={c.http_port}",
+            f"--metrics-address={c.host}",
+            f"--metrics-port={c.metrics_port}",
+            "--allow-metrics=true",
+            "--metrics-config=summary_latencies=true",
+            f"--log-verbose={c.log_verbose}",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            *c.extra_args,
+        ]
+
+    def start(self) -> "TritonServer":
+        c = self.config
+        if not (c.model_repository / ".").is_dir():
+            raise ServerStartError(f"model repository {c.model_repository} does not exist; run `python -m build all`")
+        c.workdir.mkdir(parents=True, exist_ok=True)
+        cmd = self.command(prepare_backends(c.workdir))
+        log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=c.env if c.env is not None else server_env(), start_new_session=True
+        )
+        log.close()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The server's error lines (E... severity), or the last lines of its log when there are none."""
+        try:
+            log = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return "(no log)"
+        errors = [line for line in log if re.match(r"^E\d{4} ", line) and "CUDA" not in line and "Cuda" not in line]
+        return "\n".join((errors or log)[-lines:])
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerStartError(
+                    f"tritonserver exited with code {code} before it was ready; log {self.log_path}:\n{self.log_tail()}"
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise ServerStartError(
+            f"tritonserver was not ready within {self.config.ready_timeout_s:.0f} s; log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        p = self.process
+        if p is None or p.poll() is not None:
+            return
+        os.killpg(p.pid, signal.SIGINT)  # tritonserver drains in-flight requests on SIGINT
+        try:
+            p.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,61 @@
+"""The shape every python-backend model shares: validate each request, compute the
+valid ones together, answer each request in order.
+
+A bad request gets its own INVALID_ARG response; the other requests of the same
+dynamic batch still get their answers. Only a broken model raises. This module is
+imported only inside the Triton python stub (it needs ``triton_python_backend_utils``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from . import InvalidInput
+
+
+def input_array(request, name: str) -> np.ndarray:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise InvalidInput(f"input '{name}' is required")
+    return tensor.as_numpy()
+
+
+def output_tensors(names: Sequence[str], arrays: Sequence[np.ndarray]) -> list:
+    out = []
+    for name, array in zip(names, arrays, strict=True):
+        if array.dtype.kind in "SUO":
+            array = np.array([a.encode("utf-8") if isinstance(a, str) else a for a in array.ravel()], dtype=np.object_).reshape(array.shape)
+        out.append(pb_utils.Tensor(name, array))
+    return out
+
+
+def execute_batched(
+    requests: Sequence[Any],
+    parse: Callable[[Any], Any],
+    compute: Callable[[list[Any]], list[Sequence[np.ndarray]]],
+    output_names: Sequence[str],
+) -> list:
+    """parse(request) validates one request (raising InvalidInput) and returns its inputs;
+    compute(valid) returns one tuple of output arrays per valid request, in order."""
+    parsed: list[Any] = []
+    for request in requests:
+        try:
+            parsed.append(parse(request))
+        except InvalidInput as e:
+            parsed.append(e)
+    valid = [p for p in parsed if not isinstance(p, InvalidInput)]
+    results = iter(compute(valid) if valid else [])
+    responses = []
+    for p in parsed:
+        if isinstance(p, InvalidInput):
+            error = pb_utils.TritonError(str(p), pb_utils.TritonError.INVALID_ARG)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+        else:
+            responses.append(pb_utils.InferenceResponse(output_tensors=output_tensors(output_names, next(results))))
+    return responses
+
+
+def version_folder(args: dict) -> str:
+    return f"{args['model_repository']}/{args['model_version']}"

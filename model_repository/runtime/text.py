@@ -1,0 +1,57 @@
+"""Validation and tokenization of raw request text.
+
+Policy: a text is rejected (INVALID_ARGUMENT) when it is not UTF-8, is empty or only
+white space, or has more than ``max_chars`` characters. A valid text longer than
+``max_tokens`` tokens is truncated to ``max_tokens`` (special tokens included), the
+way sentence-transformers truncates at ``max_seq_length``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from . import InvalidInput
+
+
+def decode_texts(raw: Sequence[bytes | str], max_chars: int, field: str = "TEXT") -> list[str]:
+    """Decode and validate every element of a BYTES tensor; the first bad one raises."""
+    texts = []
+    for row, value in enumerate(raw):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InvalidInput(
+                    f"{field}[{row}] must be UTF-8; byte 0x{value[e.start]:02x} at offset {e.start} is not valid"
+                ) from None
+        if not value.strip():
+            raise InvalidInput(f"{field}[{row}] must be non-empty text; got {value!r}")
+        if len(value) > max_chars:
+            raise InvalidInput(f"{field}[{row}] exceeds {max_chars} characters; got {len(value)}")
+        texts.append(value)
+    return texts
+
+
+class TextTokenizer:
+    """Hugging Face fast tokenizer (``tokenizer.json``) padding to the longest row."""
+
+    def __init__(self, tokenizer_file: Path | str, max_tokens: int):
+        if max_tokens < 2:
+            raise ValueError(f"max_tokens must be >= 2; got {max_tokens}")
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.enable_truncation(max_length=max_tokens)
+        pad = self.tokenizer.padding or {}
+        pad_id = pad.get("pad_id", 0)
+        pad_token = pad.get("pad_token", self.tokenizer.id_to_token(pad_id) or "[PAD]")
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)  # to the longest row
+        self.max_tokens = max_tokens
+
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """texts -> input_ids (B, S) int64, attention_mask (B, S) int64."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        return ids, mask
