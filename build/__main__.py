@@ -6,6 +6,7 @@ Every step reuses what an earlier run built from the same inputs, so a second
 from __future__ import annotations
 
 import argparse
+import fcntl
 import dataclasses
 import json
 import sys
@@ -16,7 +17,7 @@ from kernels.pooling import Pooling
 from model_repository.runtime.index import sha256_file
 
 from . import config as cfg
-from .corpus import build_python_docs, read_corpus
+from .corpus import build_python_docs, is_built, read_corpus
 from .export import ExportedTower, default_tower, export_tower
 from .index import build_index
 from .render import render_repository
@@ -31,8 +32,7 @@ def corpus_step(c: cfg.BuildConfig) -> tuple[Path, list[dict], str]:
         path = c.corpus
     else:
         folder = c.artifacts / "corpus" / "python-docs"
-        manifest = folder / "manifest.json"
-        if not (manifest.exists() and sha256_file(folder / "corpus.jsonl") == json.loads(manifest.read_text(encoding="utf-8"))["corpus_sha256"]):
+        if not is_built(folder):
             log("building the default corpus from Debian python3.11-doc")
             m = build_python_docs(folder, c.artifacts / "cache", c.deb)
             log(f"corpus: {m['documents']} documents, {m['queries']} FAQ queries ({m['source']['package']} {m['source']['version']})")
@@ -80,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg.add_arguments(parser)
     args = parser.parse_args(argv)
     c, settings = cfg.from_args(args)
-    out = run(c, settings, "all" if args.step == "render" else args.step)
+    c.artifacts.mkdir(parents=True, exist_ok=True)
+    with open(c.artifacts / ".build.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another build is running in {c.artifacts}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        out = run(c, settings, "all" if args.step == "render" else args.step)
     print(out)
     return 0
 

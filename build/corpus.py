@@ -171,6 +171,23 @@ def check_lock(deb: Path) -> dict:
     return {"package": DOC_PACKAGE, "version": version, "sha256": actual, "pinned": version == lock["version"]}
 
 
+def builder_sha256() -> str:
+    """Changes whenever this parser changes, so that a cached corpus is rebuilt."""
+    return sha256_file(Path(__file__))
+
+
+def is_built(folder: Path) -> bool:
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        return False
+    m = json.loads(manifest.read_text(encoding="utf-8"))
+    return (
+        m.get("builder_sha256") == builder_sha256()
+        and (folder / "corpus.jsonl").exists()
+        and sha256_file(folder / "corpus.jsonl") == m["corpus_sha256"]
+    )
+
+
 def build_python_docs(out: Path, cache: Path, deb: Path | None = None) -> dict:
     """Build corpus.jsonl + queries.jsonl + manifest.json in ``out`` from python3.11-doc."""
     deb = deb or fetch_deb(cache)
@@ -182,6 +199,7 @@ def build_python_docs(out: Path, cache: Path, deb: Path | None = None) -> dict:
     write_jsonl(out / "queries.jsonl", queries)
     manifest = {
         "name": "python-docs",
+        "builder_sha256": builder_sha256(),
         "source": source,
         "documents": len(docs),
         "queries": len(queries),

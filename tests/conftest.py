@@ -1,0 +1,97 @@
+"""Shared fixtures: the built artifacts, a real tritonserver on free loopback ports, clients."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from model_repository.launcher import ServerConfig, TritonServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def repository() -> Path:
+    """The rendered repository; `make test` builds it before pytest (cached after the first time)."""
+    from build.__main__ import main as build_main
+
+    assert build_main(["all", "--artifacts", str(ARTIFACTS)]) == 0
+    return ARTIFACTS / "model_repository"
+
+
+@pytest.fixture(scope="session")
+def render_info(repository) -> dict:
+    return json.loads((repository / "render.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def queries() -> list[str]:
+    """Real queries: the Python FAQ questions of the default corpus."""
+    path = ARTIFACTS / "corpus" / "python-docs" / "queries.jsonl"
+    return [json.loads(line)["query"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="session")
+def pipeline(repository, render_info):
+    """The in-process query path built from the very files the server loads."""
+    from kernels.pooling import Pooling
+    from model_repository.runtime.encoder import OnnxEncoder
+    from model_repository.runtime.pipeline import EmbeddingPipeline
+    from model_repository.runtime.text import TextTokenizer
+
+    ctx = render_info["context"]
+    return EmbeddingPipeline(
+        TextTokenizer(repository / "tokenizer" / "1" / ctx["tokenizer_file"], ctx["max_tokens"]),
+        OnnxEncoder(repository / "query_encoder" / "1" / ctx["onnx_file"]),
+        Pooling.parse(ctx["pooling"]),
+    )
+
+
+def start_server(repository: Path, workdir: Path, **overrides) -> TritonServer:
+    config = ServerConfig(
+        model_repository=repository, workdir=workdir,
+        grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), **overrides,
+    )
+    return TritonServer(config).start()
+
+
+@pytest.fixture(scope="session")
+def server(repository, tmp_path_factory):
+    srv = start_server(repository, tmp_path_factory.mktemp("server"))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture()
+def grpc(server):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def retrieval(server):
+    from clients.retrieval import RetrievalClient
+
+    with RetrievalClient(server.grpc_url) as client:
+        yield client

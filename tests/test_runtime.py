@@ -1,0 +1,98 @@
+"""Serving-side library without a server: validation, tokenization, ragged batching, index loading."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from model_repository.runtime import InvalidInput
+from model_repository.runtime.encoder import concat_padded
+from model_repository.runtime.index import IndexMismatch, load_index, snippet
+from model_repository.runtime.params import ModelParams
+from model_repository.runtime.text import decode_texts
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ([b""], r"TEXT\[0\] must be non-empty text; got ''"),
+        ([b"ok", b"  \n\t"], r"TEXT\[1\] must be non-empty text; got '  \\n\\t'"),
+        ([b"x" * 11], r"TEXT\[0\] exceeds 10 characters; got 11"),
+        ([b"caf\xe9"], r"TEXT\[0\] must be UTF-8; byte 0xe9 at offset 3 is not valid"),
+    ],
+)
+def test_decode_texts_rejects_with_field_limit_and_value(raw, message):
+    with pytest.raises(InvalidInput, match=message):
+        decode_texts(raw, max_chars=10)
+
+
+def test_decode_texts_counts_characters_not_bytes():
+    assert decode_texts(["é" * 10], max_chars=10) == ["é" * 10]
+
+
+def test_tokenizer_truncates_to_max_tokens(pipeline):
+    tok = pipeline.tokenizer
+    ids, mask = tok(["word " * 2000, "short text"])
+    assert ids.shape == (2, tok.max_tokens)
+    assert mask[0].sum() == tok.max_tokens and 2 < mask[1].sum() < 10
+    # [CLS] ... [SEP] survive truncation.
+    assert ids[0, 0] == ids[1, 0] and ids[0, -1] == ids[1, mask[1].sum() - 1]
+
+
+def test_concat_padded_keeps_rows_and_pads_at_the_end():
+    a = np.array([[1, 2, 3]])
+    b = np.array([[4], [5]])
+    np.testing.assert_array_equal(concat_padded([a, b]), [[1, 2, 3], [4, 0, 0], [5, 0, 0]])
+
+
+def test_ragged_encoding_equals_each_request_alone(pipeline, queries):
+    tok, enc = pipeline.tokenizer, pipeline.encoder
+    requests = [tok(queries[0:1]), tok(queries[1:4]), tok(["a much longer query " * 12])]
+    together = enc.encode_ragged(requests)
+    for (ids, mask), hidden in zip(requests, together):
+        alone = enc(ids, mask)
+        assert hidden.shape == alone.shape
+        np.testing.assert_allclose(hidden, alone, atol=2e-5, rtol=0)
+
+
+def test_model_params_read_typed_values_and_name_missing_keys():
+    params = ModelParams(json.dumps({"name": "m", "parameters": {"n": {"string_value": "7"}, "s": {"string_value": "x"}}}))
+    assert params.int("n") == 7 and params.str("s") == "x"
+    with pytest.raises(KeyError, match="model 'm': config.pbtxt has no parameter 'missing'"):
+        params.str("missing")
+    with pytest.raises(ValueError, match="parameter 's' must be an integer; got 'x'"):
+        params.int("s")
+
+
+def test_snippet_cuts_at_a_word():
+    assert snippet("one two   three", 50) == "one two three"
+    assert snippet("alpha beta gamma delta", 12) == "alpha beta …"
+
+
+@pytest.fixture()
+def index_copy(repository, tmp_path):
+    folder = tmp_path / "index"
+    shutil.copytree(repository / "mips_topk" / "1" / "index", folder)
+    return folder
+
+
+def test_index_loads_and_matches_manifest(index_copy, render_info):
+    index = load_index(index_copy, render_info["query_tower"]["fingerprint"])
+    assert len(index) == index.manifest["count"] == len(index.keys)
+    np.testing.assert_allclose(np.linalg.norm(index.embeddings, axis=1), 1.0, atol=2e-3)  # fp16 storage
+
+
+def test_index_of_another_query_tower_is_refused(index_copy):
+    with pytest.raises(IndexMismatch, match="index pairs with query tower .* but this deployment's query tower is 0000"):
+        load_index(index_copy, "0000")
+
+
+def test_tampered_index_is_refused(index_copy, render_info):
+    shard = next(index_copy.glob("shard-*.npy"))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(IndexMismatch, match=rf"{shard.name}: sha256 must be [0-9a-f]{{64}}; got [0-9a-f]{{64}}"):
+        load_index(index_copy, render_info["query_tower"]["fingerprint"])
