@@ -1,0 +1,116 @@
+"""build/: corpus parsing, the source lock, ONNX export checks, and deterministic, valid rendering."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from build.corpus import CorpusError, check_lock, split_sections
+from build.export import ExportedTower, ExportMismatch, check_against_torch
+from build.render import PYTHON_MODELS, ServingSettings, parse_model_config, render_repository
+from kernels.pooling import Pooling
+from tests.conftest import ARTIFACTS, ROOT
+
+RST = """\
+=================
+Library FAQ
+=================
+
+.. contents::
+
+How do I copy a file?
+---------------------
+
+The :mod:`shutil` module contains a :func:`~shutil.copyfile` function; see
+`the docs <https://example.org>`_ and ``shutil.copy2``.
+
+.. toctree::
+   :maxdepth: 1
+
+   other.rst
+
+**************
+Another part
+**************
+
+Text of the second part.
+"""
+
+
+def test_split_sections_cleans_roles_links_and_directives():
+    sections = dict(split_sections(RST))
+    assert list(sections) == ["Library FAQ", "How do I copy a file?", "Another part"]
+    assert sections["How do I copy a file?"] == (
+        "The shutil module contains a shutil.copyfile function; see the docs and shutil.copy2."
+    )
+    assert sections["Another part"] == "Text of the second part."
+
+
+def test_lock_refuses_a_pinned_version_with_another_checksum(tmp_path):
+    lock = json.loads((ROOT / "build" / "sources.lock.json").read_text(encoding="utf-8"))["python3.11-doc"]
+    fake = tmp_path / f"python3.11-doc_{lock['version']}_all.deb"
+    fake.write_bytes(b"not the real package")
+    with pytest.raises(CorpusError, match=rf"sha256 must be {lock['sha256']} for version .*; got [0-9a-f]{{64}}"):
+        check_lock(fake)
+
+
+def test_lock_accepts_and_records_a_newer_point_release(tmp_path, capsys):
+    newer = tmp_path / "python3.11-doc_3.11.2-6+deb12u99_all.deb"
+    newer.write_bytes(b"a later upload")
+    source = check_lock(newer)
+    assert source["version"] == "3.11.2-6+deb12u99" and source["pinned"] is False and len(source["sha256"]) == 64
+    assert "is not the pinned" in capsys.readouterr().err
+
+
+def test_export_recorded_its_check_against_pytorch(render_info):
+    check = render_info["query_tower"]["check"]
+    assert check["min_cosine"] >= 0.9999 and check["texts"] >= 16
+    assert check["max_abs_diff_embedding"] < 1e-4
+
+
+def test_export_check_refuses_a_model_that_differs(repository, render_info, pipeline):
+    import torch
+
+    from build.export import _torch_module
+
+    module = _torch_module(Path(render_info["query_tower"]["source"]))
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    with pytest.raises(ExportMismatch, match=r"ONNX vs PyTorch: min cosine must be >= 0.9999; got"):
+        check_against_torch(module, pipeline.encoder, pipeline.tokenizer, Pooling.MEAN, ["copy a file", "what is a lambda"])
+
+
+def test_every_rendered_config_is_a_valid_model_config(repository):
+    names = sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
+    assert names == sorted([*PYTHON_MODELS, "embed", "retrieve"])
+    for name in PYTHON_MODELS:
+        config = parse_model_config((repository / name / "config.pbtxt").read_text(encoding="utf-8"))
+        assert config.backend == "python" and config.max_batch_size > 0
+        assert config.HasField("dynamic_batching"), f"{name} must use dynamic batching"
+        version = repository / name / "1"
+        assert (version / "model.py").exists() and (version / "runtime" / "adapter.py").exists() and (version / "kernels" / "topk.py").exists()
+    retrieve = parse_model_config((repository / "retrieve" / "config.pbtxt").read_text(encoding="utf-8"))
+    assert [s.model_name for s in retrieve.ensemble_scheduling.step] == ["tokenizer", "query_encoder", "pool_normalize", "mips_topk"]
+
+
+def test_rendering_is_deterministic(repository, render_info, tmp_path):
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
+    index_dir = ARTIFACTS / "index" / render_info["index"]["index_version"]
+    settings = ServingSettings()
+    render_repository(tmp_path / "a", tower, index_dir, settings)
+    render_repository(tmp_path / "b", tower, index_dir, settings)
+    configs = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").glob("*/config.pbtxt"))
+    assert len(configs) == 6
+    for rel in configs:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes() == (repository / rel).read_bytes()
+
+
+def test_rendering_refuses_an_index_of_another_query_tower(render_info, tmp_path):
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
+    index_dir = tmp_path / "index"
+    index_dir.mkdir()
+    (index_dir / "manifest.json").write_text(json.dumps({"query_tower_fingerprint": "someoneelse"}), encoding="utf-8")
+    with pytest.raises(ValueError, match="pairs with query tower someoneelse"):
+        render_repository(tmp_path / "out", tower, index_dir, ServingSettings())
