@@ -197,3 +197,14 @@ def test_client_cli_reports_server_errors(server):
     )
     assert out.returncode == 1
     assert "k must be in [1, 1000]; got 0" in out.stderr
+
+
+def test_metrics_endpoint_has_per_model_summary_latencies(server, retrieval):
+    import urllib.request
+
+    retrieval.retrieve(["what is a decorator"], k=1)
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        metrics = response.read().decode()
+    for model in ("retrieve", "tokenizer", "query_encoder", "pool_normalize", "mips_topk"):
+        assert f'nv_inference_request_summary_us_count{{model="{model}",version="1"}}' in metrics, model
+        assert f'nv_inference_compute_infer_summary_us{{model="{model}",version="1",quantile="0.99"}}' in metrics, model
