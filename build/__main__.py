@@ -6,8 +6,8 @@ Every step reuses what an earlier run built from the same inputs, so a second
 from __future__ import annotations
 
 import argparse
-import fcntl
 import dataclasses
+import fcntl
 import json
 import sys
 import time
@@ -17,8 +17,8 @@ from kernels.pooling import Pooling
 from model_repository.runtime.index import sha256_file
 
 from . import config as cfg
-from .corpus import build_python_docs, is_built, read_corpus
-from .export import ExportedTower, default_tower, export_tower
+from .corpus import CorpusError, build_python_docs, is_built, read_corpus
+from .export import ExportedTower, ExportMismatch, default_tower, export_tower
 from .index import build_index
 from .render import render_repository
 
@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         except BlockingIOError:
             log(f"another build is running in {c.artifacts}; waiting for it")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        out = run(c, settings, "all" if args.step == "render" else args.step)
+        try:
+            out = run(c, settings, "all" if args.step == "render" else args.step)
+        except (CorpusError, ExportMismatch, FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     print(out)
     return 0
 

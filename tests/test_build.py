@@ -114,3 +114,17 @@ def test_rendering_refuses_an_index_of_another_query_tower(render_info, tmp_path
     (index_dir / "manifest.json").write_text(json.dumps({"query_tower_fingerprint": "someoneelse"}), encoding="utf-8")
     with pytest.raises(ValueError, match="pairs with query tower someoneelse"):
         render_repository(tmp_path / "out", tower, index_dir, ServingSettings())
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--pooling", "max"], "error: pooling must be one of [mean, last_token, cls]; got 'max'"),
+        (["--query-tower", "/nonexistent-tower"], "error: tower checkpoint /nonexistent-tower has no config.json"),
+    ],
+)
+def test_build_cli_names_the_bad_setting(repository, args, message, capsys):
+    from build.__main__ import main
+
+    assert main(["all", "--artifacts", str(ARTIFACTS), *args]) == 2
+    assert message in capsys.readouterr().err
