@@ -1,0 +1,263 @@
+"""Locust load test of the retrieval server over gRPC (tritonclient), bounded and microsecond-exact.
+
+Run it through ``python -m benchmarks load`` (headless, hard time limit, JSON + PNG), or
+directly for the web UI: ``locust -f benchmarks/locustfile.py --grpc-url 127.0.0.1:8001``.
+
+Why it is bounded: gRPC's blocking calls do not cooperate with gevent, and
+``grpc.experimental.gevent.init_gevent()`` hung here, ignoring ``-t``. Each call instead
+runs in gevent's pool of *real* OS threads with a gRPC deadline; the greenlet waits
+cooperatively, so Locust's hub keeps running, ``-t`` and the shape's end stop the test,
+and a call that never returns costs at most ``--grpc-timeout``.
+
+Why HDR: Locust rounds response times under 100 ms to whole milliseconds. Every call is
+also recorded, in microseconds, into an HDR histogram per load step; workers send
+theirs to the master, which merges them.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import gevent
+import numpy as np
+import tritonclient.grpc as grpcclient
+from hdrh.histogram import HdrHistogram
+from locust import LoadTestShape, User, events, task
+from locust.runners import MasterRunner, WorkerRunner
+from tritonclient.utils import InferenceServerException
+
+from benchmarks import report, triton_metrics
+from benchmarks.common import check_loopback, read_queries
+
+HDR_MIN_US, HDR_MAX_US, HDR_DIGITS = 1, 120_000_000, 3
+ENSEMBLE_STEPS = {
+    "embed": ["tokenizer", "query_encoder", "pool_normalize"],
+    "retrieve": ["tokenizer", "query_encoder", "pool_normalize", "mips_topk"],
+}
+
+
+@events.init_command_line_parser.add_listener
+def _arguments(parser):
+    g = parser.add_argument_group("retrieval server")
+    g.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC address (loopback only)")
+    g.add_argument("--metrics-url", default="", help="Triton metrics URL (default: same host, port 8002)")
+    g.add_argument("--model", choices=sorted(ENSEMBLE_STEPS), default="retrieve", help="ensemble to load")
+    g.add_argument("--queries", default="artifacts/corpus/python-docs/queries.jsonl", help="JSONL with a 'query' per line")
+    g.add_argument("--batch-size", type=int, default=1, help="texts per request")
+    g.add_argument("--k", type=int, default=10, help="documents per query (retrieve)")
+    g.add_argument("--load-mode", choices=["closed", "open"], default="closed",
+                   help="closed: steps are user counts, no wait; open: steps are target requests/s")
+    g.add_argument("--steps", default="1,2,4", help="comma-separated users (closed) or requests/s (open)")
+    g.add_argument("--step-time", type=float, default=10.0, help="seconds per step")
+    g.add_argument("--users-per-rps", type=float, default=0.1, help="open loop: users per target request/s (at least 1)")
+    g.add_argument("--grpc-timeout", type=float, default=10.0, help="deadline of one call, seconds")
+    g.add_argument("--bad-request-every", type=int, default=0, help="send an empty text every N-th request (tests the failure path)")
+    g.add_argument("--results-json", default="", help="write the results here (master or local runner)")
+
+
+def steps_of(options) -> list[float]:
+    try:
+        steps = [float(s) for s in options.steps.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--steps must be comma-separated numbers; got {options.steps!r}") from None
+    if not steps or min(steps) <= 0:
+        raise ValueError(f"--steps must be positive; got {options.steps!r}")
+    return steps
+
+
+def users_for(options, target: float) -> int:
+    return int(target) if options.load_mode == "closed" else max(1, math.ceil(target * options.users_per_rps))
+
+
+class Recorder:
+    """Per-step HDR histograms (µs), error counts and issue counts of this process."""
+
+    def __init__(self):
+        self.step = 0
+        self.hist: dict[int, HdrHistogram] = {}
+        self.errors: dict[int, Counter] = {}
+        self.issued: Counter = Counter()
+        self.snapshots: dict[int, dict] = {}  # master/local: metrics at the start of each step
+        self.step_started: dict[int, float] = {}
+
+    def _h(self, step: int) -> HdrHistogram:
+        if step not in self.hist:
+            self.hist[step] = HdrHistogram(HDR_MIN_US, HDR_MAX_US, HDR_DIGITS)
+            self.errors[step] = Counter()
+        return self.hist[step]
+
+    def record(self, step: int, latency_us: int, error: str | None) -> None:
+        h = self._h(step)
+        if error is None:
+            h.record_value(min(max(latency_us, HDR_MIN_US), HDR_MAX_US))
+        else:
+            self.errors[step][error] += 1
+
+    def drain(self) -> dict:
+        """Everything recorded since the last drain, encoded for the master."""
+        payload = {
+            str(s): {"hdr": h.encode().decode() if h.get_total_count() else "", "errors": dict(self.errors[s]), "issued": self.issued[s]}
+            for s, h in self.hist.items()
+        }
+        for s in set(self.issued) - set(self.hist):
+            payload[str(s)] = {"hdr": "", "errors": {}, "issued": self.issued[s]}
+        self.hist, self.errors, self.issued = {}, {}, Counter()
+        return payload
+
+    def merge(self, payload: dict) -> None:
+        for s, part in payload.items():
+            step = int(s)
+            h = self._h(step)
+            if part["hdr"]:
+                h.decode_and_add(part["hdr"])
+            self.errors[step].update(part["errors"])
+            self.issued[step] += part["issued"]
+
+
+recorder = Recorder()
+
+
+@events.init.add_listener
+def _init(environment, **_):
+    options = environment.parsed_options
+    if options is None:
+        return
+    check_loopback(options.grpc_url)
+    steps_of(options)
+    if isinstance(environment.runner, WorkerRunner):
+        environment.runner.register_message("sn_step", lambda msg, **__: setattr(recorder, "step", int(msg.data)))
+
+
+@events.report_to_master.add_listener
+def _send(client_id, data):
+    data["sn_recorder"] = recorder.drain()
+
+
+@events.worker_report.add_listener
+def _receive(client_id, data):
+    if "sn_recorder" in data:
+        recorder.merge(data["sn_recorder"])
+
+
+def metrics_url(options) -> str:
+    return options.metrics_url or f"http://{options.grpc_url.rsplit(':', 1)[0]}:8002/metrics"
+
+
+def start_step(environment, step: int) -> None:
+    options = environment.parsed_options
+    recorder.step = step
+    recorder.step_started[step] = time.monotonic()
+    try:
+        recorder.snapshots[step] = triton_metrics.scrape(metrics_url(options))
+    except OSError as e:
+        recorder.snapshots[step] = {"error": str(e)}
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.send_message("sn_step", step)
+
+
+class StepShape(LoadTestShape):
+    """Holds each step's users (closed loop) or request rate (open loop) for --step-time seconds."""
+
+    def tick(self):
+        options = self.runner.environment.parsed_options
+        steps = steps_of(options)
+        step = int(self.get_run_time() // options.step_time)
+        if step >= len(steps):
+            return None
+        if step not in recorder.step_started:
+            start_step(self.runner.environment, step)
+        users = users_for(options, steps[step])
+        return users, users
+
+
+class RetrievalUser(User):
+    """One gRPC client; each call runs in a real thread with a deadline."""
+
+    def __init__(self, environment):
+        super().__init__(environment)
+        o = environment.parsed_options
+        self.options = o
+        self.client = grpcclient.InferenceServerClient(o.grpc_url)
+        queries = read_queries(Path(o.queries))
+        start = random.randrange(len(queries))
+        self.texts = itertools.cycle(queries[start:] + queries[:start])
+        self.counter = 0
+        self.next_at = time.monotonic()
+        pool = gevent.get_hub().threadpool
+        pool.maxsize = max(pool.maxsize, 1024)
+        self.pool = pool
+
+    def on_stop(self):
+        self.client.close()
+
+    def wait_time(self):
+        o = self.options
+        if o.load_mode == "closed":
+            return 0
+        target = steps_of(o)[min(recorder.step, len(steps_of(o)) - 1)]
+        self.next_at += users_for(o, target) / target
+        now = time.monotonic()
+        if self.next_at < now:  # fell behind: the achieved rate will show it
+            self.next_at = now
+        return self.next_at - now
+
+    def inputs(self) -> list:
+        self.counter += 1
+        texts = [next(self.texts) for _ in range(self.options.batch_size)]
+        if self.options.bad_request_every and self.counter % self.options.bad_request_every == 0:
+            texts[0] = ""
+        data = np.array([[t.encode()] for t in texts], dtype=np.object_)
+        inputs = [grpcclient.InferInput("TEXT", list(data.shape), "BYTES")]
+        inputs[0].set_data_from_numpy(data)
+        if self.options.model == "retrieve":
+            k = grpcclient.InferInput("K", [len(texts), 1], "INT32")
+            k.set_data_from_numpy(np.full((len(texts), 1), self.options.k, dtype=np.int32))
+            inputs.append(k)
+        return inputs
+
+    def call(self, inputs):
+        """Runs in a real OS thread: the blocking gRPC call and its exact duration."""
+        start = time.perf_counter()
+        try:
+            self.client.infer(self.options.model, inputs, client_timeout=self.options.grpc_timeout)
+            return time.perf_counter() - start, None
+        except Exception as e:  # noqa: BLE001 - every failure is reported, with its type
+            return time.perf_counter() - start, e
+
+    @task
+    def infer(self):
+        step = recorder.step
+        recorder.issued[step] += 1
+        try:
+            elapsed, error = self.pool.spawn(self.call, self.inputs()).get(timeout=self.options.grpc_timeout + 5)
+        except gevent.Timeout as e:
+            elapsed, error = self.options.grpc_timeout + 5, e
+        kind = None
+        if error is not None:
+            kind = error.status() if isinstance(error, InferenceServerException) and error.status() else type(error).__name__
+        recorder.record(step, int(elapsed * 1e6), kind)
+        events.request.fire(
+            request_type="grpc", name=self.options.model, response_time=elapsed * 1e3,
+            response_length=0, exception=error, context={"step": step},
+        )
+
+
+@events.quitting.add_listener
+def _write_results(environment, **_):
+    options = environment.parsed_options
+    if isinstance(environment.runner, WorkerRunner) or not options or not options.results_json:
+        return
+    final = {}
+    try:
+        final = triton_metrics.scrape(metrics_url(options))
+    except OSError:
+        pass
+    result = report.assemble(options, recorder, final, ENSEMBLE_STEPS[options.model], steps_of(options), users_for)
+    path = Path(options.results_json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,93 @@
+"""Turn a load test's histograms and metrics snapshots into JSON, a table and a PNG."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from benchmarks import triton_metrics
+from benchmarks.common import git_commit, machine
+
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
+CONFIG_KEYS = ("grpc_url", "model", "queries", "batch_size", "k", "load_mode", "steps", "step_time",
+               "users_per_rps", "grpc_timeout", "bad_request_every")
+
+
+def latency_ms(hist) -> dict:
+    if hist is None or hist.get_total_count() == 0:
+        return {}
+    out = {name: hist.get_value_at_percentile(p) / 1e3 for name, p in PERCENTILES.items()}
+    out["min"], out["max"], out["mean"] = hist.get_min_value() / 1e3, hist.get_max_value() / 1e3, hist.get_mean_value() / 1e3
+    return out
+
+
+def assemble(options, recorder, final_snapshot: dict, ensemble_steps: list[str], targets: list[float], users_for) -> dict:
+    steps = []
+    for i, target in enumerate(targets):
+        hist = recorder.hist.get(i)
+        ok = hist.get_total_count() if hist is not None else 0
+        errors = dict(recorder.errors.get(i, {}))
+        failed = sum(errors.values())
+        before, after = recorder.snapshots.get(i, {}), recorder.snapshots.get(i + 1, final_snapshot)
+        server = None
+        if before and after and "error" not in before and "error" not in after:
+            server = triton_metrics.breakdown(before, after, options.model, ensemble_steps)
+        steps.append({
+            "index": i,
+            "target": target,
+            "target_unit": "users" if options.load_mode == "closed" else "requests/s",
+            "users": users_for(options, target),
+            "duration_s": options.step_time,
+            "issued": recorder.issued.get(i, ok + failed),
+            "succeeded": ok,
+            "failed": failed,
+            "errors": errors,
+            "offered_rps": recorder.issued.get(i, ok + failed) / options.step_time,
+            "achieved_rps": ok / options.step_time,
+            "error_rate": failed / (ok + failed) if ok + failed else 0.0,
+            "latency_ms": latency_ms(hist),
+            "server": server,
+        })
+    return {
+        "config": {k: getattr(options, k) for k in CONFIG_KEYS},
+        "machine": machine(),
+        "git_commit": git_commit(),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "latency_source": "HDR histogram, microsecond precision, call time measured in the calling thread",
+        "steps": steps,
+    }
+
+
+def format_steps(result: dict) -> str:
+    header = f"{'step':>4}{'target':>10}{'offered/s':>11}{'achieved/s':>11}{'errors':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
+    rows = [header, "-" * len(header)]
+    for s in result["steps"]:
+        lat = s["latency_ms"] or {k: float("nan") for k in PERCENTILES}
+        rows.append(f"{s['index']:>4}{s['target']:>10g}{s['offered_rps']:>11.1f}{s['achieved_rps']:>11.1f}{s['failed']:>8}"
+                    f"{lat['p50']:>9.2f}{lat['p90']:>9.2f}{lat['p99']:>9.2f}{lat['p99.9']:>10.2f}")
+    return "\n".join(rows)
+
+
+def plot(result: dict, path: Path, slo_p99_ms: float | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [s for s in result["steps"] if s["latency_ms"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = [s["achieved_rps"] for s in steps]
+    for name in PERCENTILES:
+        ax.plot(x, [s["latency_ms"][name] for s in steps], marker="o", label=name)
+    if slo_p99_ms is not None:
+        ax.axhline(slo_p99_ms, color="red", linestyle="--", label=f"SLO p99 {slo_p99_ms:g} ms")
+    cfg = result["config"]
+    ax.set_xlabel("achieved requests/s")
+    ax.set_ylabel("latency, ms (log)")
+    ax.set_yscale("log")
+    ax.set_title(f"{cfg['model']} · {cfg['load_mode']} loop · batch {cfg['batch_size']} · {result['machine']['cpu_count']} CPUs")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

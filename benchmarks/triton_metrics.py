@@ -1,0 +1,72 @@
+"""Where the time goes: Triton's Prometheus counters, scraped before and after a load step.
+
+Triton exports cumulative per-model counters (microseconds and counts). The difference
+over a step divided by the requests of that step is the mean per request, per model:
+queue time, and compute time split into input, infer and output. For an ensemble, the
+overhead is its end-to-end request time minus the sum of its steps' request times.
+"""
+from __future__ import annotations
+
+import re
+import urllib.request
+from collections import defaultdict
+
+COUNTERS = {
+    "nv_inference_request_success": "requests",
+    "nv_inference_exec_count": "executions",
+    "nv_inference_request_duration_us": "request_us",
+    "nv_inference_queue_duration_us": "queue_us",
+    "nv_inference_compute_input_duration_us": "compute_input_us",
+    "nv_inference_compute_infer_duration_us": "compute_infer_us",
+    "nv_inference_compute_output_duration_us": "compute_output_us",
+}
+_LINE = re.compile(r'^(\w+)\{model="([^"]+)",version="[^"]*"\} ([0-9.eE+-]+)$')
+
+Snapshot = dict[str, dict[str, float]]  # model -> counter -> value
+
+
+def parse(text: str) -> Snapshot:
+    out: Snapshot = defaultdict(dict)
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if m and m.group(1) in COUNTERS:
+            out[m.group(2)][COUNTERS[m.group(1)]] = float(m.group(3))
+    return dict(out)
+
+
+def scrape(url: str, timeout_s: float = 5.0) -> Snapshot:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return parse(response.read().decode())
+
+
+def breakdown(before: Snapshot, after: Snapshot, ensemble: str, steps: list[str]) -> dict:
+    """Mean milliseconds per request of each model over the interval, plus ensemble overhead."""
+    models = {}
+    for model in [ensemble, *steps]:
+        delta = {k: after.get(model, {}).get(k, 0.0) - before.get(model, {}).get(k, 0.0) for k in COUNTERS.values()}
+        n = delta["requests"]
+        per = (lambda key: delta[key] / n / 1e3) if n else (lambda key: 0.0)  # noqa: E731
+        models[model] = {
+            "requests": int(n),
+            "executions": int(delta["executions"]),
+            "mean_batch_requests": round(n / delta["executions"], 2) if delta["executions"] else 0.0,
+            "request_ms": per("request_us"),
+            "queue_ms": per("queue_us"),
+            "compute_input_ms": per("compute_input_us"),
+            "compute_infer_ms": per("compute_infer_us"),
+            "compute_output_ms": per("compute_output_us"),
+        }
+    overhead = models[ensemble]["request_ms"] - sum(models[s]["request_ms"] for s in steps)
+    return {"models": models, "ensemble_overhead_ms": overhead}
+
+
+def format_table(result: dict) -> str:
+    header = f"{'model':<16}{'requests':>9}{'req/exec':>9}{'queue ms':>10}{'input ms':>10}{'infer ms':>10}{'output ms':>10}{'total ms':>10}"
+    rows = [header, "-" * len(header)]
+    for model, m in result["models"].items():
+        rows.append(
+            f"{model:<16}{m['requests']:>9}{m['mean_batch_requests']:>9.2f}{m['queue_ms']:>10.3f}{m['compute_input_ms']:>10.3f}"
+            f"{m['compute_infer_ms']:>10.3f}{m['compute_output_ms']:>10.3f}{m['request_ms']:>10.3f}"
+        )
+    rows.append(f"ensemble overhead (end to end minus the steps): {result['ensemble_overhead_ms']:.3f} ms")
+    return "\n".join(rows)

@@ -1,0 +1,117 @@
+"""Locust over gRPC: bounded, every request accounted for, microsecond percentiles, server breakdown."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from benchmarks.__main__ import add_load_arguments, run_load
+from benchmarks.common import check_loopback
+from benchmarks.triton_metrics import breakdown, parse
+from tests.conftest import ARTIFACTS, start_server
+
+
+def load_args(server, tmp_path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_load_arguments(parser)
+    return parser.parse_args([
+        "--grpc-url", server.grpc_url, "--metrics-url", server.metrics_url,
+        "--queries", str(ARTIFACTS / "corpus" / "python-docs" / "queries.jsonl"),
+        "--out", str(tmp_path / "load.json"), *extra,
+    ])
+
+
+def test_headless_run_gives_valid_results(server, tmp_path):
+    start = time.monotonic()
+    result = run_load(load_args(server, tmp_path, "--steps", "1,2", "--step-time", "3", "--k", "5"))
+    assert time.monotonic() - start < 60
+    assert [s["target"] for s in result["steps"]] == [1, 2]
+    for step in result["steps"]:
+        assert step["succeeded"] > 10 and step["failed"] == 0 and step["errors"] == {}
+        assert step["issued"] >= step["succeeded"]
+        lat = step["latency_ms"]
+        assert 0.1 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"] < 10_000
+        # microsecond precision: not every percentile is a whole millisecond
+        assert any(abs(v - round(v)) > 1e-6 for v in lat.values())
+        server_side = step["server"]["models"]
+        assert server_side["retrieve"]["requests"] >= step["succeeded"] - 2
+        assert server_side["query_encoder"]["compute_infer_ms"] > 0
+    assert result["config"]["model"] == "retrieve" and result["machine"]["cpu_count"] >= 1 and result["git_commit"]
+
+
+def test_injected_bad_requests_are_failures_with_their_type(server, tmp_path):
+    result = run_load(load_args(server, tmp_path, "--steps", "1", "--step-time", "3", "--bad-request-every", "4"))
+    step = result["steps"][0]
+    assert set(step["errors"]) == {"StatusCode.INVALID_ARGUMENT"}
+    assert step["issued"] == step["succeeded"] + step["failed"]
+    assert step["failed"] == pytest.approx(step["issued"] / 4, abs=1.5)
+
+
+def test_open_loop_holds_the_offered_rate(server, tmp_path):
+    result = run_load(load_args(server, tmp_path, "--load-mode", "open", "--steps", "10,20", "--step-time", "3"))
+    for step, target in zip(result["steps"], (10, 20)):
+        assert step["target_unit"] == "requests/s"
+        assert step["offered_rps"] == pytest.approx(target, rel=0.2)
+        assert step["achieved_rps"] == pytest.approx(target, rel=0.2)
+
+
+def test_a_frozen_server_cannot_hang_the_load_test(repository, tmp_path):
+    frozen = start_server(repository, tmp_path / "server")
+    try:
+        args = load_args(frozen, tmp_path, "--steps", "1,1", "--step-time", "3", "--grpc-timeout", "2")
+        threading.Timer(1.5, os.kill, (frozen.process.pid, signal.SIGSTOP)).start()
+        start = time.monotonic()
+        result = run_load(args)
+        elapsed = time.monotonic() - start
+    finally:
+        os.kill(frozen.process.pid, signal.SIGCONT)
+        frozen.stop()
+    assert elapsed < 40, f"load test took {elapsed:.0f} s against a frozen server"
+    errors = {k: v for s in result["steps"] for k, v in s["errors"].items()}
+    assert errors.get("StatusCode.DEADLINE_EXCEEDED", 0) >= 1, result["steps"]
+
+
+@pytest.mark.parametrize("url", ["10.1.2.3:8001", "192.168.0.1:8001", "8.8.8.8:8001"])
+def test_load_tests_refuse_non_loopback_targets(url):
+    with pytest.raises(ValueError, match="load tests target loopback only"):
+        check_loopback(url)
+
+
+def test_loopback_targets_are_accepted():
+    for url in ("127.0.0.1:8001", "localhost:8001", "127.0.0.2:9000"):
+        check_loopback(url)
+
+
+METRICS_BEFORE = """
+nv_inference_request_success{model="retrieve",version="1"} 10
+nv_inference_request_duration_us{model="retrieve",version="1"} 100000
+nv_inference_exec_count{model="retrieve",version="1"} 10
+nv_inference_request_success{model="tokenizer",version="1"} 10
+nv_inference_request_duration_us{model="tokenizer",version="1"} 20000
+nv_inference_queue_duration_us{model="tokenizer",version="1"} 5000
+nv_inference_exec_count{model="tokenizer",version="1"} 10
+"""
+METRICS_AFTER = """
+# HELP nv_inference_request_success Number of successful inference requests
+nv_inference_request_success{model="retrieve",version="1"} 30
+nv_inference_request_duration_us{model="retrieve",version="1"} 300000
+nv_inference_exec_count{model="retrieve",version="1"} 30
+nv_inference_request_success{model="tokenizer",version="1"} 30
+nv_inference_request_duration_us{model="tokenizer",version="1"} 60000
+nv_inference_queue_duration_us{model="tokenizer",version="1"} 25000
+nv_inference_exec_count{model="tokenizer",version="1"} 15
+nv_inference_request_summary_us{model="tokenizer",version="1",quantile="0.5"} 123
+"""
+
+
+def test_metrics_breakdown_arithmetic():
+    result = breakdown(parse(METRICS_BEFORE), parse(METRICS_AFTER), "retrieve", ["tokenizer"])
+    tok = result["models"]["tokenizer"]
+    assert tok["requests"] == 20 and tok["executions"] == 5 and tok["mean_batch_requests"] == 4.0
+    assert tok["request_ms"] == pytest.approx(2.0) and tok["queue_ms"] == pytest.approx(1.0)
+    assert result["models"]["retrieve"]["request_ms"] == pytest.approx(10.0)
+    assert result["ensemble_overhead_ms"] == pytest.approx(8.0)
