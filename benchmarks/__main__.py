@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks import report, triton_metrics
+from benchmarks import planner, report, triton_metrics
 from benchmarks.common import check_loopback
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +30,7 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load-mode", choices=["closed", "open"], default="closed")
     p.add_argument("--steps", default="1,2,4", help="users (closed) or requests/s (open), comma-separated")
     p.add_argument("--step-time", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds at the first step's load before measuring (discarded)")
     p.add_argument("--users-per-rps", type=float, default=0.1)
     p.add_argument("--grpc-timeout", type=float, default=10.0)
     p.add_argument("--bad-request-every", type=int, default=0)
@@ -41,7 +42,7 @@ def run_load(args: argparse.Namespace) -> dict:
     """Run Locust headless in a subprocess under a hard time limit; return the results JSON."""
     check_loopback(args.grpc_url)
     n_steps = len([s for s in args.steps.split(",") if s.strip()])
-    run_time = n_steps * args.step_time
+    run_time = args.warmup + n_steps * args.step_time
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.unlink(missing_ok=True)
     cmd = [
@@ -49,7 +50,7 @@ def run_load(args: argparse.Namespace) -> dict:
         "--run-time", f"{int(run_time + 5)}s", "--stop-timeout", str(int(args.grpc_timeout + 2)),
         "--grpc-url", args.grpc_url, "--model", args.model, "--queries", args.queries,
         "--batch-size", str(args.batch_size), "--k", str(args.k), "--load-mode", args.load_mode,
-        "--steps", args.steps, "--step-time", str(args.step_time), "--users-per-rps", str(args.users_per_rps),
+        "--steps", args.steps, "--step-time", str(args.step_time), "--warmup", str(args.warmup), "--users-per-rps", str(args.users_per_rps),
         "--grpc-timeout", str(args.grpc_timeout), "--bad-request-every", str(args.bad_request_every),
         "--results-json", str(args.out),
     ]
@@ -87,13 +88,103 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan_markdown(result: dict, plan: dict, sizes, png: Path) -> str:
+    gib = lambda b: f"{b / planner.GIB:.3f} GiB"  # noqa: E731
+    m = plan["memory"]
+    cfg = result["config"]
+    lines = [
+        "# Capacity plan", "",
+        f"- Date: {result['finished_at']}; commit `{result['git_commit']}`; machine: {result['machine']['cpu_count']} CPUs, "
+        f"{result['machine']['platform']}",
+        f"- Sweep: `{cfg['model']}`, open loop, steps {cfg['steps']} requests/s x {cfg['step_time']:g} s, batch {cfg['batch_size']}, k {cfg['k']}",
+        f"- SLO: p99 <= {plan['slo_p99_ms']:g} ms, errors < 0.1%, >= 95% of the offered rate delivered", "",
+        report.format_steps(result), "",
+    ]
+    if plan["replicas"] is None:
+        lines += ["**No load level met the SLO**: lower the first step of the sweep, or relax the SLO.", ""]
+    else:
+        lines += [
+            f"- Highest sustained rate within the SLO: **{plan['sustained_qps']:.1f} requests/s** per replica (step {plan['sustained_step']})",
+            f"- Target {plan['target_qps']:g} requests/s with {plan['headroom']:.0%} headroom: **{plan['replicas']} replica(s)**, "
+            f"{plan['devices']} device(s) in all", "",
+        ]
+    lines += [
+        "| memory per replica | |", "|---|---|",
+        f"| engine (query encoder) | {gib(m['engine_bytes'])} |",
+        f"| index ({sizes.index_rows} x {sizes.dim} {sizes.index_dtype}) | {gib(m['index_bytes'])} |",
+        f"| workspace (estimate, --workspace-gib) | {gib(m['workspace_bytes'])} |",
+        f"| total | {gib(m['total_bytes'])} |", "",
+        ("The index fits on one device." if m["index_fits_one_device"] else
+         f"**The index does not fit on one device**: shard it over {m['devices_for_index']} devices "
+         f"({gib(m['index_shard_bytes'])} each), one mips_topk instance per shard."),
+        "", f"![latency against achieved QPS]({png.name})", "",
+        "Throughput was measured on this machine with the load generator on the same cores; "
+        "re-run the sweep on the target hardware before buying it.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    args.load_mode = "open"
+    sizes = planner.sizes_from_server(args.grpc_url)
+    result = run_load(args)
+    plan = planner.plan(result["steps"], args.slo_p99_ms, args.target_qps, args.headroom, sizes,
+                        int(args.workspace_gib * planner.GIB), int(args.device_memory_gib * planner.GIB))
+    result["plan"] = plan
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    png = report.plot(result, args.out.with_suffix(".png"), slo_p99_ms=args.slo_p99_ms)
+    md = args.out.with_suffix(".md")
+    md.write_text(plan_markdown(result, plan, sizes, png), encoding="utf-8")
+    print(md.read_text(encoding="utf-8"))
+    print(f"report: {md}\nplot:   {png}")
+    return 0
+
+
+def cmd_overload(args: argparse.Namespace) -> int:
+    """Offer `factor` x the sustainable rate; the admitted must keep their p99, the excess must be rejected fast."""
+    args.load_mode = "open"
+    args.steps = f"{args.sustainable_qps:g},{args.sustainable_qps * args.factor:g}"
+    result = run_load(args)
+    calm, storm = result["steps"]
+    rejected = sum(n for kind, n in storm["errors"].items() if kind == "StatusCode.UNAVAILABLE")
+    summary = {
+        "sustainable_qps": args.sustainable_qps, "factor": args.factor, "slo_p99_ms": args.slo_p99_ms,
+        "calm_p99_ms": calm["latency_ms"].get("p99"),
+        "overload_offered_rps": storm["offered_rps"], "overload_admitted_rps": storm["achieved_rps"],
+        "overload_admitted_p99_ms": storm["latency_ms"].get("p99"),
+        "overload_rejected_fraction": rejected / storm["issued"] if storm["issued"] else 0.0,
+        "overload_rejection_latency_ms": storm["failure_latency_ms"],
+        "overload_errors": storm["errors"],
+    }
+    result["overload"] = summary
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    report.plot(result, args.out.with_suffix(".png"), slo_p99_ms=args.slo_p99_ms)
+    print(report.format_steps(result))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
     add_load_arguments(sub.add_parser("load", help="a stepped Locust load test over gRPC"))
+    p = sub.add_parser("plan", help="sweep offered load, then size replicas and memory for a target QPS under a p99 SLO")
+    add_load_arguments(p)
+    p.add_argument("--slo-p99-ms", type=float, required=True)
+    p.add_argument("--target-qps", type=float, required=True)
+    p.add_argument("--headroom", type=float, default=0.3, help="spare capacity per replica (0.3: run at most at 1/1.3 of sustained)")
+    p.add_argument("--workspace-gib", type=float, default=1.0, help="per-replica working memory beyond engine and index (estimate)")
+    p.add_argument("--device-memory-gib", type=float, default=80.0, help="memory of one device (H100: 80)")
+    p.set_defaults(steps="10,20,40,80,120,160", out=Path("artifacts/benchmarks/plan.json"))
+    p = sub.add_parser("overload", help="the sustainable rate, then factor x that rate: admitted p99, rejections, rejection latency")
+    add_load_arguments(p)
+    p.add_argument("--sustainable-qps", type=float, required=True, help="e.g. the plan's sustained QPS")
+    p.add_argument("--factor", type=float, default=3.0)
+    p.add_argument("--slo-p99-ms", type=float, required=True)
+    p.set_defaults(out=Path("artifacts/benchmarks/overload.json"))
     args = parser.parse_args(argv)
     try:
-        return {"load": cmd_load}[args.command](args)
+        return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload}[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -54,6 +54,7 @@ def _arguments(parser):
                    help="closed: steps are user counts, no wait; open: steps are target requests/s")
     g.add_argument("--steps", default="1,2,4", help="comma-separated users (closed) or requests/s (open)")
     g.add_argument("--step-time", type=float, default=10.0, help="seconds per step")
+    g.add_argument("--warmup", type=float, default=2.0, help="seconds at the first step's load before measuring (discarded)")
     g.add_argument("--users-per-rps", type=float, default=0.1, help="open loop: users per target request/s (at least 1)")
     g.add_argument("--grpc-timeout", type=float, default=10.0, help="deadline of one call, seconds")
     g.add_argument("--bad-request-every", type=int, default=0, help="send an empty text every N-th request (tests the failure path)")
@@ -80,41 +81,42 @@ class Recorder:
     def __init__(self):
         self.step = 0
         self.hist: dict[int, HdrHistogram] = {}
+        self.fail_hist: dict[int, HdrHistogram] = {}  # latency of failed calls: a rejection must be fast
         self.errors: dict[int, Counter] = {}
         self.issued: Counter = Counter()
         self.snapshots: dict[int, dict] = {}  # master/local: metrics at the start of each step
         self.step_started: dict[int, float] = {}
 
-    def _h(self, step: int) -> HdrHistogram:
+    def _h(self, step: int, failed: bool = False) -> HdrHistogram:
         if step not in self.hist:
             self.hist[step] = HdrHistogram(HDR_MIN_US, HDR_MAX_US, HDR_DIGITS)
+            self.fail_hist[step] = HdrHistogram(HDR_MIN_US, HDR_MAX_US, HDR_DIGITS)
             self.errors[step] = Counter()
-        return self.hist[step]
+        return self.fail_hist[step] if failed else self.hist[step]
 
     def record(self, step: int, latency_us: int, error: str | None) -> None:
-        h = self._h(step)
-        if error is None:
-            h.record_value(min(max(latency_us, HDR_MIN_US), HDR_MAX_US))
-        else:
+        self._h(step, failed=error is not None).record_value(min(max(latency_us, HDR_MIN_US), HDR_MAX_US))
+        if error is not None:
             self.errors[step][error] += 1
 
     def drain(self) -> dict:
         """Everything recorded since the last drain, encoded for the master."""
+        encode = lambda h: h.encode().decode() if h.get_total_count() else ""  # noqa: E731
         payload = {
-            str(s): {"hdr": h.encode().decode() if h.get_total_count() else "", "errors": dict(self.errors[s]), "issued": self.issued[s]}
+            str(s): {"hdr": encode(h), "fail_hdr": encode(self.fail_hist[s]), "errors": dict(self.errors[s]), "issued": self.issued[s]}
             for s, h in self.hist.items()
         }
         for s in set(self.issued) - set(self.hist):
-            payload[str(s)] = {"hdr": "", "errors": {}, "issued": self.issued[s]}
-        self.hist, self.errors, self.issued = {}, {}, Counter()
+            payload[str(s)] = {"hdr": "", "fail_hdr": "", "errors": {}, "issued": self.issued[s]}
+        self.hist, self.fail_hist, self.errors, self.issued = {}, {}, {}, Counter()
         return payload
 
     def merge(self, payload: dict) -> None:
         for s, part in payload.items():
             step = int(s)
-            h = self._h(step)
-            if part["hdr"]:
-                h.decode_and_add(part["hdr"])
+            for key, failed in (("hdr", False), ("fail_hdr", True)):
+                if part[key]:
+                    self._h(step, failed).decode_and_add(part[key])
             self.errors[step].update(part["errors"])
             self.issued[step] += part["issued"]
 
@@ -166,12 +168,13 @@ class StepShape(LoadTestShape):
     def tick(self):
         options = self.runner.environment.parsed_options
         steps = steps_of(options)
-        step = int(self.get_run_time() // options.step_time)
+        measured = self.get_run_time() - options.warmup
+        step = -1 if measured < 0 else int(measured // options.step_time)  # -1: warm-up, discarded
         if step >= len(steps):
             return None
         if step not in recorder.step_started:
             start_step(self.runner.environment, step)
-        users = users_for(options, steps[step])
+        users = users_for(options, steps[max(step, 0)])
         return users, users
 
 
@@ -199,7 +202,7 @@ class RetrievalUser(User):
         o = self.options
         if o.load_mode == "closed":
             return 0
-        target = steps_of(o)[min(recorder.step, len(steps_of(o)) - 1)]
+        target = steps_of(o)[min(max(recorder.step, 0), len(steps_of(o)) - 1)]
         self.next_at += users_for(o, target) / target
         now = time.monotonic()
         if self.next_at < now:  # fell behind: the achieved rate will show it
@@ -238,8 +241,11 @@ class RetrievalUser(User):
         except gevent.Timeout as e:
             elapsed, error = self.options.grpc_timeout + 5, e
         kind = None
-        if error is not None:
-            kind = error.status() if isinstance(error, InferenceServerException) and error.status() else type(error).__name__
+        if isinstance(error, InferenceServerException):
+            kind = error.status() or type(error).__name__
+            error = RuntimeError(f"{kind}: {error.message()}")  # Locust's report shows str(), which is empty here
+        elif error is not None:
+            kind = type(error).__name__
         recorder.record(step, int(elapsed * 1e6), kind)
         events.request.fire(
             request_type="grpc", name=self.options.model, response_time=elapsed * 1e3,

@@ -8,7 +8,7 @@ from benchmarks import triton_metrics
 from benchmarks.common import git_commit, machine
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
-CONFIG_KEYS = ("grpc_url", "model", "queries", "batch_size", "k", "load_mode", "steps", "step_time",
+CONFIG_KEYS = ("grpc_url", "model", "queries", "batch_size", "k", "load_mode", "steps", "step_time", "warmup",
                "users_per_rps", "grpc_timeout", "bad_request_every")
 
 
@@ -45,6 +45,7 @@ def assemble(options, recorder, final_snapshot: dict, ensemble_steps: list[str],
             "achieved_rps": ok / options.step_time,
             "error_rate": failed / (ok + failed) if ok + failed else 0.0,
             "latency_ms": latency_ms(hist),
+            "failure_latency_ms": latency_ms(recorder.fail_hist.get(i)),
             "server": server,
         })
     return {

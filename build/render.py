@@ -33,6 +33,8 @@ class ServingSettings:
     max_batch_size: int = dataclasses.field(default=128, metadata={"help": "Triton max_batch_size of every model (rows per executed batch)"})
     max_rows_per_request: int = dataclasses.field(default=64, metadata={"help": "most texts one request may carry"})
     max_queue_delay_us: int = dataclasses.field(default=500, metadata={"help": "dynamic batcher: how long a request may wait for others"})
+    max_queue_size: int = dataclasses.field(default=256, metadata={"help": "requests a model may queue before rejecting with UNAVAILABLE, about two full batches (0: unbounded)"})
+    queue_timeout_us: int = dataclasses.field(default=0, metadata={"help": "a request queued longer than this is rejected (0: never; see README on stalls)"})
     instances: int = dataclasses.field(default=1, metadata={"help": "instances of each python model"})
     max_chars: int = dataclasses.field(default=8192, metadata={"help": "longest accepted text, in characters"})
     intra_op_threads: int = dataclasses.field(default=0, metadata={"help": "ONNX Runtime intra-op threads (0: one per core)"})
@@ -128,6 +130,9 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
         "onnx_file": "model.onnx",
         "index_dir": "index",
         "query_tower_fingerprint": q["fingerprint"],
+        "encoder_bytes": query_tower.onnx_file.stat().st_size,  # capacity planning reads these over gRPC
+        "index_rows": index_manifest["count"],
+        "index_dtype": index_manifest["dtype"],
     }
     configs = render_configs(context)
     resolved = {"context": context, "sources": sources_fingerprint(), "query_tower": q, "index": {k: v for k, v in index_manifest.items() if k != "shards"}}

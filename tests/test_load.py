@@ -115,3 +115,11 @@ def test_metrics_breakdown_arithmetic():
     assert tok["request_ms"] == pytest.approx(2.0) and tok["queue_ms"] == pytest.approx(1.0)
     assert result["models"]["retrieve"]["request_ms"] == pytest.approx(10.0)
     assert result["ensemble_overhead_ms"] == pytest.approx(8.0)
+
+
+def test_worker_histograms_are_merged_on_the_master(server, tmp_path):
+    result = run_load(load_args(server, tmp_path, "--steps", "2", "--step-time", "4", "--processes", "2"))
+    step = result["steps"][0]
+    assert step["failed"] == 0 and step["issued"] == step["succeeded"] > 20
+    # every request the two workers made is in the merged histogram, and the server agrees
+    assert abs(step["server"]["models"]["retrieve"]["requests"] - step["succeeded"]) <= 4

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -80,9 +81,15 @@ def fire_concurrently(grpc, model, requests, outputs):
     return results
 
 
-def executions(grpc, model):
-    stats = grpc.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+def executions(grpc, model, at_least: int = 0):
+    """(inference_count, execution_count); waits briefly for the statistics to catch up to ``at_least``."""
+    for _ in range(50):
+        stats = grpc.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        counts = int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+        if counts[0] >= at_least:
+            break
+        time.sleep(0.1)
+    return counts
 
 
 OUTPUTS = ["DOC_IDS", "SCORES", "DOC_KEYS", "INDEX_VERSION"]
@@ -98,12 +105,12 @@ def test_64_concurrent_requests_each_equal_the_request_alone(grpc, queries):
     alone = [grpc.infer("retrieve", retrieve_request([t], 5)) for t in texts]
     before = executions(grpc, "query_encoder")
     together = fire_concurrently(grpc, "retrieve", [retrieve_request([t], 5) for t in texts], OUTPUTS)
-    inferences, runs = (a - b for a, b in zip(executions(grpc, "query_encoder"), before))
-    assert inferences == 64 and runs < 64, "the dynamic batcher never formed a batch; the test proves nothing"
     for single, batched in zip(alone, together):
-        assert not isinstance(batched, Exception), batched
+        assert not isinstance(batched, Exception), getattr(batched, "message", lambda: batched)()
         np.testing.assert_array_equal(batched["DOC_IDS"], single.as_numpy("DOC_IDS"))
         np.testing.assert_allclose(batched["SCORES"], single.as_numpy("SCORES"), atol=2e-5, rtol=0)
+    inferences, runs = (a - b for a, b in zip(executions(grpc, "query_encoder", before[0] + 64), before))
+    assert inferences == 64 and runs < 64, "the dynamic batcher never formed a batch; the test proves nothing"
 
 
 def test_multi_row_request_equals_rows_sent_alone(retrieval, queries):
@@ -162,7 +169,7 @@ def test_in_a_dynamic_batch_only_the_bad_requests_fail(grpc, queries):
     alone = {t: grpc.infer("retrieve", retrieve_request([t], 5)).as_numpy("DOC_IDS") for t in good_texts}
     before = executions(grpc, "tokenizer")
     results = fire_concurrently(grpc, "retrieve", requests, OUTPUTS)
-    inferences, runs = (a - b for a, b in zip(executions(grpc, "tokenizer"), before))
+    inferences, runs = (a - b for a, b in zip(executions(grpc, "tokenizer", before[0] + len(requests)), before))
     assert runs < inferences, "no dynamic batch formed"
     good_iter = iter(good_texts)
     for i, result in enumerate(results):

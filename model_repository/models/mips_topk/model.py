@@ -22,6 +22,8 @@ class TritonPythonModel:
         self.input_names = [i["name"] for i in params.config["input"]]  # embedding, k
         self.output_names = params.output_names()
         self.index = load_index(f"{version_folder(args)}/{params.str('index_dir')}", params.str("query_tower_fingerprint"))
+        if params.int("index_rows") != len(self.index):
+            raise ValueError(f"mips_topk: config says index_rows={params.int('index_rows')}; the index has {len(self.index)}")
         implementation = params.str("implementation")
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"mips_topk: implementation must be one of {sorted(IMPLEMENTATIONS)}; got {implementation!r}")

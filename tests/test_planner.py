@@ -1,0 +1,90 @@
+"""Capacity planner: the arithmetic, and one short end-to-end sweep against the real server."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.__main__ import main as bench_main
+from benchmarks.planner import GIB, Sizes, memory_per_replica, plan, replicas_needed, sizes_from_server, sustained_step
+from tests.conftest import ARTIFACTS
+
+
+def step(index, offered, achieved, p99, error_rate=0.0):
+    return {"index": index, "offered_rps": offered, "achieved_rps": achieved, "error_rate": error_rate, "latency_ms": {"p99": p99}}
+
+
+SWEEP = [
+    step(0, 10, 10, 12.0),
+    step(1, 20, 20, 18.0),
+    step(2, 40, 39.5, 30.0),
+    step(3, 80, 79, 55.0),            # p99 over a 50 ms SLO
+    step(4, 60, 60, 25.0, 0.002),     # too many errors
+    step(5, 120, 90, 20.0),           # falling behind: 75% delivered
+]
+
+
+def test_sustained_step_is_the_fastest_that_meets_every_condition():
+    assert sustained_step(SWEEP, slo_p99_ms=50)["index"] == 2
+    assert sustained_step(SWEEP, slo_p99_ms=60)["index"] == 3
+    assert sustained_step(SWEEP, slo_p99_ms=5) is None
+
+
+@pytest.mark.parametrize("target,sustained,headroom,expected", [
+    (100, 40, 0.0, 3), (120, 40, 0.0, 3), (121, 40, 0.0, 4), (100, 40, 0.3, 4), (10, 40, 0.3, 1), (1000, 39.5, 0.3, 33),
+])
+def test_replicas_needed(target, sustained, headroom, expected):
+    assert replicas_needed(target, sustained, headroom) == expected
+
+
+def test_replicas_needed_rejects_nonsense():
+    with pytest.raises(ValueError, match="sustained QPS must be > 0; got 0"):
+        replicas_needed(10, 0, 0.3)
+    with pytest.raises(ValueError, match="headroom must be >= 0; got -0.1"):
+        replicas_needed(10, 5, -0.1)
+
+
+def test_memory_and_sharding():
+    small = Sizes(encoder_bytes=100 * 2**20, index_rows=1_000_000, dim=768, index_dtype="float16")
+    m = memory_per_replica(small, workspace_bytes=2 * GIB, device_bytes=80 * GIB)
+    assert m["index_bytes"] == 1_000_000 * 768 * 2
+    assert m["total_bytes"] == 100 * 2**20 + 1_000_000 * 768 * 2 + 2 * GIB
+    assert m["index_fits_one_device"] and m["devices_for_index"] == 1
+    huge = Sizes(encoder_bytes=GIB, index_rows=100_000_000, dim=768, index_dtype="float16")  # 143 GiB of index
+    m = memory_per_replica(huge, workspace_bytes=2 * GIB, device_bytes=80 * GIB)
+    assert not m["index_fits_one_device"] and m["devices_for_index"] == 2
+    assert m["index_shard_bytes"] * 2 >= m["index_bytes"]
+    with pytest.raises(ValueError, match="exceed the device memory"):
+        memory_per_replica(small, workspace_bytes=80 * GIB, device_bytes=80 * GIB)
+
+
+def test_plan_combines_throughput_and_memory():
+    huge = Sizes(encoder_bytes=GIB, index_rows=100_000_000, dim=768, index_dtype="float16")
+    result = plan(SWEEP, slo_p99_ms=50, target_qps=100, headroom=0.3, sizes=huge, workspace_bytes=2 * GIB, device_bytes=80 * GIB)
+    assert result["sustained_qps"] == 39.5 and result["replicas"] == 4 and result["devices"] == 8
+    none = plan(SWEEP, slo_p99_ms=1, target_qps=100, headroom=0.3, sizes=huge, workspace_bytes=2 * GIB, device_bytes=80 * GIB)
+    assert none["replicas"] is None and none["sustained_qps"] == 0.0
+
+
+def test_sizes_come_from_the_served_configs(server, render_info):
+    sizes = sizes_from_server(server.grpc_url)
+    assert sizes.index_rows == render_info["index"]["count"] and sizes.dim == render_info["query_tower"]["dim"]
+    assert sizes.index_dtype == "float16"
+    assert sizes.encoder_bytes == (ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"] / "model.onnx").stat().st_size
+
+
+def test_plan_end_to_end_on_a_short_sweep(server, tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    code = bench_main([
+        "plan", "--grpc-url", server.grpc_url, "--metrics-url", server.metrics_url,
+        "--queries", str(ARTIFACTS / "corpus" / "python-docs" / "queries.jsonl"),
+        "--slo-p99-ms", "2000", "--target-qps", "100", "--steps", "5,10", "--step-time", "3", "--warmup", "1", "--out", str(out),
+    ])
+    assert code == 0
+    result = json.loads(out.read_text(encoding="utf-8"))
+    p = result["plan"]
+    assert p["sustained_step"] == 1 and p["sustained_qps"] == pytest.approx(10, rel=0.2)
+    assert p["replicas"] == replicas_needed(100, p["sustained_qps"], 0.3)
+    md = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert f"**{p['replicas']} replica(s)**" in md and "The index fits on one device." in md
+    assert out.with_suffix(".png").stat().st_size > 10_000
