@@ -31,7 +31,7 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", default="1,2,4", help="users (closed) or requests/s (open), comma-separated")
     p.add_argument("--step-time", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0, help="seconds at the first step's load before measuring (discarded)")
-    p.add_argument("--users-per-rps", type=float, default=0.1)
+    p.add_argument("--users-per-rps", type=float, default=0.5)
     p.add_argument("--grpc-timeout", type=float, default=10.0)
     p.add_argument("--bad-request-every", type=int, default=0)
     p.add_argument("--processes", type=int, default=1, help="Locust worker processes (histograms are merged)")

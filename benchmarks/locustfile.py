@@ -20,21 +20,19 @@ import json
 import math
 import random
 import time
-from collections import Counter
 from pathlib import Path
 
 import gevent
 import numpy as np
 import tritonclient.grpc as grpcclient
-from hdrh.histogram import HdrHistogram
 from locust import LoadTestShape, User, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from tritonclient.utils import InferenceServerException
 
 from benchmarks import report, triton_metrics
 from benchmarks.common import check_loopback, read_queries
+from benchmarks.recorder import Recorder
 
-HDR_MIN_US, HDR_MAX_US, HDR_DIGITS = 1, 120_000_000, 3
 ENSEMBLE_STEPS = {
     "embed": ["tokenizer", "query_encoder", "pool_normalize"],
     "retrieve": ["tokenizer", "query_encoder", "pool_normalize", "mips_topk"],
@@ -51,11 +49,11 @@ def _arguments(parser):
     g.add_argument("--batch-size", type=int, default=1, help="texts per request")
     g.add_argument("--k", type=int, default=10, help="documents per query (retrieve)")
     g.add_argument("--load-mode", choices=["closed", "open"], default="closed",
-                   help="closed: steps are user counts, no wait; open: steps are target requests/s")
+                   help="closed: steps are user counts, no wait; open: steps are target requests/s, Poisson arrivals")
     g.add_argument("--steps", default="1,2,4", help="comma-separated users (closed) or requests/s (open)")
     g.add_argument("--step-time", type=float, default=10.0, help="seconds per step")
     g.add_argument("--warmup", type=float, default=2.0, help="seconds at the first step's load before measuring (discarded)")
-    g.add_argument("--users-per-rps", type=float, default=0.1, help="open loop: users per target request/s (at least 1)")
+    g.add_argument("--users-per-rps", type=float, default=0.5, help="open loop: users per target request/s (at least 1); enough that one slow call does not hold back arrivals")
     g.add_argument("--grpc-timeout", type=float, default=10.0, help="deadline of one call, seconds")
     g.add_argument("--bad-request-every", type=int, default=0, help="send an empty text every N-th request (tests the failure path)")
     g.add_argument("--results-json", default="", help="write the results here (master or local runner)")
@@ -73,52 +71,6 @@ def steps_of(options) -> list[float]:
 
 def users_for(options, target: float) -> int:
     return int(target) if options.load_mode == "closed" else max(1, math.ceil(target * options.users_per_rps))
-
-
-class Recorder:
-    """Per-step HDR histograms (µs), error counts and issue counts of this process."""
-
-    def __init__(self):
-        self.step = 0
-        self.hist: dict[int, HdrHistogram] = {}
-        self.fail_hist: dict[int, HdrHistogram] = {}  # latency of failed calls: a rejection must be fast
-        self.errors: dict[int, Counter] = {}
-        self.issued: Counter = Counter()
-        self.snapshots: dict[int, dict] = {}  # master/local: metrics at the start of each step
-        self.step_started: dict[int, float] = {}
-
-    def _h(self, step: int, failed: bool = False) -> HdrHistogram:
-        if step not in self.hist:
-            self.hist[step] = HdrHistogram(HDR_MIN_US, HDR_MAX_US, HDR_DIGITS)
-            self.fail_hist[step] = HdrHistogram(HDR_MIN_US, HDR_MAX_US, HDR_DIGITS)
-            self.errors[step] = Counter()
-        return self.fail_hist[step] if failed else self.hist[step]
-
-    def record(self, step: int, latency_us: int, error: str | None) -> None:
-        self._h(step, failed=error is not None).record_value(min(max(latency_us, HDR_MIN_US), HDR_MAX_US))
-        if error is not None:
-            self.errors[step][error] += 1
-
-    def drain(self) -> dict:
-        """Everything recorded since the last drain, encoded for the master."""
-        encode = lambda h: h.encode().decode() if h.get_total_count() else ""  # noqa: E731
-        payload = {
-            str(s): {"hdr": encode(h), "fail_hdr": encode(self.fail_hist[s]), "errors": dict(self.errors[s]), "issued": self.issued[s]}
-            for s, h in self.hist.items()
-        }
-        for s in set(self.issued) - set(self.hist):
-            payload[str(s)] = {"hdr": "", "fail_hdr": "", "errors": {}, "issued": self.issued[s]}
-        self.hist, self.fail_hist, self.errors, self.issued = {}, {}, {}, Counter()
-        return payload
-
-    def merge(self, payload: dict) -> None:
-        for s, part in payload.items():
-            step = int(s)
-            for key, failed in (("hdr", False), ("fail_hdr", True)):
-                if part[key]:
-                    self._h(step, failed).decode_and_add(part[key])
-            self.errors[step].update(part["errors"])
-            self.issued[step] += part["issued"]
 
 
 recorder = Recorder()
@@ -191,6 +143,7 @@ class RetrievalUser(User):
         self.texts = itertools.cycle(queries[start:] + queries[:start])
         self.counter = 0
         self.next_at = time.monotonic()
+        self.rng = random.Random()
         pool = gevent.get_hub().threadpool
         pool.maxsize = max(pool.maxsize, 1024)
         self.pool = pool
@@ -203,7 +156,8 @@ class RetrievalUser(User):
         if o.load_mode == "closed":
             return 0
         target = steps_of(o)[min(max(recorder.step, 0), len(steps_of(o)) - 1)]
-        self.next_at += users_for(o, target) / target
+        # Poisson arrivals: exponential gaps, so users do not fire in lock-step bursts.
+        self.next_at += self.rng.expovariate(target / users_for(o, target))
         now = time.monotonic()
         if self.next_at < now:  # fell behind: the achieved rate will show it
             self.next_at = now

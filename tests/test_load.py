@@ -123,3 +123,20 @@ def test_worker_histograms_are_merged_on_the_master(server, tmp_path):
     assert step["failed"] == 0 and step["issued"] == step["succeeded"] > 20
     # every request the two workers made is in the merged histogram, and the server agrees
     assert abs(step["server"]["models"]["retrieve"]["requests"] - step["succeeded"]) <= 4
+
+
+def test_recorder_merge_handles_reports_with_nothing_completed_yet():
+    from benchmarks.recorder import Recorder
+
+    worker, master = Recorder(), Recorder()
+    worker.issued[3] += 2  # two calls in flight at report time
+    worker.record(0, 1500, None)
+    worker.record(0, 2500, "StatusCode.UNAVAILABLE")
+    master.merge(worker.drain())
+    assert master.issued[3] == 2 and master.issued[0] == 0
+    assert master.hist[0].get_total_count() == 1 and master.fail_hist[0].get_total_count() == 1
+    assert master.errors[0] == {"StatusCode.UNAVAILABLE": 1}
+    later = Recorder()
+    later.record(3, 900, None)
+    master.merge(later.drain())
+    assert master.hist[3].get_total_count() == 1 and master.issued[3] == 2

@@ -1,0 +1,58 @@
+"""Per-step HDR histograms of one Locust process, and their merge on the master.
+
+Kept free of Locust imports (Locust monkey-patches the interpreter with gevent on import).
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from hdrh.histogram import HdrHistogram
+
+HDR_MIN_US, HDR_MAX_US, HDR_DIGITS = 1, 120_000_000, 3
+
+
+class Recorder:
+    """Per-step HDR histograms (µs), error counts and issue counts of this process."""
+
+    def __init__(self):
+        self.step = 0
+        self.hist: dict[int, HdrHistogram] = {}
+        self.fail_hist: dict[int, HdrHistogram] = {}  # latency of failed calls: a rejection must be fast
+        self.errors: dict[int, Counter] = {}
+        self.issued: Counter = Counter()
+        self.snapshots: dict[int, dict] = {}  # master/local: metrics at the start of each step
+        self.step_started: dict[int, float] = {}
+
+    def _h(self, step: int, failed: bool = False) -> HdrHistogram:
+        if step not in self.hist:
+            self.hist[step] = HdrHistogram(HDR_MIN_US, HDR_MAX_US, HDR_DIGITS)
+            self.fail_hist[step] = HdrHistogram(HDR_MIN_US, HDR_MAX_US, HDR_DIGITS)
+            self.errors[step] = Counter()
+        return self.fail_hist[step] if failed else self.hist[step]
+
+    def record(self, step: int, latency_us: int, error: str | None) -> None:
+        self._h(step, failed=error is not None).record_value(min(max(latency_us, HDR_MIN_US), HDR_MAX_US))
+        if error is not None:
+            self.errors[step][error] += 1
+
+    def drain(self) -> dict:
+        """Everything recorded since the last drain, encoded for the master."""
+        encode = lambda h: h.encode().decode() if h.get_total_count() else ""  # noqa: E731
+        payload = {
+            str(s): {"hdr": encode(h), "fail_hdr": encode(self.fail_hist[s]), "errors": dict(self.errors[s]), "issued": self.issued[s]}
+            for s, h in self.hist.items()
+        }
+        for s in set(self.issued) - set(self.hist):
+            payload[str(s)] = {"hdr": "", "fail_hdr": "", "errors": {}, "issued": self.issued[s]}
+        self.hist, self.fail_hist, self.errors, self.issued = {}, {}, {}, Counter()
+        return payload
+
+    def merge(self, payload: dict) -> None:
+        for s, part in payload.items():
+            step = int(s)
+            self._h(step)  # a report may carry only issued requests, none completed yet
+            for key, failed in (("hdr", False), ("fail_hdr", True)):
+                if part[key]:
+                    self._h(step, failed).decode_and_add(part[key])
+            self.errors[step].update(part["errors"])
+            self.issued[step] += part["issued"]
