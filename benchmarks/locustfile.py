@@ -43,6 +43,10 @@ ENSEMBLE_STEPS = {
 def _arguments(parser):
     g = parser.add_argument_group("retrieval server")
     g.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC address (loopback only)")
+    g.add_argument("--target", choices=["triton", "infinity", "st"], default="triton",
+                   help="triton: our server over gRPC; infinity / st: a peer over HTTP at --http-url (embed only)")
+    g.add_argument("--http-url", default="", help="peer base URL, e.g. http://127.0.0.1:7997 (loopback only)")
+    g.add_argument("--peer-model", default="", help="model name the peer expects in its request (infinity)")
     g.add_argument("--metrics-url", default="", help="Triton metrics URL (default: same host, port 8002)")
     g.add_argument("--model", choices=sorted(ENSEMBLE_STEPS), default="retrieve", help="ensemble to load")
     g.add_argument("--queries", default="artifacts/corpus/python-docs/queries.jsonl", help="JSONL with a 'query' per line")
@@ -82,6 +86,10 @@ def _init(environment, **_):
     if options is None:
         return
     check_loopback(options.grpc_url)
+    if options.target != "triton":
+        check_loopback(options.http_url)
+        if options.model != "embed":
+            raise ValueError(f"--target {options.target} serves embeddings only; --model must be embed, got {options.model}")
     steps_of(options)
     if isinstance(environment.runner, WorkerRunner):
         environment.runner.register_message("sn_step", lambda msg, **__: setattr(recorder, "step", int(msg.data)))
@@ -138,6 +146,11 @@ class RetrievalUser(User):
         o = environment.parsed_options
         self.options = o
         self.client = grpcclient.InferenceServerClient(o.grpc_url)
+        self.http = None
+        if o.target != "triton":
+            from geventhttpclient import HTTPClient, URL
+
+            self.http = HTTPClient.from_url(URL(o.http_url), network_timeout=o.grpc_timeout, connection_timeout=o.grpc_timeout)
         queries = read_queries(Path(o.queries))
         start = random.randrange(len(queries))
         self.texts = itertools.cycle(queries[start:] + queries[:start])
@@ -150,6 +163,8 @@ class RetrievalUser(User):
 
     def on_stop(self):
         self.client.close()
+        if self.http is not None:
+            self.http.close()
 
     def wait_time(self):
         o = self.options
@@ -163,11 +178,14 @@ class RetrievalUser(User):
             self.next_at = now
         return self.next_at - now
 
-    def inputs(self) -> list:
+    def texts_for_request(self) -> list[str]:
         self.counter += 1
         texts = [next(self.texts) for _ in range(self.options.batch_size)]
         if self.options.bad_request_every and self.counter % self.options.bad_request_every == 0:
             texts[0] = ""
+        return texts
+
+    def inputs(self, texts: list[str]) -> list:
         data = np.array([[t.encode()] for t in texts], dtype=np.object_)
         inputs = [grpcclient.InferInput("TEXT", list(data.shape), "BYTES")]
         inputs[0].set_data_from_numpy(data)
@@ -186,12 +204,30 @@ class RetrievalUser(User):
         except Exception as e:  # noqa: BLE001 - every failure is reported, with its type
             return time.perf_counter() - start, e
 
+    def call_peer(self, texts: list[str]):
+        """HTTP peers, in this greenlet (geventhttpclient is cooperative); timed the same way."""
+        o = self.options
+        path, body = ("/embeddings", {"model": o.peer_model, "input": texts}) if o.target == "infinity" else ("/embed", {"texts": texts})
+        start = time.perf_counter()
+        try:
+            response = self.http.post(path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+            payload = response.read()
+            if response.status_code != 200:
+                return time.perf_counter() - start, RuntimeError(f"HTTP {response.status_code}: {payload[:200]!r}")
+            return time.perf_counter() - start, None
+        except Exception as e:  # noqa: BLE001
+            return time.perf_counter() - start, e
+
     @task
     def infer(self):
         step = recorder.step
         recorder.issued[step] += 1
+        texts = self.texts_for_request()
         try:
-            elapsed, error = self.pool.spawn(self.call, self.inputs()).get(timeout=self.options.grpc_timeout + 5)
+            if self.http is not None:
+                elapsed, error = self.call_peer(texts)
+            else:
+                elapsed, error = self.pool.spawn(self.call, self.inputs(texts)).get(timeout=self.options.grpc_timeout + 5)
         except gevent.Timeout as e:
             elapsed, error = self.options.grpc_timeout + 5, e
         kind = None

