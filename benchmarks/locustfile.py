@@ -44,7 +44,7 @@ def _arguments(parser):
     g = parser.add_argument_group("retrieval server")
     g.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC address (loopback only)")
     g.add_argument("--target", choices=["triton", "infinity", "st"], default="triton",
-                   help="triton: our server over gRPC; infinity / st: a peer over HTTP at --http-url (embed only)")
+                   help="triton: our server over gRPC; infinity (embed) / st (embed, retrieve with faiss): a peer over HTTP at --http-url")
     g.add_argument("--http-url", default="", help="peer base URL, e.g. http://127.0.0.1:7997 (loopback only)")
     g.add_argument("--peer-model", default="", help="model name the peer expects in its request (infinity)")
     g.add_argument("--metrics-url", default="", help="Triton metrics URL (default: same host, port 8002)")
@@ -55,6 +55,8 @@ def _arguments(parser):
     g.add_argument("--load-mode", choices=["closed", "open"], default="closed",
                    help="closed: steps are user counts, no wait; open: steps are target requests/s, Poisson arrivals")
     g.add_argument("--steps", default="1,2,4", help="comma-separated users (closed) or requests/s (open)")
+    g.add_argument("--arrivals", choices=["poisson", "uniform"], default="poisson",
+                   help="open loop: exponential gaps, or a fixed interval with a random phase per user")
     g.add_argument("--step-time", type=float, default=10.0, help="seconds per step")
     g.add_argument("--warmup", type=float, default=2.0, help="seconds at the first step's load before measuring (discarded)")
     g.add_argument("--users-per-rps", type=float, default=0.5, help="open loop: users per target request/s (at least 1); enough that one slow call does not hold back arrivals")
@@ -88,8 +90,8 @@ def _init(environment, **_):
     check_loopback(options.grpc_url)
     if options.target != "triton":
         check_loopback(options.http_url)
-        if options.model != "embed":
-            raise ValueError(f"--target {options.target} serves embeddings only; --model must be embed, got {options.model}")
+        if options.target == "infinity" and options.model != "embed":
+            raise ValueError(f"--target infinity serves embeddings only; --model must be embed, got {options.model}")
     steps_of(options)
     if isinstance(environment.runner, WorkerRunner):
         environment.runner.register_message("sn_step", lambda msg, **__: setattr(recorder, "step", int(msg.data)))
@@ -171,8 +173,11 @@ class RetrievalUser(User):
         if o.load_mode == "closed":
             return 0
         target = steps_of(o)[min(max(recorder.step, 0), len(steps_of(o)) - 1)]
-        # Poisson arrivals: exponential gaps, so users do not fire in lock-step bursts.
-        self.next_at += self.rng.expovariate(target / users_for(o, target))
+        per_user = target / users_for(o, target)
+        if o.arrivals == "poisson":  # exponential gaps: users never fire in lock-step bursts
+            self.next_at += self.rng.expovariate(per_user)
+        else:  # fixed interval; each user starts at a random phase of it
+            self.next_at += 1 / per_user if self.counter else self.rng.uniform(0, 1 / per_user)
         now = time.monotonic()
         if self.next_at < now:  # fell behind: the achieved rate will show it
             self.next_at = now
@@ -207,7 +212,10 @@ class RetrievalUser(User):
     def call_peer(self, texts: list[str]):
         """HTTP peers, in this greenlet (geventhttpclient is cooperative); timed the same way."""
         o = self.options
-        path, body = ("/embeddings", {"model": o.peer_model, "input": texts}) if o.target == "infinity" else ("/embed", {"texts": texts})
+        if o.target == "infinity":
+            path, body = "/embeddings", {"model": o.peer_model, "input": texts}
+        else:
+            path, body = ("/retrieve", {"texts": texts, "k": o.k}) if o.model == "retrieve" else ("/embed", {"texts": texts})
         start = time.perf_counter()
         try:
             response = self.http.post(path, body=json.dumps(body), headers={"Content-Type": "application/json"})

@@ -39,11 +39,15 @@ def sizes_from_server(grpc_url: str) -> Sizes:
 
 def sustained_step(steps: list[dict], slo_p99_ms: float, max_error_rate: float = 0.001, min_delivered: float = 0.95) -> dict | None:
     """The step with the highest achieved QPS that met the SLO: p99 <= SLO, errors < max_error_rate,
-    and at least ``min_delivered`` of the offered rate actually delivered (else the server is falling behind)."""
+    and at least ``min_delivered`` of the wanted rate delivered (else the server is falling behind).
+    The wanted rate is the step's target for open-loop steps, else what was offered."""
+    def wanted(s: dict) -> float:
+        return s["target"] if s.get("target_unit") == "requests/s" else s["offered_rps"]
+
     good = [
         s for s in steps
         if s["latency_ms"] and s["latency_ms"]["p99"] <= slo_p99_ms and s["error_rate"] < max_error_rate
-        and s["offered_rps"] > 0 and s["achieved_rps"] >= min_delivered * s["offered_rps"]
+        and wanted(s) > 0 and s["achieved_rps"] >= min_delivered * wanted(s)
     ]
     return max(good, key=lambda s: s["achieved_rps"], default=None)
 

@@ -8,7 +8,7 @@ from benchmarks import triton_metrics
 from benchmarks.common import git_commit, machine
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
-CONFIG_KEYS = ("grpc_url", "model", "queries", "batch_size", "k", "load_mode", "steps", "step_time", "warmup",
+CONFIG_KEYS = ("grpc_url", "model", "queries", "batch_size", "k", "load_mode", "arrivals", "steps", "step_time", "warmup",
                "users_per_rps", "grpc_timeout", "bad_request_every")
 
 
@@ -108,7 +108,7 @@ def plot_compare(summary: dict, path: Path) -> Path:
     ax.set_xlabel("achieved requests/s (closed loop, same users per step)")
     ax.set_ylabel("p99 latency, ms (log)")
     ax.set_yscale("log")
-    ax.set_title(f"embed, all-MiniLM-L6-v2 on CPU · {summary['machine']['cpu_count']} CPUs")
+    ax.set_title(f"{summary.get('model', 'embed')}, all-MiniLM-L6-v2 on CPU · {summary['machine']['cpu_count']} CPUs")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()

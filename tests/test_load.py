@@ -53,11 +53,19 @@ def test_injected_bad_requests_are_failures_with_their_type(server, tmp_path):
 
 
 def test_open_loop_holds_the_offered_rate(server, tmp_path):
-    result = run_load(load_args(server, tmp_path, "--load-mode", "open", "--steps", "10,20", "--step-time", "3"))
+    result = run_load(load_args(server, tmp_path, "--load-mode", "open", "--arrivals", "uniform", "--steps", "10,20", "--step-time", "3"))
     for step, target in zip(result["steps"], (10, 20)):
         assert step["target_unit"] == "requests/s"
-        assert step["offered_rps"] == pytest.approx(target, rel=0.2)
-        assert step["achieved_rps"] == pytest.approx(target, rel=0.2)
+        assert step["offered_rps"] == pytest.approx(target, rel=0.15)
+        assert step["achieved_rps"] == pytest.approx(target, rel=0.15)
+
+
+def test_poisson_arrivals_offer_the_rate_within_their_own_noise(server, tmp_path):
+    result = run_load(load_args(server, tmp_path, "--load-mode", "open", "--steps", "30", "--step-time", "4"))
+    step = result["steps"][0]
+    expected = 30 * 4
+    assert abs(step["issued"] - expected) <= 4 * expected**0.5  # Poisson: 4 standard deviations
+    assert step["failed"] == 0
 
 
 def test_a_frozen_server_cannot_hang_the_load_test(repository, tmp_path):

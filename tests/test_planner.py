@@ -24,6 +24,12 @@ SWEEP = [
 ]
 
 
+def test_open_loop_steps_are_judged_against_their_target_rate():
+    steps = [{**step(0, 10.7, 10.0, 20.0), "target": 10, "target_unit": "requests/s"},
+             {**step(1, 20, 18.0, 20.0), "target": 20, "target_unit": "requests/s"}]
+    assert sustained_step(steps, slo_p99_ms=50)["index"] == 0  # 10.0 of a 10/s target; 18 of 20 is behind
+
+
 def test_sustained_step_is_the_fastest_that_meets_every_condition():
     assert sustained_step(SWEEP, slo_p99_ms=50)["index"] == 2
     assert sustained_step(SWEEP, slo_p99_ms=60)["index"] == 3
@@ -78,7 +84,8 @@ def test_plan_end_to_end_on_a_short_sweep(server, tmp_path, capsys):
     code = bench_main([
         "plan", "--grpc-url", server.grpc_url, "--metrics-url", server.metrics_url,
         "--queries", str(ARTIFACTS / "corpus" / "python-docs" / "queries.jsonl"),
-        "--slo-p99-ms", "2000", "--target-qps", "100", "--steps", "5,10", "--step-time", "3", "--warmup", "1", "--out", str(out),
+        "--slo-p99-ms", "2000", "--target-qps", "100", "--steps", "5,10", "--step-time", "3", "--warmup", "1",
+        "--arrivals", "uniform", "--out", str(out),
     ])
     assert code == 0
     result = json.loads(out.read_text(encoding="utf-8"))
