@@ -241,7 +241,7 @@ class RetrievalUser(User):
         kind = None
         if isinstance(error, InferenceServerException):
             kind = error.status() or type(error).__name__
-            error = RuntimeError(f"{kind}: {error.message()}")  # Locust's report shows str(), which is empty here
+            error.args = (f"{kind}: {error.message()}",)  # the real exception, readable in Locust's error report
         elif error is not None:
             kind = type(error).__name__
         recorder.record(step, int(elapsed * 1e6), kind)

@@ -68,50 +68,51 @@ def format_steps(result: dict) -> str:
     return "\n".join(rows)
 
 
-def plot(result: dict, path: Path, slo_p99_ms: float | None = None) -> Path:
+def _axes():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=(7, 4.5))
+
+
+def _finish(fig, ax, path: Path, *, title: str, xlabel: str, ylabel: str, slo_p99_ms: float | None) -> Path:
+    """SLO line, log latency axis, labels, legend; save as PNG."""
+    import matplotlib.pyplot as plt
+
+    if slo_p99_ms is not None:
+        ax.axhline(slo_p99_ms, color="red", linestyle="--", label=f"SLO p99 {slo_p99_ms:g} ms")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot(result: dict, path: Path, slo_p99_ms: float | None = None) -> Path:
+    """Latency percentiles against achieved QPS, one point per step."""
+    fig, ax = _axes()
     steps = [s for s in result["steps"] if s["latency_ms"]]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     x = [s["achieved_rps"] for s in steps]
     for name in PERCENTILES:
         ax.plot(x, [s["latency_ms"][name] for s in steps], marker="o", label=name)
-    if slo_p99_ms is not None:
-        ax.axhline(slo_p99_ms, color="red", linestyle="--", label=f"SLO p99 {slo_p99_ms:g} ms")
     cfg = result["config"]
-    ax.set_xlabel("achieved requests/s")
-    ax.set_ylabel("latency, ms (log)")
-    ax.set_yscale("log")
-    ax.set_title(f"{cfg['model']} · {cfg['load_mode']} loop · batch {cfg['batch_size']} · {result['machine']['cpu_count']} CPUs")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    title = f"{cfg['model']} · {cfg['load_mode']} loop · batch {cfg['batch_size']} · {result['machine']['cpu_count']} CPUs"
+    return _finish(fig, ax, path, title=title, xlabel="achieved requests/s", ylabel="latency, ms (log)", slo_p99_ms=slo_p99_ms)
 
 
 def plot_compare(summary: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """p99 against achieved QPS for each compared system."""
+    fig, ax = _axes()
     for name, system in summary["systems"].items():
         steps = [s for s in system["closed_steps"] if s["latency_ms"]]
         ax.plot([s["achieved_rps"] for s in steps], [s["latency_ms"]["p99"] for s in steps], marker="o", label=f"{name} p99")
-    ax.axhline(summary["slo_p99_ms"], color="red", linestyle="--", label=f"SLO p99 {summary['slo_p99_ms']:g} ms")
-    ax.set_xlabel("achieved requests/s (closed loop, same users per step)")
-    ax.set_ylabel("p99 latency, ms (log)")
-    ax.set_yscale("log")
-    ax.set_title(f"{summary.get('model', 'embed')}, all-MiniLM-L6-v2 on CPU · {summary['machine']['cpu_count']} CPUs")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    title = f"{summary.get('model', 'embed')}, all-MiniLM-L6-v2 on CPU · {summary['machine']['cpu_count']} CPUs"
+    return _finish(fig, ax, path, title=title, xlabel="achieved requests/s (closed loop, same users per step)",
+                   ylabel="p99 latency, ms (log)", slo_p99_ms=summary["slo_p99_ms"])
