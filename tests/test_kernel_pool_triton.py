@@ -1,0 +1,100 @@
+"""OpenAI-Triton fused pooling + L2 norm against the references, forward and backward.
+
+On a machine without a GPU the kernel runs under TRITON_INTERPRET=1 (set in conftest);
+with CUDA the `gpu` test runs it compiled.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kernels.pool_normalize_triton import pool_normalize_torch_reference, pool_normalize_triton
+from kernels.pooling import Pooling, pool_normalize_reference
+
+# explicit tolerances per dtype: outputs are unit vectors, stored in the input dtype
+FWD_TOL = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+BWD_TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+SHAPES = [(1, 1, 7), (3, 13, 100), (2, 33, 1023), (4, 5, 384)]
+
+
+def make_inputs(batch, seq, dim, dtype, left_pad, seed, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(batch, seq, dim, generator=g).to(dtype)
+    lengths = torch.randint(1, seq + 1, (batch,), generator=g)
+    mask = torch.zeros(batch, seq, dtype=torch.int64)
+    for b, n in enumerate(lengths.tolist()):
+        if left_pad:
+            mask[b, seq - n:] = 1
+        else:
+            mask[b, :n] = 1
+    return hidden.to(device), mask.to(device)
+
+
+@pytest.mark.parametrize("pooling", list(Pooling))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_forward_matches_references(pooling, shape, dtype):
+    hidden, mask = make_inputs(*shape, dtype, left_pad=pooling is Pooling.LAST_TOKEN, seed=sum(shape))
+    got = pool_normalize_triton(hidden, mask, pooling)
+    assert got.dtype == dtype and got.shape == (shape[0], shape[2])
+    ref = pool_normalize_torch_reference(hidden, mask, pooling)
+    torch.testing.assert_close(got.float(), ref, atol=FWD_TOL[dtype], rtol=0)
+    numpy_ref = pool_normalize_reference(hidden.float().numpy(), mask.numpy(), pooling)
+    np.testing.assert_allclose(ref.numpy(), numpy_ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", list(Pooling))
+@pytest.mark.parametrize("shape", [(1, 1, 7), (3, 13, 100), (2, 9, 300)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_backward_matches_autograd_of_the_reference(pooling, shape, dtype):
+    hidden, mask = make_inputs(*shape, dtype, left_pad=False, seed=7 + sum(shape))
+    upstream = torch.randn(shape[0], shape[2], generator=torch.Generator().manual_seed(1))
+    h1 = hidden.clone().requires_grad_(True)
+    (pool_normalize_triton(h1, mask, pooling).float() * upstream).sum().backward()
+    h2 = hidden.clone().float().requires_grad_(True)
+    (pool_normalize_torch_reference(h2, mask, pooling) * upstream).sum().backward()
+    assert h1.grad.dtype == dtype
+    torch.testing.assert_close(h1.grad.float(), h2.grad, atol=BWD_TOL[dtype], rtol=0)
+    # padding positions get exactly zero gradient under mean and last-token pooling
+    if pooling is not Pooling.CLS:
+        assert (h1.grad.float()[mask == 0] == 0).all()
+
+
+def test_every_output_element_is_written():
+    hidden, mask = make_inputs(3, 6, 37, torch.float32, left_pad=False, seed=3)
+    out = pool_normalize_triton(hidden, mask, Pooling.MEAN)
+    assert torch.isfinite(out).all()  # torch.empty is not zeroed; an unwritten element would be garbage
+
+
+def test_any_strides():
+    hidden, mask = make_inputs(4, 10, 64, torch.float32, left_pad=False, seed=11)
+    transposed = hidden.transpose(0, 1).contiguous().transpose(0, 1)  # same values, batch-minor strides
+    sliced = torch.randn(4, 10, 128)[:, :, ::2]  # stride 2 along D
+    assert not transposed.is_contiguous() and not sliced.is_contiguous()
+    for h in (transposed, sliced):
+        torch.testing.assert_close(pool_normalize_triton(h, mask, "mean"), pool_normalize_torch_reference(h, mask, "mean"), atol=1e-6, rtol=0)
+
+
+def test_bool_mask_and_left_padding_for_last_token():
+    hidden, mask = make_inputs(5, 12, 48, torch.float32, left_pad=True, seed=5)
+    got = pool_normalize_triton(hidden, mask.bool(), Pooling.LAST_TOKEN)
+    torch.testing.assert_close(got, hidden[:, -1] / hidden[:, -1].norm(dim=1, keepdim=True), atol=1e-6, rtol=0)
+
+
+def test_empty_row_and_oversized_dimension_are_errors():
+    hidden, mask = make_inputs(3, 4, 8, torch.float32, left_pad=False, seed=2)
+    mask[1] = 0
+    with pytest.raises(ValueError, match=r"no tokens in row\(s\) \[1\]"):
+        pool_normalize_triton(hidden, mask, Pooling.MEAN)
+    with pytest.raises(ValueError, match=r"hidden size D must be in \[1, 8192\]; got 8193"):
+        pool_normalize_triton(torch.randn(1, 1, 8193), torch.ones(1, 1), Pooling.CLS)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pooling", list(Pooling))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compiled_on_gpu_matches_reference(pooling, dtype):
+    hidden, mask = make_inputs(256, 128, 1024, dtype, left_pad=False, seed=0, device="cuda")
+    torch.testing.assert_close(pool_normalize_triton(hidden, mask, pooling).float(),
+                               pool_normalize_torch_reference(hidden, mask, pooling), atol=FWD_TOL[dtype], rtol=0)
