@@ -48,7 +48,17 @@ def assemble(options, recorder, final_snapshot: dict, ensemble_steps: list[str],
             "failure_latency_ms": latency_ms(recorder.fail_hist.get(i)),
             "server": server,
         })
+    first = recorder.snapshots.get(-1) or recorder.snapshots.get(0) or {}
+    server_total = None
+    if first and final_snapshot and "error" not in first:
+        server_total = triton_metrics.breakdown(first, final_snapshot, options.model, ensemble_steps)["models"][options.model]["requests"]
     return {
+        "run_total": {  # warm-up included: the whole run, immune to step-boundary skew between processes
+            "issued": sum(recorder.issued.values()),
+            "succeeded": sum(h.get_total_count() for h in recorder.hist.values()),
+            "failed": sum(sum(c.values()) for c in recorder.errors.values()),
+            "server_requests": server_total,
+        },
         "config": {k: getattr(options, k) for k in CONFIG_KEYS},
         "machine": machine(),
         "git_commit": git_commit(),

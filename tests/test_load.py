@@ -130,8 +130,11 @@ def test_worker_histograms_are_merged_on_the_master(server, tmp_path):
     result = run_load(load_args(server, tmp_path, "--steps", "2", "--step-time", "4", "--processes", "2"))
     step = result["steps"][0]
     assert step["failed"] == 0 and step["issued"] == step["succeeded"] > 20
-    # every request the two workers made is in the merged histogram, and the server agrees
-    assert abs(step["server"]["models"]["retrieve"]["requests"] - step["succeeded"]) <= 4
+    # every request the two workers made is in the merged histograms, and the server agrees
+    # (over the whole run: per step, workers hear of a new step slightly after the master)
+    total = result["run_total"]
+    assert total["failed"] == 0 and total["issued"] == total["succeeded"]
+    assert abs(total["server_requests"] - total["succeeded"]) <= 2
 
 
 def test_recorder_merge_handles_reports_with_nothing_completed_yet():
