@@ -84,7 +84,7 @@ def test_plan_end_to_end_on_a_short_sweep(server, tmp_path, capsys):
     code = bench_main([
         "plan", "--grpc-url", server.grpc_url, "--metrics-url", server.metrics_url,
         "--queries", str(ARTIFACTS / "corpus" / "python-docs" / "queries.jsonl"),
-        "--slo-p99-ms", "2000", "--target-qps", "100", "--steps", "5,10", "--step-time", "3", "--warmup", "1",
+        "--slo-p99-ms", "2000", "--target-qps", "100", "--steps", "5,10", "--step-time", "4", "--warmup", "1",
         "--arrivals", "uniform", "--out", str(out),
     ])
     assert code == 0
