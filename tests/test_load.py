@@ -129,11 +129,12 @@ def test_metrics_breakdown_arithmetic():
 def test_worker_histograms_are_merged_on_the_master(server, tmp_path):
     result = run_load(load_args(server, tmp_path, "--steps", "2", "--step-time", "4", "--processes", "2"))
     step = result["steps"][0]
-    assert step["failed"] == 0 and step["issued"] == step["succeeded"] > 20
+    # a worker may be stopped with each of its users' last call in flight: at most `users` unanswered
+    assert step["failed"] == 0 and step["succeeded"] > 20 and 0 <= step["issued"] - step["succeeded"] <= step["users"]
     # every request the two workers made is in the merged histograms, and the server agrees
     # (over the whole run: per step, workers hear of a new step slightly after the master)
     total = result["run_total"]
-    assert total["failed"] == 0 and total["issued"] == total["succeeded"]
+    assert total["failed"] == 0 and 0 <= total["issued"] - total["succeeded"] <= step["users"]
     assert abs(total["server_requests"] - total["succeeded"]) <= 2
 
 
