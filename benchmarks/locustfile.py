@@ -133,6 +133,7 @@ class StepShape(LoadTestShape):
         measured = self.get_run_time() - options.warmup
         step = -1 if measured < 0 else int(measured // options.step_time)  # -1: warm-up, discarded
         if step >= len(steps):
+            recorder.step_started.setdefault(len(steps), time.monotonic())  # end of the last step
             return None
         if step not in recorder.step_started:
             start_step(self.runner.environment, step)

@@ -23,6 +23,9 @@ def latency_ms(hist) -> dict:
 def assemble(options, recorder, final_snapshot: dict, ensemble_steps: list[str], targets: list[float], users_for) -> dict:
     steps = []
     for i, target in enumerate(targets):
+        # measured: boundaries follow the shape's 1 s tick, which runs late on a loaded machine
+        started, ended = recorder.step_started.get(i), recorder.step_started.get(i + 1)
+        duration = ended - started if started is not None and ended is not None else options.step_time
         hist = recorder.hist.get(i)
         ok = hist.get_total_count() if hist is not None else 0
         errors = dict(recorder.errors.get(i, {}))
@@ -36,13 +39,13 @@ def assemble(options, recorder, final_snapshot: dict, ensemble_steps: list[str],
             "target": target,
             "target_unit": "users" if options.load_mode == "closed" else "requests/s",
             "users": users_for(options, target),
-            "duration_s": options.step_time,
+            "duration_s": duration,
             "issued": recorder.issued.get(i, ok + failed),
             "succeeded": ok,
             "failed": failed,
             "errors": errors,
-            "offered_rps": recorder.issued.get(i, ok + failed) / options.step_time,
-            "achieved_rps": ok / options.step_time,
+            "offered_rps": recorder.issued.get(i, ok + failed) / duration,
+            "achieved_rps": ok / duration,
             "error_rate": failed / (ok + failed) if ok + failed else 0.0,
             "latency_ms": latency_ms(hist),
             "failure_latency_ms": latency_ms(recorder.fail_hist.get(i)),
