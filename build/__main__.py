@@ -18,7 +18,7 @@ from model_repository.runtime.index import sha256_file
 
 from . import config as cfg
 from .corpus import CorpusError, build_python_docs, is_built, read_corpus
-from .export import ExportedTower, ExportMismatch, default_tower, export_tower
+from .export import ExportedTower, ExportMismatch, default_tower, export_tower, read_tower_spec
 from .index import build_index
 from .render import render_repository
 
@@ -41,13 +41,14 @@ def corpus_step(c: cfg.BuildConfig) -> tuple[Path, list[dict], str]:
 
 
 def export_step(c: cfg.BuildConfig, docs: list[dict]) -> tuple[ExportedTower, ExportedTower]:
-    pooling = Pooling.parse(c.pooling)
     check_texts = [d["text"] for d in docs[:24]] + ["how do I copy a file in python", "x"]
     query_source = c.query_tower or default_tower()
     towers = []
     for role, source in (("query", query_source), ("doc", c.doc_tower or query_source)):
         t0 = time.monotonic()
-        tower = export_tower(source, c.artifacts / "towers", pooling, c.max_tokens, check_texts)
+        spec = read_tower_spec(source) or {}  # a training checkpoint says how it pools and truncates
+        pooling = Pooling.parse(spec.get("pooling", c.pooling))
+        tower = export_tower(source, c.artifacts / "towers", pooling, spec.get("max_tokens", c.max_tokens), check_texts)
         check = tower.info["check"]
         log(f"{role} tower {tower.info['fingerprint']}: ONNX vs PyTorch min cosine {check['min_cosine']:.7f} "
             f"({time.monotonic() - t0:.1f} s) -> {tower.folder}")

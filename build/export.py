@@ -66,19 +66,56 @@ class ExportedTower:
         return self.folder / "tokenizer.json"
 
 
+TOWER_SPEC = "tower.json"  # written by training/: pooling, max_tokens, prefix, append_eos, projection
+PROJECTION_FILE = "projection.safetensors"
+
+
+def read_tower_spec(source: Path) -> dict | None:
+    """A trained tower's spec, or None for a plain Hugging Face folder.
+
+    Serving tokenizes raw request text with ``tokenizer.json`` alone, so a tower that
+    needs an instruction prefix or an appended EOS token is refused here rather than
+    served with embeddings that differ from training's.
+    """
+    path = Path(source) / TOWER_SPEC
+    if not path.exists():
+        return None
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    for field, unsupported in (("prefix", bool(spec.get("prefix"))), ("append_eos", bool(spec.get("append_eos")))):
+        if unsupported:
+            raise ExportMismatch(f"{path}: field '{field}' is {spec[field]!r}; the served tokenizer cannot add it yet, "
+                                 f"so this tower cannot be served (train it with {field} unset)")
+    return spec
+
+
 def _torch_module(source: Path):
     import torch
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(str(source), dtype=torch.float32).eval()
+    projection = None
+    spec = read_tower_spec(source)
+    if spec and spec.get("projection"):
+        from safetensors.torch import load_file
+
+        projection = torch.nn.Linear(*spec["projection"])
+        projection.load_state_dict(load_file(str(Path(source) / PROJECTION_FILE)))
 
     class LastHiddenState(torch.nn.Module):
+        """input_ids, attention_mask -> per-token hidden states (projected when the tower has a projection).
+
+        A linear projection commutes with mean, last-token and cls pooling, so applying
+        it to every token keeps ``pool_normalize`` unchanged.
+        """
+
         def __init__(self):
             super().__init__()
             self.model = model
+            self.projection = projection
 
         def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return hidden if self.projection is None else self.projection(hidden)
 
     return LastHiddenState().eval()
 

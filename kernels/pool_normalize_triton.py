@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from kernels.pooling import Pooling
+from kernels.pooling_torch import pool_normalize_torch_reference  # noqa: F401  (re-exported: the tests' reference)
 
 MAX_DIM = 8192
 TILE_ELEMENTS = 16384  # BLOCK_S * BLOCK_D per loaded tile
@@ -140,19 +141,3 @@ def pool_normalize_triton(hidden: torch.Tensor, mask: torch.Tensor, pooling: Poo
     """(B, S, D), (B, S) -> (B, D) unit vectors in hidden's dtype; differentiable w.r.t. hidden."""
     pooling = Pooling.parse(pooling) if isinstance(pooling, str) else pooling
     return PoolNormalize.apply(hidden, mask, pooling, eps)
-
-
-def pool_normalize_torch_reference(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling | str, eps: float = 1e-12) -> torch.Tensor:
-    """Plain torch ops in fp32 (the 'eager' baseline): mask multiply, sum, divide, normalise."""
-    pooling = Pooling.parse(pooling) if isinstance(pooling, str) else pooling
-    h = hidden.float()
-    m = mask.float()
-    if pooling is Pooling.MEAN:
-        pooled = (h * m[:, :, None]).sum(dim=1) / m.sum(dim=1, keepdim=True)
-    elif pooling is Pooling.LAST_TOKEN:
-        positions = torch.arange(mask.shape[1], device=mask.device)
-        last = torch.where(mask.bool(), positions, -1).max(dim=1).values
-        pooled = h[torch.arange(h.shape[0], device=h.device), last]
-    else:
-        pooled = h[:, 0]
-    return pooled / pooled.norm(dim=1, keepdim=True).clamp_min(eps)

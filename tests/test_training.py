@@ -1,0 +1,334 @@
+"""training/: both stages on tiny random-initialised models, on real text (the Python FAQ).
+
+Fast CPU checks of behaviour: the losses fall, 2 gloo processes equal 1, checkpoints
+round-trip, the Triton pooling kernel trains like the torch reference, the distilled
+student exported through build/ serves the embeddings it computes in-process, and
+bad configuration or data is refused with the field named.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from build.corpus import build_python_docs, is_built
+from model_repository.launcher import free_port
+from tests.conftest import ARTIFACTS, ROOT
+from training import config as tconfig
+from training import stage1, stage2
+from training.__main__ import main as training_main
+from training.config import ConfigError, Stage1Config, Stage2Config
+from training.data import DataError, group_batches, read_eval_queries, read_pairs
+from training.evaluate import retrieval_metrics
+from training.towers import PROJECTION_FILE, Tower, TowerError, TowerSpec, packaged_minilm
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def _tiny(folder: Path, kind: str, hidden: int = 64, seed: int = 0) -> Path:
+    """A 2-layer random model with all-MiniLM-L6-v2's tokenizer; dropout off so runs are deterministic."""
+    from transformers import AutoModel, BertConfig, Qwen2Config
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=30522, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4, intermediate_size=2 * hidden)
+    if kind == "bert":
+        cfg = BertConfig(**common, max_position_embeddings=256, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    else:  # a decoder LLM: last-token pooling, EOS appended ([SEP] plays EOS with this tokenizer)
+        cfg = Qwen2Config(**common, num_key_value_heads=2, max_position_embeddings=256, eos_token_id=102, pad_token_id=0)
+    AutoModel.from_config(cfg).save_pretrained(str(folder))
+    for name in TOKENIZER_FILES:
+        if (packaged_minilm() / name).exists():
+            shutil.copy(packaged_minilm() / name, folder / name)
+    if kind != "bert":
+        tok = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps(tok | {"eos_token": "[SEP]"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    return _tiny(tmp_path_factory.mktemp("tiny-bert"), "bert")
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory) -> Path:
+    return _tiny(tmp_path_factory.mktemp("tiny-qwen"), "qwen")
+
+
+@pytest.fixture(scope="module")
+def faq_pairs(tmp_path_factory) -> Path:
+    """Python FAQ question -> answer pairs: real text, each its own group."""
+    folder = ARTIFACTS / "corpus" / "python-docs"
+    if not is_built(folder):
+        build_python_docs(folder, ARTIFACTS / "cache")
+    docs = {json.loads(line)["id"]: json.loads(line) for line in (folder / "corpus.jsonl").read_text(encoding="utf-8").splitlines()}
+    queries = [json.loads(line) for line in (folder / "queries.jsonl").read_text(encoding="utf-8").splitlines()]
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    rows = [{"query": q["query"], "positive": docs[q["positive"]]["text"], "group": q["positive"]} for q in queries]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _quick(**kw) -> dict:
+    base = dict(max_query_tokens=24, max_doc_tokens=48, batch_size=8, lr=1e-3, warmup_steps=1, temperature=0.1)
+    return base | kw
+
+
+def test_stage1_loss_falls_and_towers_round_trip(tiny_bert, faq_pairs, tmp_path):
+    c = Stage1Config(model=str(tiny_bert), steps=30, **_quick())
+    m = stage1.train(c, faq_pairs, tmp_path / "s1")
+    assert m["loss_last10_mean"] < 0.8 * m["loss_first10_mean"], m
+    assert (tmp_path / "s1" / "loss.png").stat().st_size > 0
+    card = json.loads((tmp_path / "s1" / "run_card.json").read_text())
+    assert card["config"]["steps"] == 30 and card["inputs"]["train"]["sha256"] and card["git"]["commit"]
+    # Untied towers: after training the two copies differ.
+    q, d = Tower.load(tmp_path / "s1" / "query"), Tower.load(tmp_path / "s1" / "doc")
+    assert q.spec.max_tokens == 24 and d.spec.max_tokens == 48 and q.spec.pooling == "mean"
+    qw, dw = q.model.embeddings.word_embeddings.weight, d.model.embeddings.word_embeddings.weight
+    assert not torch.equal(qw, dw)
+    # Round trip: save the loaded tower again, load it again, same embeddings.
+    texts = [json.loads(line)["query"] for line in faq_pairs.read_text().splitlines()[:10]]
+    before = q.encode(texts)
+    q.save(tmp_path / "again")
+    np.testing.assert_allclose(Tower.load(tmp_path / "again").encode(texts), before, atol=1e-6)
+
+
+def test_stage1_decoder_with_lora_checkpointing_and_hard_negatives(tiny_qwen, faq_pairs, tmp_path):
+    c = Stage1Config(model=str(tiny_qwen), steps=12, lora_r=4, lora_alpha=8, gradient_checkpointing=True,
+                     hard_negatives=1, mine_pool=64, mine_every=6, **_quick(lr=5e-3))
+    m = stage1.train(c, faq_pairs, tmp_path / "s1")
+    assert m["loss_last10_mean"] < m["loss_first10_mean"], m
+    saved = tmp_path / "s1" / "query"
+    spec = json.loads((saved / "tower.json").read_text())
+    assert spec["pooling"] == "last_token" and spec["append_eos"] is True
+    assert not list(saved.glob("adapter_*")), "LoRA must be merged into the saved weights"
+    tower = Tower.load(saved)
+    ids = tower.tokenize(["how do I copy a file?", "x"])["input_ids"]
+    mask = tower.tokenize(["how do I copy a file?", "x"])["attention_mask"]
+    last = mask.sum(dim=1) - 1
+    assert (ids[torch.arange(2), last] == 102).all(), "EOS appended after the text, before right padding"
+
+
+def test_mined_hard_negatives_exclude_the_group(tiny_bert, faq_pairs):
+    towers = stage1.load_towers(Stage1Config(model=str(tiny_bert), **_quick()))
+    pairs = read_pairs(faq_pairs)[:40]
+    mined = stage1.mine_hard_negatives(towers, pairs, 3)
+    for pair, negatives in zip(pairs, mined):
+        assert len(negatives) == 3 and pair.positive not in negatives
+
+
+def test_group_batches_never_mix_a_group_and_are_deterministic():
+    from training.data import Pair
+
+    pairs = [Pair(f"q{i}", f"d{i}", (), f"g{i % 7}") for i in range(50)]
+    a, b = group_batches(pairs, 7, seed=3), group_batches(pairs, 7, seed=3)
+    for _ in range(30):
+        batch = next(a)
+        assert batch == next(b)
+        assert len({pairs[i].group for i in batch}) == 7
+    with pytest.raises(DataError, match=r"batch_size must be <= the number of distinct groups \(7\); got 8"):
+        next(group_batches(pairs, 8, seed=0))
+
+
+def _run_ddp(args: list[str], nproc: int, env_extra: dict | None = None) -> dict:
+    script = str(ROOT / "tests" / "assets" / "ddp_step.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    if nproc == 1:
+        cmd = [sys.executable, script, *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), script, *args]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return torch.load(args[2])
+
+
+def test_two_gloo_processes_equal_one_on_the_same_global_batch(tiny_bert, faq_pairs, tmp_path):
+    one = _run_ddp([str(tiny_bert), str(faq_pairs), str(tmp_path / "one.pt"), "8"], 1)
+    two = _run_ddp([str(tiny_bert), str(faq_pairs), str(tmp_path / "two.pt"), "8"], 2)
+    assert two["world"] == 2 and one["world"] == 1
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert one["grads"].keys() == two["grads"].keys()
+    for name, g in one["grads"].items():
+        torch.testing.assert_close(two["grads"][name], g, atol=2e-6, rtol=1e-4, msg=name)
+    # The comparison can fail: with negatives from the local rank only, loss and gradients differ.
+    bug = _run_ddp([str(tiny_bert), str(faq_pairs), str(tmp_path / "bug.pt"), "8"], 2, {"LOCAL_NEGATIVES": "1"})
+    assert bug["loss"] != pytest.approx(one["loss"], rel=1e-3)
+    worst = max(float((bug["grads"][n] - g).abs().max()) for n, g in one["grads"].items())
+    assert worst > 1e-4
+
+
+def test_triton_pooling_kernel_trains_like_the_torch_reference(tiny_bert):
+    texts = ["How do I make an executable from a Python script?", "Why is Python slow?", "x"]
+    grads = {}
+    for kernel in ("torch", "triton"):
+        torch.manual_seed(0)
+        tower = Tower.load(tiny_bert, spec=TowerSpec(max_tokens=16), kernel=kernel)
+        emb = tower(**tower.tokenize(texts))
+        (emb * torch.linspace(-1, 1, emb.shape[1])).sum().backward()
+        grads[kernel] = (emb.detach(), tower.model.embeddings.word_embeddings.weight.grad.clone())
+    torch.testing.assert_close(grads["triton"][0], grads["torch"][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(grads["triton"][1], grads["torch"][1], atol=1e-5, rtol=1e-4)
+
+
+def test_stage2_mse_falls_and_projection_is_saved(tiny_bert, tmp_path, faq_pairs):
+    teacher = _tiny(tmp_path / "teacher", "bert", hidden=64, seed=1)
+    Tower.load(teacher, spec=TowerSpec(max_tokens=24)).save(tmp_path / "teacher-tower")
+    student = _tiny(tmp_path / "student", "bert", hidden=32, seed=2)
+    c = Stage2Config(student=str(student), steps=60, batch_size=32, lr=3e-3, warmup_steps=2, max_query_tokens=24)
+    m = stage2.train(c, tmp_path / "teacher-tower", faq_pairs, tmp_path / "s2")
+    assert m["projection"] == [32, 64]
+    assert m["mse_last10_mean"] < 0.7 * m["mse_first10_mean"], m
+    saved = tmp_path / "s2" / "student"
+    assert (saved / PROJECTION_FILE).exists()
+    texts = ["How do I read a file?", "What is a lambda?"]
+    reloaded = Tower.load(saved)
+    assert reloaded.dim == 64
+    with torch.no_grad():
+        again = reloaded.encode(texts)
+    np.testing.assert_allclose(Tower.load(saved).encode(texts), again, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def student_repository(tmp_path_factory, tiny_bert, faq_pairs, repository):
+    """A distilled student (with a projection) and its stage-1 doc tower, built and rendered by build/."""
+    root = tmp_path_factory.mktemp("student")
+    s1 = Stage1Config(model=str(tiny_bert), steps=3, **_quick())
+    stage1.train(s1, faq_pairs, root / "s1")
+    narrow = _tiny(root / "narrow", "bert", hidden=32, seed=5)
+    s2 = Stage2Config(student=str(narrow), steps=10, batch_size=32, lr=3e-3, warmup_steps=1, max_query_tokens=24)
+    stage2.train(s2, root / "s1" / "query", faq_pairs, root / "s2")
+    corpus = root / "corpus.jsonl"
+    lines = (ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:200]
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    artifacts = root / "artifacts"
+    code = __import__("build.__main__", fromlist=["main"]).main(
+        ["all", "--artifacts", str(artifacts), "--corpus", str(corpus),
+         "--query-tower", str(root / "s2" / "student"), "--doc-tower", str(root / "s1" / "doc"), "--max-k", "50"])
+    assert code == 0
+    return artifacts / "model_repository", root / "s2" / "student"
+
+
+def test_distilled_student_served_equals_in_process(student_repository, tmp_path):
+    from clients.retrieval import RetrievalClient
+    from tests.conftest import start_server
+
+    repo, student = student_repository
+    texts = ["How do I copy a file?", "Why are default values shared between objects?", "what is the GIL"]
+    expected = Tower.load(student).encode(texts)
+    assert expected.shape == (3, 64)
+    server = start_server(repo, tmp_path / "server")
+    try:
+        with RetrievalClient(server.grpc_url) as client:
+            served = client.embed(texts)
+            hits = client.retrieve(texts, k=5)
+    finally:
+        server.stop()
+    assert served.shape == (3, 64)
+    cos = (served * expected).sum(axis=1)
+    assert cos.min() > 0.9999, cos
+    assert all(len(h) == 5 for h in hits.hits)
+
+
+def test_build_refuses_a_tower_it_cannot_serve(tiny_qwen, tmp_path):
+    from build.export import ExportMismatch, read_tower_spec
+
+    Tower.load(tiny_qwen, spec=TowerSpec(max_tokens=16)).save(tmp_path / "decoder")
+    with pytest.raises(ExportMismatch, match=r"field 'append_eos' is True; the served tokenizer cannot add it"):
+        read_tower_spec(tmp_path / "decoder")
+
+
+def test_metrics_match_hand_computed_values():
+    docs = np.eye(4, dtype=np.float32)
+    queries = np.array([[0.9, 0.1, 0, 0], [0, 0, 0.2, 0.8], [0.1, 0.2, 0.3, 0.9]], dtype=np.float32)
+    qs = [{"id": "a", "relevance": {"d0": 2}}, {"id": "b", "relevance": {"d2": 1}}, {"id": "c", "relevance": {"d2": 1, "d1": 1}}]
+    m = retrieval_metrics(queries, docs, ["d0", "d1", "d2", "d3"], qs)
+    # a: d0 first. b: d3, d2 -> rank 2. c: d3, d2, d1 -> ranks 2 and 3 of 2 relevant.
+    assert m["R@1"] == pytest.approx(1 / 3, abs=1e-4)
+    assert m["MRR@10"] == pytest.approx((1 + 1 / 2 + 1 / 2) / 3, abs=1e-4)
+    ndcg_c = (1 / np.log2(3) + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    assert m["nDCG@10"] == pytest.approx((1 + 1 / np.log2(3) + ndcg_c) / 3, abs=1e-4)
+    assert m["R@10"] == pytest.approx(1.0)
+
+
+def test_debian_descriptions_group_by_source_package():
+    from training.debian import parse_descriptions, split_of
+
+    translation = (
+        "Package: foo\nDescription-md5: 1\nDescription-en: frobnicate files quickly\n Foo frobnicates files with great care and "
+        "speed for everyone who needs it.\n .\n It is fast.\n\n"
+        "Package: foo-doc\nDescription-md5: 2\nDescription-en: frobnicate files quickly (documentation)\n Foo frobnicates files "
+        "with great care and speed for everyone who needs it.\n\n"
+        "Package: bar\nDescription-md5: 3\nDescription-en: transitional package\n This is a transitional package, it can safely "
+        "be removed once nothing depends on it any more.\n"
+    )
+    packages = "Package: foo-doc\nSource: foo (1.0-1)\nVersion: 1.0-1\n\nPackage: foo\nVersion: 1.0-1\n"
+    rows = parse_descriptions(translation, packages)
+    assert [(r["package"], r["source"]) for r in rows] == [("foo", "foo"), ("foo-doc", "foo")]
+    assert rows[0]["long"].split("\n") == ["Foo frobnicates files with great care and speed for everyone who needs it.", "It is fast."]
+    assert split_of("foo") == split_of("foo") and {split_of(f"p{i}") for i in range(400)} == {"train", "dev", "test"}
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", r"no pairs; a training file needs at least one line"),
+    ('{"query": "q"}\n', r"pairs.jsonl:1: field 'positive' must be a non-empty str; got None"),
+    ('{"query": "q", "positive": "p", "negatives": "n"}\n', r"pairs.jsonl:1: field 'negatives' must be a list of non-empty strings"),
+])
+def test_bad_training_data_names_the_field(tmp_path, content, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        read_pairs(path)
+
+
+def test_bad_eval_queries_name_the_missing_document(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"query": "q", "positive": "nope"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"q.jsonl:1: field 'relevance' names doc ids not in the corpus: \['nope'\]"):
+        read_eval_queries(path, {"d0"})
+
+
+@pytest.mark.parametrize("override,message", [
+    ("stage1.lrr=1", r"stage1.lrr: unknown field"),
+    ("stage1.lr='fast'", r"stage1.lr must be float; got 'fast'"),
+    ("stage1.batch_size=0", r"stage1.batch_size must be >= 1; got 0"),
+    ("stage2.projection='maybe'", r"stage2.projection must be 'auto' or 'none'; got 'maybe'"),
+])
+def test_bad_config_names_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        tconfig.load("cpu-small", [override])
+
+
+def test_bad_model_path_and_dimension_mismatch(tiny_bert, tmp_path, faq_pairs):
+    with pytest.raises(TowerError, match=r"stage1.model: model path '/nonexistent/llm' does not exist"):
+        stage1.load_towers(Stage1Config(model="/nonexistent/llm"))
+    teacher = Tower.load(tiny_bert)
+    narrow = _tiny(tmp_path / "narrow", "bert", hidden=32)
+    with pytest.raises(TowerError, match=r"stage2.projection is 'none' but the student's dimension 32 differs from the teacher's 64"):
+        stage2.load_student(Stage2Config(student=str(narrow), projection="none"), teacher)
+
+
+def test_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert training_main(["stage1", "--set", f"data.train='{empty}'", "--set", "data.build=''", "--out", str(tmp_path)]) == 2
+    assert "no pairs; a training file needs at least one line" in capsys.readouterr().err
+    assert training_main(["stage1", "--config", "no-such-recipe"]) == 2
+    assert "recipes: ['cpu-small', 'gpu-smollm2']" in capsys.readouterr().err
+
+
+def test_smollm2_conversion_refuses_a_different_file(tmp_path):
+    from training.smollm2 import ConversionError, convert
+
+    fake = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    fake.write_bytes(b"GGUF not really")
+    with pytest.raises(ConversionError, match=r"sha256 must be b179c952.* refusing to convert a different file"):
+        convert(tmp_path / "out", fake)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,110 @@
+"""What both stages share: the process group, the LR schedule, loss curves and run cards."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from model_repository.runtime.index import sha256_file
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    """One process, or one of ``torchrun``'s: gloo on the CPU, NCCL on GPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return Dist(rank, world, device)
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warm-up to the peak, then linear decay to 10% of it."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.1, 1 - 0.9 * (step - warmup) / max(1, total - warmup))
+    return f
+
+
+def mean_over_ranks(value: float) -> float:
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t) / dist.get_world_size()
+
+
+def plot_curves(path: Path, title: str, curves: dict[str, list[float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
+    for ax, (name, values) in zip(axes[0], curves.items()):
+        ax.plot(range(1, len(values) + 1), values, lw=1)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def git_commit() -> dict:
+    def git(*args):
+        r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def write_run_card(folder: Path, stage: str, config, metrics: dict, inputs: dict[str, Path], started: float, extra: dict | None = None) -> Path:
+    """run_card.json next to the checkpoint: config, metrics, input checksums, commit, machine."""
+    import transformers
+
+    card = {
+        "stage": stage,
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": round(time.monotonic() - started, 1),
+        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
+        "metrics": metrics,
+        "inputs": {name: {"path": str(p), "sha256": sha256_file(Path(p))} for name, p in inputs.items() if Path(p).is_file()},
+        "git": git_commit(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                    "processes": dist.get_world_size() if dist.is_initialized() else 1},
+        **(extra or {}),
+    }
+    path = folder / "run_card.json"
+    path.write_text(json.dumps(card, indent=2, default=str) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,174 @@
+"""Run configuration: TOML recipes (``training/recipes/*.toml``) into checked dataclasses.
+
+Every error names the field: an unknown key, a wrong type, a value out of range, a
+file that does not exist. ``--set stage1.lr=1e-4`` overrides one field from the
+command line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from pathlib import Path
+
+RECIPES = Path(__file__).with_name("recipes")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field."""
+
+
+@dataclasses.dataclass
+class Stage1Config:
+    model: str = "minilm"  # 'minilm' (packaged all-MiniLM-L6-v2) or a Hugging Face checkpoint folder
+    pooling: str = "auto"  # auto: last_token + EOS for decoder LLMs, mean for encoders
+    query_prefix: str = ""
+    doc_prefix: str = ""
+    max_query_tokens: int = 32
+    max_doc_tokens: int = 128
+    batch_size: int = 32  # per process, per micro-step; in-batch negatives span all processes
+    grad_accum: int = 1
+    steps: int = 100
+    lr: float = 2e-5
+    warmup_steps: int = 10
+    weight_decay: float = 0.01
+    temperature: float = 0.05
+    hard_negatives: int = 0  # per query, mined with the current towers every mine_every steps
+    mine_every: int = 0  # 0: mine once, before the first step
+    mine_pool: int = 4096  # pairs whose documents form the mining pool
+    lora_r: int = 0  # 0: full fine-tuning; > 0: LoRA adapters, merged on save
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    gradient_checkpointing: bool = False
+    bf16: bool = False  # autocast to bf16 (CUDA only)
+    pool_kernel: str = "torch"  # torch | triton (the autograd OpenAI-Triton kernel, GPU)
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class Stage2Config:
+    teacher: str = ""  # the stage-1 query tower folder; default: <run>/stage1/query
+    student: str = "minilm"
+    student_layers: int = 0  # keep the first N transformer layers (0: all)
+    projection: str = "auto"  # auto: add a linear map when dims differ; none: a mismatch is an error
+    w_mse: float = 1.0
+    w_cos: float = 1.0
+    max_query_tokens: int = 32
+    max_queries: int = 20000  # distillation texts taken from the training pairs' queries
+    batch_size: int = 128
+    steps: int = 500
+    lr: float = 1e-4
+    warmup_steps: int = 20
+    pool_kernel: str = "torch"
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class EvalSet:
+    name: str
+    corpus: str
+    queries: str
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    sets: list[EvalSet] = dataclasses.field(default_factory=list)
+    batch_size: int = 64
+    latency_queries: int = 200
+    baseline: str = "minilm"  # the off-the-shelf row
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train: str = ""  # pairs JSONL
+    build: str = ""  # '' or 'debian': build the demo data into data_dir first when missing
+    data_dir: str = "artifacts/data/debian"
+    corpus_size: int = 5000
+    test_queries: int = 1000
+    faq_distractors: int = 1500
+
+
+@dataclasses.dataclass
+class RunConfig:
+    name: str = "run"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    stage1: Stage1Config = dataclasses.field(default_factory=Stage1Config)
+    stage2: Stage2Config = dataclasses.field(default_factory=Stage2Config)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+def _convert(value, kind, field: str):
+    if dataclasses.is_dataclass(kind):
+        return from_dict(kind, value, field)
+    origin = typing.get_origin(kind)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{field} must be a list; got {value!r}")
+        (item,) = typing.get_args(kind)
+        return [_convert(v, item, f"{field}[{n}]") for n, v in enumerate(value)]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{field} must be {kind.__name__}; got {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict, section: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section or 'config'} must be a table; got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{section + '.' if section else ''}{unknown[0]}: unknown field; known: {sorted(names)}")
+    values = {k: _convert(v, hints[k], f"{section + '.' if section else ''}{k}") for k, v in data.items()}
+    return cls(**values)
+
+
+def _parse_override(text: str) -> tuple[list[str], object]:
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise ConfigError(f"--set takes section.field=value; got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string
+    return key.strip().split("."), value
+
+
+def load(path_or_recipe: str | Path, overrides: list[str] = ()) -> RunConfig:
+    path = Path(path_or_recipe)
+    if not path.exists() and (RECIPES / f"{path_or_recipe}.toml").exists():
+        path = RECIPES / f"{path_or_recipe}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in RECIPES.glob("*.toml"))
+        raise ConfigError(f"config {str(path_or_recipe)!r} is neither a file nor a recipe name; recipes: {known}")
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    for text in overrides:
+        keys, value = _parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    config = from_dict(RunConfig, data)
+    validate(config)
+    return config
+
+
+def validate(c: RunConfig) -> None:
+    positive = {"stage1.batch_size": c.stage1.batch_size, "stage1.steps": c.stage1.steps, "stage1.grad_accum": c.stage1.grad_accum,
+                "stage1.max_query_tokens": c.stage1.max_query_tokens, "stage1.max_doc_tokens": c.stage1.max_doc_tokens,
+                "stage2.batch_size": c.stage2.batch_size, "stage2.steps": c.stage2.steps, "stage2.max_queries": c.stage2.max_queries}
+    for field, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{field} must be >= 1; got {value}")
+    if not c.stage1.temperature > 0:
+        raise ConfigError(f"stage1.temperature must be > 0; got {c.stage1.temperature}")
+    if c.stage2.projection not in ("auto", "none"):
+        raise ConfigError(f"stage2.projection must be 'auto' or 'none'; got {c.stage2.projection!r}")
+    if c.stage2.w_mse < 0 or c.stage2.w_cos < 0 or c.stage2.w_mse + c.stage2.w_cos == 0:
+        raise ConfigError(f"stage2.w_mse and stage2.w_cos must be >= 0, not both 0; got {c.stage2.w_mse}, {c.stage2.w_cos}")
+    if c.data.build not in ("", "debian"):
+        raise ConfigError(f"data.build must be '' or 'debian'; got {c.data.build!r}")
+    if not c.data.train and not c.data.build:
+        raise ConfigError("data.train must name a pairs JSONL file (or set data.build = 'debian')")

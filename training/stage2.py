@@ -1,0 +1,84 @@
+"""Stage 2: distil the frozen stage-1 query tower into a small student encoder.
+
+The student learns to reproduce the teacher's query embeddings on query text alone
+(``w_mse * MSE + w_cos * (1 - cos)``). When the widths differ a linear projection is
+added and saved with the student. The document tower and its index are untouched:
+the student's queries search the stage-1 doc tower's index.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .common import lr_lambda, plot_curves, setup_distributed, write_run_card
+from .config import Stage2Config
+from .data import read_pairs
+from .losses import distill_loss
+from .towers import Tower, TowerError, TowerSpec
+
+
+def distillation_queries(train_file: Path, limit: int, seed: int) -> list[str]:
+    queries = sorted({p.query for p in read_pairs(train_file)})
+    random.Random(seed).shuffle(queries)
+    return queries[:limit]
+
+
+def load_student(c: Stage2Config, teacher: Tower) -> Tower:
+    spec = TowerSpec(pooling="auto", max_tokens=c.max_query_tokens)
+    student = Tower.load(c.student, "stage2.student", spec=spec, kernel=c.pool_kernel, layers=c.student_layers)
+    if student.dim != teacher.dim:
+        if c.projection == "none":
+            raise TowerError(f"stage2.projection is 'none' but the student's dimension {student.dim} differs from the "
+                             f"teacher's {teacher.dim}; set projection = 'auto' to add a linear projection")
+        student.add_projection(teacher.dim)
+    return student
+
+
+def train(c: Stage2Config, teacher_dir: Path, train_file: Path, out: Path) -> dict:
+    started = time.monotonic()
+    ctx = setup_distributed()
+    torch.manual_seed(c.seed)
+    teacher = Tower.load(teacher_dir, "stage2.teacher").to(ctx.device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    queries = distillation_queries(train_file, c.max_queries, c.seed)
+    targets = torch.from_numpy(teacher.encode(queries, 128, desc="teacher: query embeddings"))
+    student = load_student(c, teacher).to(ctx.device)
+    student.train()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=c.lr, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c.warmup_steps, c.steps))
+    rng = np.random.default_rng(c.seed)
+    curves: dict[str, list[float]] = {"loss": [], "mse": [], "1 - cos": []}
+    bar = tqdm(range(c.steps), desc="stage 2", unit="step", mininterval=2.0)
+    for _ in bar:
+        rows = rng.choice(len(queries), size=min(c.batch_size, len(queries)), replace=False)
+        batch = {k: v.to(ctx.device) for k, v in student.tokenize([queries[i] for i in rows]).items()}
+        loss, parts = distill_loss(student(**batch), targets[rows].to(ctx.device), c.w_mse, c.w_cos)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        for name, value in (("loss", float(loss)), ("mse", parts["mse"]), ("1 - cos", parts["cos"])):
+            curves[name].append(value)
+        bar.set_postfix(loss=f"{float(loss):.4f}", cos=f"{1 - parts['cos']:.4f}")
+    metrics = {"loss_first": curves["loss"][0], "loss_last": curves["loss"][-1],
+               "mse_first10_mean": float(np.mean(curves["mse"][:10])), "mse_last10_mean": float(np.mean(curves["mse"][-10:])),
+               "cos_last10_mean": float(1 - np.mean(curves["1 - cos"][-10:])),
+               "distillation_queries": len(queries), "student_dim": student.dim,
+               "projection": list(student.spec.projection) if student.spec.projection else None,
+               "student_parameters": sum(p.numel() for p in student.parameters()),
+               "teacher_parameters": sum(p.numel() for p in teacher.parameters())}
+    out.mkdir(parents=True, exist_ok=True)
+    student.save(out / "student")
+    (out / "losses.json").write_text(json.dumps(curves) + "\n", encoding="utf-8")
+    plot_curves(out / "loss.png", f"stage 2: distillation (w_mse={c.w_mse}, w_cos={c.w_cos})", curves)
+    write_run_card(out, "stage2", c, metrics, {"train": train_file, "teacher_spec": teacher_dir / "tower.json"}, started,
+                   {"teacher": str(teacher_dir)})
+    return metrics
