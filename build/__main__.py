@@ -2,6 +2,9 @@
 
 Every step reuses what an earlier run built from the same inputs, so a second
 `make serve` takes seconds.
+
+    python -m build deploy-index INDEX_DIR [--url 127.0.0.1:8001]   a new mips_topk version, switched to live
+    python -m build rollback [--url 127.0.0.1:8001]                 back to the previous version
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import time
 from pathlib import Path
 
 from kernels.pooling import Pooling
-from model_repository.runtime.index import sha256_file
+from model_repository.runtime.index import IndexMismatch, sha256_file
 
 from . import config as cfg
 from .corpus import CorpusError, build_python_docs, is_built, read_corpus
@@ -74,7 +77,33 @@ def run(c: cfg.BuildConfig, settings, steps: str) -> Path:
     return c.repository
 
 
+def deploy_main(argv: list[str]) -> int:
+    from .deploy import DeployError, deploy_index, index_of_version, rollback
+
+    parser = argparse.ArgumentParser(prog="python -m build deploy-index|rollback")
+    parser.add_argument("command", choices=["deploy-index", "rollback"])
+    parser.add_argument("index", nargs="?", type=Path, help="deploy-index: the index folder (from `python -m build index`)")
+    parser.add_argument("--repository", type=Path, default=Path("artifacts/model_repository"))
+    parser.add_argument("--url", default="127.0.0.1:8001", help="the running server's gRPC address")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "deploy-index":
+            if args.index is None:
+                parser.error("deploy-index needs the index folder")
+            version = deploy_index(args.repository, args.index, args.url)
+        else:
+            version = rollback(args.repository, args.url)
+    except (DeployError, IndexMismatch, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    log(f"mips_topk version {version} (index {index_of_version(args.repository, version)}) is serving on {args.url}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("deploy-index", "rollback"):
+        return deploy_main(argv)
     parser = argparse.ArgumentParser(prog="python -m build", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", nargs="?", default="all", choices=["all", "corpus", "export", "index", "render"],
                         help="run the pipeline up to and including this step (default: all)")

@@ -106,6 +106,9 @@ class ServerConfig:
     metrics_port: int = 8002
     log_verbose: int = 0
     ready_timeout_s: float = 120.0
+    # explicit: every model loads at start, and `python -m build deploy-index` / `rollback`
+    # switch index versions over gRPC without a restart; none: Triton's default (no switching).
+    model_control: str = "explicit"
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] | None = None  # None: server_env(); tests pass a broken one on purpose
 
@@ -147,6 +150,7 @@ class TritonServer:
             f"--log-verbose={c.log_verbose}",
             "--exit-on-error=true",
             "--strict-readiness=true",
+            *(("--model-control-mode=explicit", "--load-model=*") if c.model_control == "explicit" else ()),
             *c.extra_args,
         ]
 

@@ -1,0 +1,159 @@
+"""Versioned index deployment with zero downtime, through Triton's explicit model control.
+
+A new index never overwrites anything a server is using: it becomes a new version
+folder of ``mips_topk`` (``mips_topk/<n+1>/``, its files hard-linked from the index
+build), and Triton is asked over gRPC to load the model again. Triton loads the new
+version next to the old one, switches to it once it is ready, and unloads the old one
+after its in-flight requests. If the new version fails to load (a manifest that pairs
+with another query tower, a failed checksum), the old version keeps serving and the
+failed folder is moved out of the repository. The tool checks both before it touches
+the repository; the server's own refusal is the backstop. Triton 2.51 keeps a record
+of a version that failed to load, so under ``--strict-readiness`` the server reports
+not-ready (while still answering with the old version) until the next successful
+deployment or a restart.
+
+Rollback retires the newest version folder and loads the model again, so the
+previous version serves. Both need the server started with
+``--model-control-mode=explicit`` (what ``python -m model_repository serve`` does).
+
+Bookkeeping lives next to the repository, never inside it (Triton would take any
+folder there for a model): ``<repository>.deploy/{staging,failed,retired}`` and
+``<repository>.deploy/deployments.jsonl``.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from model_repository.runtime.index import MANIFEST, IndexMismatch, load_index, read_manifest
+
+MODEL = "mips_topk"
+
+
+class DeployError(RuntimeError):
+    pass
+
+
+def versions(repository: Path, model: str = MODEL) -> list[int]:
+    return sorted(int(p.name) for p in (repository / model).iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _bookkeeping(repository: Path) -> Path:
+    return repository.with_name(repository.name + ".deploy")
+
+
+def _log(repository: Path, event: dict) -> None:
+    event = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **event}
+    path = _bookkeeping(repository) / "deployments.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(event) + "\n")
+
+
+def _set_param(config: str, key: str, value: str) -> str:
+    pattern = re.compile(r'(\{ key: "' + re.escape(key) + r'" value: \{ string_value: ")[^"]*(" \} \})')
+    if not pattern.search(config):
+        raise DeployError(f"{MODEL}/config.pbtxt has no parameter '{key}'")
+    return pattern.sub(lambda m: m.group(1) + value + m.group(2), config)
+
+
+def _write_config_for(repository: Path, version: int) -> None:
+    """Point the per-model parameters (index size and dtype) at ``version``'s index; atomic replace."""
+    manifest = read_manifest(repository / MODEL / str(version) / "index")
+    path = repository / MODEL / "config.pbtxt"
+    text = path.read_text(encoding="utf-8")
+    for key, value in (("index_rows", str(manifest["count"])), ("index_dtype", manifest["dtype"])):
+        text = _set_param(text, key, value)
+    tmp = path.with_name(".config.pbtxt.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _query_tower(repository: Path) -> str:
+    return json.loads((repository / "render.json").read_text(encoding="utf-8"))["context"]["query_tower_fingerprint"]
+
+
+def _client(url: str):
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.InferenceServerClient(url)
+
+
+def _load(url: str, timeout_s: float) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    with _client(url) as client:
+        try:
+            client.load_model(MODEL, client_timeout=timeout_s)
+        except InferenceServerException as e:
+            raise DeployError(f"Triton refused to load {MODEL}: {e.message()}") from None
+
+
+def serving_version(url: str) -> int:
+    """The newest ready version of mips_topk on the server."""
+    with _client(url) as client:
+        index = client.get_model_repository_index(as_json=True).get("models", [])
+    ready = [int(m["version"]) for m in index if m.get("name") == MODEL and m.get("state") == "READY" and m.get("version")]
+    if not ready:
+        raise DeployError(f"no version of {MODEL} is ready on {url}")
+    return max(ready)
+
+
+def deploy_index(repository: Path, index_dir: Path, url: str, verify: bool = True, timeout_s: float = 300.0) -> int:
+    """Copy ``index_dir`` in as a new version of mips_topk and switch the server to it; -> the version."""
+    repository, index_dir = Path(repository), Path(index_dir)
+    manifest = read_manifest(index_dir)
+    expected = _query_tower(repository)
+    if manifest["query_tower_fingerprint"] != expected:
+        raise IndexMismatch(f"{index_dir}: index pairs with query tower {manifest['query_tower_fingerprint']}, but this "
+                            f"repository serves query tower {expected}; nothing was deployed")
+    if verify:
+        load_index(index_dir, expected)  # checksums and shapes, before anything changes
+    current = versions(repository)
+    new = current[-1] + 1
+    staging = _bookkeeping(repository) / "staging" / f"{MODEL}-{new}"
+    shutil.rmtree(staging, ignore_errors=True)
+    latest = repository / MODEL / str(current[-1])
+    shutil.copytree(latest, staging, ignore=shutil.ignore_patterns("index", "__pycache__"), copy_function=os.link)
+    shutil.copytree(index_dir, staging / "index", copy_function=os.link)
+    old_config = (repository / MODEL / "config.pbtxt").read_text(encoding="utf-8")
+    staging.rename(repository / MODEL / str(new))
+    try:
+        _write_config_for(repository, new)
+        _load(url, timeout_s)
+    except (DeployError, IndexMismatch, OSError) as e:
+        failed = _bookkeeping(repository) / "failed" / f"{MODEL}-{new}-{datetime.datetime.now():%Y%m%dT%H%M%S}"
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        (repository / MODEL / str(new)).rename(failed)
+        tmp = repository / MODEL / ".config.pbtxt.tmp"
+        tmp.write_text(old_config, encoding="utf-8")
+        os.replace(tmp, repository / MODEL / "config.pbtxt")
+        _log(repository, {"event": "deploy-failed", "version": new, "index": manifest.get("index_version"), "error": str(e)})
+        raise DeployError(f"{e}\nversion {current[-1]} keeps serving; the failed version was moved to {failed}") from None
+    _log(repository, {"event": "deploy", "version": new, "index": manifest["index_version"], "from": str(index_dir)})
+    return new
+
+
+def rollback(repository: Path, url: str, timeout_s: float = 300.0) -> int:
+    """Retire the newest version of mips_topk; the one before it serves again. -> the version now serving."""
+    repository = Path(repository)
+    current = versions(repository)
+    if len(current) < 2:
+        raise DeployError(f"{MODEL} has only version {current[0]}; there is nothing to roll back to")
+    newest, previous = current[-1], current[-2]
+    retired = _bookkeeping(repository) / "retired" / f"{MODEL}-{newest}-{datetime.datetime.now():%Y%m%dT%H%M%S}"
+    retired.parent.mkdir(parents=True, exist_ok=True)
+    (repository / MODEL / str(newest)).rename(retired)
+    _write_config_for(repository, previous)
+    _load(url, timeout_s)
+    index = read_manifest(repository / MODEL / str(previous) / "index")["index_version"]
+    _log(repository, {"event": "rollback", "version": previous, "index": index, "retired": str(retired)})
+    return previous
+
+
+def index_of_version(repository: Path, version: int) -> str:
+    return json.loads((repository / MODEL / str(version) / "index" / MANIFEST).read_text(encoding="utf-8"))["index_version"]

@@ -1,0 +1,151 @@
+"""Versioned index deployment: hot swaps under load, refusal of a bad index, rollback.
+
+The server runs on a hard-linked copy of the built repository with explicit model
+control (the launcher's default). Index B is a second index paired with the same
+query tower, encoded from the first 300 documents of the corpus.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from build import deploy
+from build.corpus import read_corpus
+from build.export import ExportedTower
+from build.index import build_index
+from clients.retrieval import RetrievalClient
+from kernels.topk import NumpyTopK
+from model_repository.runtime.index import IndexMismatch, load_index
+from tests.conftest import ARTIFACTS, start_server
+
+K = 5
+CLIENTS = 8
+RUN_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def indexes(repository, render_info, tmp_path_factory) -> dict[str, object]:
+    a = ARTIFACTS / "index" / render_info["index"]["index_version"]
+    docs = read_corpus(ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl")[:300]
+    doc_tower = ExportedTower(ARTIFACTS / "towers" / render_info["index"]["doc_tower_fingerprint"])
+    b = build_index(docs, "first-300-documents", doc_tower, render_info["query_tower"]["fingerprint"],
+                    tmp_path_factory.mktemp("index-b"))
+    return {"A": a, "B": b}
+
+
+@pytest.fixture(scope="module")
+def deployment(repository, tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    repo = root / "repo"
+    shutil.copytree(repository, repo, copy_function=os.link)
+    server = start_server(repo, root / "work")
+    yield repo, server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def expected(indexes, pipeline, queries) -> dict:
+    """In-process answers, per index version: query -> (keys, scores)."""
+    texts = queries[:16]
+    emb = pipeline.embed(texts)
+    out = {}
+    for folder in indexes.values():
+        index = load_index(folder, json.loads((folder / "manifest.json").read_text())["query_tower_fingerprint"])
+        ids, scores = NumpyTopK(index.embeddings).search(emb, K)
+        out[index.version] = {t: ([index.keys[i] for i in row], s) for t, row, s in zip(texts, ids, scores)}
+    return out
+
+
+def _matches(keys, scores, want_keys, want_scores) -> bool:
+    """Same documents in the same order; a swap of two scores within 1e-4 (batch padding noise) is allowed."""
+    return all(k == wk or abs(s - ws) < 1e-4 for k, s, wk, ws in zip(keys, scores, want_keys, want_scores))
+
+
+def test_index_swaps_under_load_lose_nothing(deployment, indexes, expected):
+    repo, server = deployment
+    texts = list(next(iter(expected.values())))
+    stop = threading.Event()
+    answers, errors = [], []
+
+    def client(n: int) -> None:
+        with RetrievalClient(server.grpc_url) as c:
+            i = n
+            while not stop.is_set():
+                text = texts[i % len(texts)]
+                i += 1
+                try:
+                    r = c.retrieve([text], k=K)
+                    answers.append((text, r.index_version, [h.key for h in r.hits[0]], [h.score for h in r.hits[0]]))
+                except Exception as e:  # noqa: BLE001 - every failure is counted and reported
+                    errors.append(repr(e)[:300])
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    timeline = []
+    for at, name in ((5.0, "B"), (12.0, "A")):
+        time.sleep(max(0.0, start + at - time.monotonic()))
+        version = deploy.deploy_index(repo, indexes[name], server.grpc_url)
+        timeline.append((version, deploy.index_of_version(repo, version), time.monotonic() - start))
+    time.sleep(max(0.0, start + RUN_S - time.monotonic()))
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, f"{len(errors)} of {len(errors) + len(answers)} requests failed: {errors[:3]}"
+    assert [v for v, _, _ in timeline] == [2, 3] and deploy.versions(repo) == [1, 2, 3]
+    seen = {v for _, v, _, _ in answers}
+    assert seen == set(expected), f"answers came from {seen}; deployed {timeline}"
+    wrong = [(t, v) for t, v, keys, scores in answers if not _matches(keys, scores, *expected[v][t])]
+    assert not wrong, f"{len(wrong)} responses do not match the index version they report: {wrong[:3]}"
+    assert len(answers) > 100
+    assert deploy.serving_version(server.grpc_url) == 3
+
+
+def test_a_corrupt_or_mismatched_index_is_refused_and_the_old_version_keeps_serving(deployment, indexes, tmp_path):
+    repo, server = deployment
+    before = deploy.versions(repo)
+    serving = deploy.index_of_version(repo, before[-1])
+    bad = tmp_path / "bad"
+    shutil.copytree(indexes["B"], bad)
+    shard = bad / "shard-00000.npy"
+    a = np.load(shard)
+    a[0, 0] += np.float16(0.5)
+    np.save(shard, a)
+    # The deploy tool checks checksums itself and touches nothing.
+    with pytest.raises(IndexMismatch, match=r"shard-00000.npy: sha256 must be"):
+        deploy.deploy_index(repo, bad, server.grpc_url)
+    # The server refuses it too (the tool's check skipped), and the old version keeps serving.
+    with pytest.raises(deploy.DeployError, match=r"(?s)sha256 must be.*version %d keeps serving" % before[-1]):
+        deploy.deploy_index(repo, bad, server.grpc_url, verify=False)
+    assert deploy.versions(repo) == before
+    with RetrievalClient(server.grpc_url) as c:
+        assert c.retrieve(["how do I copy a file"], k=3).index_version == serving
+    # An index paired with another query tower is refused before anything changes.
+    other = tmp_path / "other"
+    shutil.copytree(indexes["B"], other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "query_tower_fingerprint": "0123456789abcdef"}))
+    with pytest.raises(IndexMismatch, match=r"pairs with query tower 0123456789abcdef, but this repository serves"):
+        deploy.deploy_index(repo, other, server.grpc_url)
+    assert deploy.versions(repo) == before
+
+
+def test_rollback_is_one_command(deployment, indexes):
+    from build.__main__ import main as build_main
+
+    repo, server = deployment
+    current = deploy.versions(repo)
+    assert build_main(["rollback", "--repository", str(repo), "--url", server.grpc_url]) == 0
+    assert deploy.versions(repo) == current[:-1]
+    previous = deploy.index_of_version(repo, current[-2])
+    with RetrievalClient(server.grpc_url) as c:
+        assert c.retrieve(["how do I copy a file"], k=3).index_version == previous
+    log = [json.loads(line) for line in (repo.parent / "repo.deploy" / "deployments.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in log][-1] == "rollback"
