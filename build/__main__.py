@@ -24,6 +24,7 @@ from .corpus import CorpusError, build_python_docs, is_built, read_corpus
 from .export import ExportedTower, ExportMismatch, default_tower, export_tower, read_tower_spec
 from .index import build_index
 from .render import render_repository
+from .tensorrt import TensorRTUnavailable
 
 
 def log(message: str) -> None:
@@ -59,6 +60,23 @@ def export_step(c: cfg.BuildConfig, docs: list[dict]) -> tuple[ExportedTower, Ex
     return towers[0], towers[1]
 
 
+def engine_step(c: cfg.BuildConfig, settings, query: ExportedTower, docs: list[dict]) -> Path:
+    """TensorRT engine for the query tower (refuses clearly where TensorRT is not installed)."""
+    from model_repository.runtime.text import TextTokenizer
+
+    from .tensorrt import EngineConfig, Profile, build_engine
+
+    max_tokens = -(-query.info["max_tokens"] // settings.pad_to_multiple) * settings.pad_to_multiple
+    profile = Profile(max_batch=settings.max_batch_size, max_seq=max_tokens, opt_seq=min(32, max_tokens))
+    config = EngineConfig(precision=c.precision, profiles=(profile,), timing_cache=c.artifacts / "trt" / "timing.cache")
+    plan = c.engine or c.artifacts / "trt" / query.info["fingerprint"] / "model.plan"
+    tokenizer = TextTokenizer(query.tokenizer_file, query.info["max_tokens"], settings.pad_to_multiple)
+    info = build_engine(query.onnx_file, plan, config, settings.max_batch_size, max_tokens,
+                        calibration_texts=[d["title"] for d in docs], tokenize=tokenizer)
+    log(f"TensorRT {info['tensorrt']} engine ({info['precision']}, {info['bytes']} bytes) -> {plan}")
+    return plan
+
+
 def run(c: cfg.BuildConfig, settings, steps: str) -> Path:
     corpus_path, docs, corpus_sha = corpus_step(c)
     if steps == "corpus":
@@ -66,11 +84,16 @@ def run(c: cfg.BuildConfig, settings, steps: str) -> Path:
     query, doc = export_step(c, docs)
     if steps == "export":
         return query.folder
+    if steps == "engine":
+        return engine_step(c, settings, query, docs)
     index_dir = build_index(docs, corpus_sha, doc, query.info["fingerprint"], c.artifacts / "index", c.encode_batch_size)
     log(f"index {index_dir.name}: {len(docs)} documents -> {index_dir}")
     if steps == "index":
         return index_dir
-    render_repository(c.repository, query, index_dir, settings)
+    engine = None
+    if settings.target == "gpu":
+        engine = c.engine or c.artifacts / "trt" / query.info["fingerprint"] / "model.plan"
+    render_repository(c.repository, query, index_dir, settings, engine)
     build_json = json.dumps({k: str(v) for k, v in dataclasses.asdict(c).items()}, indent=2, sort_keys=True) + "\n"
     (c.repository / "build.json").write_text(build_json, encoding="utf-8")
     log(f"model repository -> {c.repository}")
@@ -105,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("deploy-index", "rollback"):
         return deploy_main(argv)
     parser = argparse.ArgumentParser(prog="python -m build", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", nargs="?", default="all", choices=["all", "corpus", "export", "index", "render"],
+    parser.add_argument("step", nargs="?", default="all", choices=["all", "corpus", "export", "index", "engine", "render"],
                         help="run the pipeline up to and including this step (default: all)")
     cfg.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -119,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             out = run(c, settings, "all" if args.step == "render" else args.step)
-        except (CorpusError, ExportMismatch, FileNotFoundError, ValueError) as e:
+        except (CorpusError, ExportMismatch, FileNotFoundError, ValueError, TensorRTUnavailable) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     print(out)

@@ -17,6 +17,8 @@ class BuildConfig:
     doc_tower: Path | None = dataclasses.field(default=None, metadata={"help": "doc tower checkpoint folder; default: the query tower"})
     pooling: str = dataclasses.field(default="mean", metadata={"help": "mean, last_token or cls"})
     max_tokens: int = dataclasses.field(default=256, metadata={"help": "tokens per text, special tokens included; longer text is truncated"})
+    engine: Path | None = dataclasses.field(default=None, metadata={"help": "target gpu: the query encoder's TensorRT engine (default: artifacts/trt/<fingerprint>/model.plan)"})
+    precision: str = dataclasses.field(default="fp16", metadata={"help": "engine step: fp16, int8, fp8 or fp32"})
     encode_batch_size: int = dataclasses.field(default=32, metadata={"help": "documents per batch when building the index"})
 
     @property

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "model_repository" / "models"
 SHIPPED_PACKAGES = (ROOT / "model_repository" / "runtime", ROOT / "kernels")
 PYTHON_MODELS = ("tokenizer", "query_encoder", "pool_normalize", "mips_topk")
+TARGETS = ("cpu", "gpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +41,24 @@ class ServingSettings:
     intra_op_threads: int = dataclasses.field(default=0, metadata={"help": "ONNX Runtime intra-op threads (0: one per core)"})
     max_k: int = dataclasses.field(default=1000, metadata={"help": "largest k a retrieve request may ask for"})
     snippet_chars: int = dataclasses.field(default=240, metadata={"help": "length of the snippet returned per document"})
-    pool_implementation: str = dataclasses.field(default="numpy", metadata={"help": "pool_normalize implementation"})
-    topk_implementation: str = dataclasses.field(default="numpy", metadata={"help": "mips_topk implementation"})
+    target: str = dataclasses.field(default="cpu", metadata={"help": "cpu (ONNX Runtime, numpy) or gpu (TensorRT engine, Triton and CuPy kernels)"})
+    pool_implementation: str = dataclasses.field(default="auto", metadata={"help": "pool_normalize: numpy or triton (auto: numpy on cpu, triton on gpu)"})
+    topk_implementation: str = dataclasses.field(default="auto", metadata={"help": "mips_topk: numpy or cupy (auto: numpy on cpu, cupy on gpu)"})
+    preferred_batch_sizes: str = dataclasses.field(default="8,16,32,64", metadata={"help": "gpu: the TensorRT encoder's preferred batch sizes"})
+    pad_to_multiple: int = dataclasses.field(default=16, metadata={"help": "gpu: the tokenizer pads to a multiple of this many tokens"})
+
+    def resolved(self) -> dict:
+        """The settings as rendered: concrete implementations, GPU-only knobs zeroed on the CPU."""
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {list(TARGETS)}; got {self.target!r}")
+        gpu = self.target == "gpu"
+        pool = {"auto": "triton" if gpu else "numpy"}.get(self.pool_implementation, self.pool_implementation)
+        topk = {"auto": "cupy" if gpu else "numpy"}.get(self.topk_implementation, self.topk_implementation)
+        sizes = [int(x) for x in self.preferred_batch_sizes.split(",") if x.strip()] if gpu else []
+        if any(not 1 <= b <= self.max_batch_size for b in sizes):
+            raise ValueError(f"preferred_batch_sizes must lie in [1, {self.max_batch_size}]; got {self.preferred_batch_sizes!r}")
+        return {**dataclasses.asdict(self), "pool_implementation": pool, "topk_implementation": topk,
+                "preferred_batch_sizes": sizes, "pad_to_multiple": self.pad_to_multiple if gpu else 0}
 
 
 def _t(name: str, dtype: str, dims: str) -> dict:
@@ -113,16 +130,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, settings: ServingSettings) -> dict:
-    """Write the repository to ``out`` (replacing it whole) and return the resolved render config."""
+def render_context(query_tower: ExportedTower, index_manifest: dict, settings: ServingSettings, encoder_bytes: int) -> dict:
     q = query_tower.info
-    index_manifest = json.loads((index_dir / "manifest.json").read_text(encoding="utf-8"))
-    if index_manifest["query_tower_fingerprint"] != q["fingerprint"]:
-        raise ValueError(
-            f"index {index_dir} pairs with query tower {index_manifest['query_tower_fingerprint']}, not {q['fingerprint']}"
-        )
-    context = {
-        **dataclasses.asdict(settings),
+    return {
+        **settings.resolved(),
         "dim": q["dim"],
         "max_tokens": q["max_tokens"],
         "pooling": q["pooling"],
@@ -130,10 +141,31 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
         "onnx_file": "model.onnx",
         "index_dir": "index",
         "query_tower_fingerprint": q["fingerprint"],
-        "encoder_bytes": query_tower.onnx_file.stat().st_size,  # capacity planning reads these over gRPC
+        "encoder_bytes": encoder_bytes,  # capacity planning reads these over gRPC
         "index_rows": index_manifest["count"],
         "index_dtype": index_manifest["dtype"],
     }
+
+
+def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, settings: ServingSettings,
+                      engine: Path | None = None) -> dict:
+    """Write the repository to ``out`` (replacing it whole) and return the resolved render config.
+
+    Target ``gpu`` takes a TensorRT ``engine`` (model.plan) for the query encoder in
+    place of the ONNX file.
+    """
+    q = query_tower.info
+    gpu = settings.target == "gpu"
+    if gpu and (engine is None or not Path(engine).is_file()):
+        raise ValueError(f"target 'gpu' needs a TensorRT engine file (--engine model.plan); got {engine}. "
+                         "Build one with `python -m build engine` inside NVIDIA's TensorRT container (README: GPU serving)")
+    index_manifest = json.loads((index_dir / "manifest.json").read_text(encoding="utf-8"))
+    if index_manifest["query_tower_fingerprint"] != q["fingerprint"]:
+        raise ValueError(
+            f"index {index_dir} pairs with query tower {index_manifest['query_tower_fingerprint']}, not {q['fingerprint']}"
+        )
+    encoder_file = Path(engine) if gpu else query_tower.onnx_file
+    context = render_context(query_tower, index_manifest, settings, encoder_file.stat().st_size)
     configs = render_configs(context)
     resolved = {"context": context, "sources": sources_fingerprint(), "query_tower": q, "index": {k: v for k, v in index_manifest.items() if k != "shards"}}
     rendered = json.dumps(resolved, indent=2, sort_keys=True) + "\n"
@@ -145,12 +177,15 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
         version = tmp / name / "1"
         version.mkdir(parents=True)
         (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
-        if name in PYTHON_MODELS:
+        if name in PYTHON_MODELS and not (gpu and name == "query_encoder"):
             shutil.copy2(TEMPLATES / name / "model.py", version / "model.py")
             for package in SHIPPED_PACKAGES:
                 shutil.copytree(package, version / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     _link_or_copy(query_tower.tokenizer_file, tmp / "tokenizer" / "1" / "tokenizer.json")
-    _link_or_copy(query_tower.onnx_file, tmp / "query_encoder" / "1" / "model.onnx")
+    if gpu:
+        _link_or_copy(Path(engine), tmp / "query_encoder" / "1" / "model.plan")
+    else:
+        _link_or_copy(query_tower.onnx_file, tmp / "query_encoder" / "1" / "model.onnx")
     for f in sorted(index_dir.iterdir()):
         _link_or_copy(f, tmp / "mips_topk" / "1" / "index" / f.name)
     (tmp / "render.json").write_text(rendered, encoding="utf-8")

@@ -69,3 +69,20 @@ class NumpyTopK(TopK):
         take = starts[:, None] + np.arange(k)[None, :]  # (Q, k)
         ids = cols[take].astype(np.int64)
         return ids, np.take_along_axis(scores, ids, axis=1)
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard top-k lists into the global top-k.
+
+    ``parts``: one (ids (Q, k_i), scores (Q, k_i)) per shard, ids already global (shard
+    offset added), each list sorted best first. Equal scores go to the lower id, as in
+    a search over the whole index, so sharding never changes an answer.
+    """
+    if not parts:
+        raise ValueError("merge_topk needs at least one shard's results")
+    ids = np.concatenate([p[0] for p in parts], axis=1)  # (Q, sum k_i)
+    scores = np.concatenate([p[1] for p in parts], axis=1).astype(np.float32)
+    if not 1 <= k <= ids.shape[1]:
+        raise ValueError(f"k must be in [1, {ids.shape[1]}]; got {k}")
+    order = np.lexsort((ids, -scores), axis=1)[:, :k]  # by score desc, then id asc
+    return np.take_along_axis(ids, order, axis=1).astype(np.int64), np.take_along_axis(scores, order, axis=1)

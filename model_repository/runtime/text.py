@@ -38,7 +38,7 @@ def decode_texts(raw: Sequence[bytes | str], max_chars: int, field: str = "TEXT"
 class TextTokenizer:
     """Hugging Face fast tokenizer (``tokenizer.json``) padding to the longest row."""
 
-    def __init__(self, tokenizer_file: Path | str, max_tokens: int):
+    def __init__(self, tokenizer_file: Path | str, max_tokens: int, pad_to_multiple: int = 0):
         if max_tokens < 2:
             raise ValueError(f"max_tokens must be >= 2; got {max_tokens}")
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
@@ -46,7 +46,9 @@ class TextTokenizer:
         pad = self.tokenizer.padding or {}
         pad_id = pad.get("pad_id", 0)
         pad_token = pad.get("pad_token", self.tokenizer.id_to_token(pad_id) or "[PAD]")
-        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)  # to the longest row
+        # To the longest row; on the GPU target to a multiple of pad_to_multiple tokens, so that
+        # the TensorRT encoder's batcher finds requests of equal shape to batch.
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, pad_to_multiple_of=pad_to_multiple or None)
         self.max_tokens = max_tokens
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,8 @@ class TritonPythonModel:
         self.output_names = params.output_names()  # input_ids, attention_mask
         self.max_chars = params.int("max_chars")
         self.max_rows = params.int("max_rows_per_request")
-        self.tokenizer = TextTokenizer(f"{version_folder(args)}/{params.str('tokenizer_file')}", params.int("max_tokens"))
+        self.tokenizer = TextTokenizer(f"{version_folder(args)}/{params.str('tokenizer_file')}", params.int("max_tokens"),
+                                       params.int("pad_to_multiple"))
 
     def parse(self, request):
         raw = input_array(request, self.text_name)

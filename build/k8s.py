@@ -1,0 +1,36 @@
+"""Kubernetes manifests for several Triton replicas behind one Service (deploy/k8s/*.j2).
+
+Readiness is Triton's ``/v2/health/ready`` (strict: every model ready), liveness
+``/v2/health/live``; each replica requests its GPUs as ``nvidia.com/gpu``. Rendered,
+parsed back as YAML and checked by the tests; not applied to a cluster here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jinja2
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "scalingnote.yaml.j2"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSettings:
+    name: str = "scalingnote"
+    replicas: int = 3
+    image: str = "scalingnote-triton:24.10"
+    gpus: int = 1  # per replica; a sharded index takes one GPU per shard
+    cpu: str = "4"
+    memory: str = "16Gi"
+    shm: str = "2Gi"
+    repository_claim: str = "scalingnote-models"  # a PVC holding the rendered model repository
+    repository_mount: str = "/models"
+    startup_failures: int = 60  # x 10 s: loading the index and engine may take minutes
+
+
+def render_manifests(settings: ClusterSettings) -> str:
+    if settings.replicas < 1 or settings.gpus < 0:
+        raise ValueError(f"replicas must be >= 1 and gpus >= 0; got {settings.replicas}, {settings.gpus}")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    return env.get_template(TEMPLATE.name).render(dataclasses.asdict(settings))

@@ -1,0 +1,137 @@
+"""What can be checked here of the GPU target, TensorRT, Kubernetes and sharding.
+
+TensorRT cannot be installed on this machine, so the engine build must refuse with
+instructions; the GPU configs must parse as Triton's ModelConfig protobuf; engine
+profiles must cover what Triton will send; manifests must parse and probe readiness;
+a sharded search merged must equal the whole-index search, ties included.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from build.k8s import ClusterSettings, render_manifests
+from build.render import ServingSettings, parse_model_config, render_configs, render_context
+from build.shards import split_index
+from build.tensorrt import EngineConfig, EngineConfigError, Profile, TensorRTUnavailable, build_engine, check_config
+from kernels.topk import NumpyTopK, merge_topk, mips_topk_reference
+from model_repository.runtime.index import load_index
+from tests.conftest import ARTIFACTS
+
+
+def _gpu_configs(render_info, **overrides) -> dict:
+    from build.export import ExportedTower
+
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
+    settings = ServingSettings(target="gpu", **overrides)
+    return render_configs(render_context(tower, render_info["index"], settings, encoder_bytes=123))
+
+
+def test_gpu_target_configs_are_valid_model_configs(render_info):
+    configs = _gpu_configs(render_info)
+    enc = parse_model_config(configs["query_encoder"])
+    assert enc.platform == "tensorrt_plan" and enc.default_model_filename == "model.plan" and not enc.backend
+    assert list(enc.dynamic_batching.preferred_batch_size) == [8, 16, 32, 64]
+    assert [g.kind for g in enc.instance_group] == [enc.instance_group[0].KIND_GPU]
+    assert not any(i.allow_ragged_batch for i in enc.input)  # TensorRT takes padded batches
+    for name, implementation in (("pool_normalize", "triton"), ("mips_topk", "cupy")):
+        c = parse_model_config(configs[name])
+        assert c.parameters["implementation"].string_value == implementation
+        assert c.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+        assert c.instance_group[0].kind == c.instance_group[0].KIND_GPU
+    tok = parse_model_config(configs["tokenizer"])
+    assert tok.instance_group[0].kind == tok.instance_group[0].KIND_CPU
+    assert tok.parameters["pad_to_multiple"].string_value == "16"
+    # Rendering is deterministic.
+    assert _gpu_configs(render_info) == configs
+
+
+def test_cpu_target_is_unchanged_by_gpu_settings(render_info):
+    from build.export import ExportedTower
+
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
+    configs = render_configs(render_context(tower, render_info["index"], ServingSettings(), encoder_bytes=1))
+    enc = parse_model_config(configs["query_encoder"])
+    assert enc.backend == "python" and not enc.dynamic_batching.preferred_batch_size
+    assert parse_model_config(configs["pool_normalize"]).parameters["implementation"].string_value == "numpy"
+    assert "FORCE_CPU_ONLY_INPUT_TENSORS" not in parse_model_config(configs["mips_topk"]).parameters
+
+
+def test_gpu_settings_are_checked(render_info):
+    with pytest.raises(ValueError, match=r"preferred_batch_sizes must lie in \[1, 128\]; got '8,256'"):
+        _gpu_configs(render_info, preferred_batch_sizes="8,256")
+    with pytest.raises(ValueError, match=r"target must be one of \['cpu', 'gpu'\]; got 'tpu'"):
+        ServingSettings(target="tpu").resolved()
+
+
+def test_engine_build_refuses_without_tensorrt(tmp_path):
+    with pytest.raises(TensorRTUnavailable, match=r"(?s)TensorRT is not installed here.*No engine was built.*tensorrt:24.10-py3"):
+        build_engine(tmp_path / "model.onnx", tmp_path / "model.plan", EngineConfig(), max_batch_size=128, max_tokens=256)
+    assert not (tmp_path / "model.plan").exists()
+
+
+def test_build_cli_refuses_the_engine_step_clearly(capsys, repository):
+    from build.__main__ import main
+
+    assert main(["engine", "--artifacts", str(ARTIFACTS)]) == 2
+    assert "TensorRT is not installed here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("profile,message", [
+    (Profile(max_batch=64), r"max_batch must be >= the serving max_batch_size 128; got 64"),
+    (Profile(max_seq=128), r"max_seq must be >= the tower's max_tokens 256; got 128"),
+    (Profile(min_batch=4, opt_batch=2), r"need 1 <= min_batch <= opt_batch <= max_batch; got 4, 2, 128"),
+])
+def test_engine_profiles_must_cover_what_triton_sends(profile, message):
+    with pytest.raises(EngineConfigError, match=message):
+        check_config(EngineConfig(profiles=(profile,)), max_batch_size=128, max_tokens=256)
+    check_config(EngineConfig(), max_batch_size=128, max_tokens=256)  # the defaults cover the defaults
+    with pytest.raises(EngineConfigError, match=r"precision must be one of"):
+        check_config(EngineConfig(precision="int4"), 128, 256)
+
+
+def test_kubernetes_manifests_probe_readiness_and_request_gpus():
+    docs = list(yaml.safe_load_all(render_manifests(ClusterSettings(replicas=4, gpus=2))))
+    deployment, service = docs
+    assert deployment["kind"] == "Deployment" and deployment["spec"]["replicas"] == 4
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert "--model-control-mode=explicit" in container["args"]
+    assert service["kind"] == "Service" and {p["port"] for p in service["spec"]["ports"]} == {8000, 8001, 8002}
+    with pytest.raises(ValueError, match=r"replicas must be >= 1"):
+        render_manifests(dataclasses.replace(ClusterSettings(), replicas=0))
+
+
+def test_sharded_search_merged_equals_the_whole_index(render_info, tmp_path, repository):
+    index_dir = ARTIFACTS / "index" / render_info["index"]["index_version"]
+    whole = load_index(index_dir, render_info["query_tower"]["fingerprint"])
+    shards = split_index(index_dir, 3, tmp_path)
+    rng = np.random.default_rng(0)
+    queries = np.concatenate([whole.embeddings[[5, 1500, 3000]], rng.standard_normal((4, whole.embeddings.shape[1]))])
+    queries = queries.astype(np.float32)
+    for k in (1, 10, 200):
+        parts = []
+        for folder in shards:
+            shard = load_index(folder, render_info["query_tower"]["fingerprint"])
+            offset = shard.manifest["id_offset"]
+            ids, scores = NumpyTopK(shard.embeddings).search(queries, min(k, len(shard)))
+            parts.append((ids + offset, scores))
+            assert shard.keys == whole.keys[offset : offset + len(shard)]
+        ids, scores = merge_topk(parts, k)
+        ref_ids, ref_scores = mips_topk_reference(queries, whole.embeddings, k)
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-6)  # GEMM blocking differs by shard size
+    assert sum(json.loads((f / "manifest.json").read_text())["count"] for f in shards) == len(whole)
+
+
+def test_merge_breaks_ties_across_shards_to_the_lower_id():
+    # Shard 0 holds ids 0-2, shard 1 ids 3-5; every score ties.
+    parts = [(np.array([[2, 0, 1]]), np.array([[1.0, 1.0, 1.0]])), (np.array([[3, 4, 5]]), np.array([[1.0, 1.0, 1.0]]))]
+    ids, _ = merge_topk(parts, 4)
+    assert ids.tolist() == [[0, 1, 2, 3]]
