@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import planner, report, triton_metrics
-from benchmarks.common import check_loopback
+from benchmarks.common import check_loopback, read_queries
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -265,6 +265,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_topk_cpu(args: argparse.Namespace) -> int:
+    from . import kernels
+
+    kernels.topk_cpu(args.out)
+    print(args.out.with_suffix(".md").read_text(encoding="utf-8"))
+    return 0
+
+
+def cmd_compression(args: argparse.Namespace) -> int:
+    from kernels.pooling import Pooling
+    from model_repository.runtime.encoder import OnnxEncoder
+    from model_repository.runtime.pipeline import EmbeddingPipeline
+    from model_repository.runtime.text import TextTokenizer
+
+    from . import kernels
+
+    render = json.loads((args.repository / "render.json").read_text(encoding="utf-8"))["context"]
+    pipeline = EmbeddingPipeline(TextTokenizer(args.repository / "tokenizer" / "1" / render["tokenizer_file"], render["max_tokens"]),
+                                 OnnxEncoder(args.repository / "query_encoder" / "1" / render["onnx_file"]), Pooling.parse(render["pooling"]))
+    queries = read_queries(Path("artifacts/corpus/python-docs/queries.jsonl"))
+    kernels.compression(args.out, args.repository / "mips_topk" / "1" / "index", queries, pipeline)
+    print(args.out.with_suffix(".md").read_text(encoding="utf-8"))
+    return 0
+
+
+def cmd_gpu_kernels(args: argparse.Namespace) -> int:
+    from . import kernels
+
+    kernels.gpu_kernels(args.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -290,9 +322,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fixed-rps", type=float, default=20.0, help="the fixed offered load at which p99 is compared")
     p.add_argument("--start-timeout", type=float, default=240.0)
     p.set_defaults(out=Path("artifacts/benchmarks/compare.json"), steps="1,2,4,8", model="embed")
+    p = sub.add_parser("topk-cpu", help="numpy and chunked top-k vs faiss-cpu IndexFlatIP (N=100k, D=384, fp32)")
+    p.add_argument("--out", type=Path, default=Path("artifacts/benchmarks/topk-cpu.json"))
+    p = sub.add_parser("compression", help="recall cost of int8 / Matryoshka indexes, with and without fp16 rescoring")
+    p.add_argument("--out", type=Path, default=Path("artifacts/benchmarks/compression.json"))
+    p.add_argument("--repository", type=Path, default=Path("artifacts/model_repository"))
+    p = sub.add_parser("gpu-kernels", help="pooling and top-k on a GPU: bandwidth, eager torch, FAISS GPU (needs CUDA)")
+    p.add_argument("--out", type=Path, default=Path("artifacts/benchmarks/gpu-kernels.json"))
     args = parser.parse_args(argv)
     try:
-        return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "compare": cmd_compare}[args.command](args)
+        return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "compare": cmd_compare,
+                "topk-cpu": cmd_topk_cpu, "compression": cmd_compression, "gpu-kernels": cmd_gpu_kernels}[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

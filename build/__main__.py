@@ -86,18 +86,58 @@ def run(c: cfg.BuildConfig, settings, steps: str) -> Path:
         return query.folder
     if steps == "engine":
         return engine_step(c, settings, query, docs)
-    index_dir = build_index(docs, corpus_sha, doc, query.info["fingerprint"], c.artifacts / "index", c.encode_batch_size)
+    index_dir = build_index(docs, corpus_sha, doc, query.info["fingerprint"], c.artifacts / "index", c.encode_batch_size,
+                            compression=c.index_compression, rescore=c.rescore)
     log(f"index {index_dir.name}: {len(docs)} documents -> {index_dir}")
     if steps == "index":
         return index_dir
     engine = None
     if settings.target == "gpu":
         engine = c.engine or c.artifacts / "trt" / query.info["fingerprint"] / "model.plan"
-    render_repository(c.repository, query, index_dir, settings, engine)
+    shards = None
+    if c.shards > 1:
+        from .shards import split_index
+
+        shards = split_index(index_dir, c.shards, c.artifacts / "shards" / index_dir.name / str(c.shards))
+        log(f"index split into {len(shards)} shards -> {shards[0].parent}")
+    render_repository(c.repository, query, index_dir, settings, engine, shards)
     build_json = json.dumps({k: str(v) for k, v in dataclasses.asdict(c).items()}, indent=2, sort_keys=True) + "\n"
     (c.repository / "build.json").write_text(build_json, encoding="utf-8")
     log(f"model repository -> {c.repository}")
     return c.repository
+
+
+def cluster_main(argv: list[str]) -> int:
+    """k8s: Kubernetes manifests for N replicas; shards: split an index into one shard per GPU."""
+    from .k8s import ClusterSettings, render_manifests
+    from .shards import split_index
+
+    parser = argparse.ArgumentParser(prog="python -m build k8s|shards")
+    parser.add_argument("command", choices=["k8s", "shards"])
+    for f in dataclasses.fields(ClusterSettings):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default), default=f.default,
+                            help=f"k8s (default: {f.default})")
+    parser.add_argument("--index", type=Path, help="shards: the index folder to split")
+    parser.add_argument("--count", type=int, default=2, help="shards: how many (one per GPU)")
+    parser.add_argument("--out", type=Path, help="k8s: the manifest file; shards: the folder (default under artifacts/)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "k8s":
+            out = args.out or Path("artifacts/k8s/scalingnote.yaml")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(render_manifests(ClusterSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClusterSettings)})),
+                           encoding="utf-8")
+        else:
+            if args.index is None:
+                parser.error("shards needs --index")
+            out = args.out or Path("artifacts/shards") / args.index.name
+            for folder in split_index(args.index, args.count, out):
+                log(f"shard {folder}")
+    except (ValueError, IndexMismatch, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
 
 
 def deploy_main(argv: list[str]) -> int:
@@ -127,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("deploy-index", "rollback"):
         return deploy_main(argv)
+    if argv and argv[0] in ("k8s", "shards"):
+        return cluster_main(argv)
     parser = argparse.ArgumentParser(prog="python -m build", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", nargs="?", default="all", choices=["all", "corpus", "export", "index", "engine", "render"],
                         help="run the pipeline up to and including this step (default: all)")

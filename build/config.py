@@ -19,6 +19,9 @@ class BuildConfig:
     max_tokens: int = dataclasses.field(default=256, metadata={"help": "tokens per text, special tokens included; longer text is truncated"})
     engine: Path | None = dataclasses.field(default=None, metadata={"help": "target gpu: the query encoder's TensorRT engine (default: artifacts/trt/<fingerprint>/model.plan)"})
     precision: str = dataclasses.field(default="fp16", metadata={"help": "engine step: fp16, int8, fp8 or fp32"})
+    index_compression: str = dataclasses.field(default="none", metadata={"help": "none, int8 or matryoshka:<dim>: a compressed copy finds candidates, fp16 ranks them"})
+    rescore: int = dataclasses.field(default=200, metadata={"help": "candidates re-ranked exactly when the index is compressed"})
+    shards: int = dataclasses.field(default=1, metadata={"help": "split the index into N shards, one mips_topk_<i> each (GPU i), merged by topk_merge"})
     encode_batch_size: int = dataclasses.field(default=32, metadata={"help": "documents per batch when building the index"})
 
     @property

@@ -65,7 +65,7 @@ def _t(name: str, dtype: str, dims: str) -> dict:
     return {"name": name, "dtype": dtype, "dims": dims}
 
 
-def ensembles(dim: int) -> list[dict]:
+def ensembles(dim: int, shard_count: int = 0) -> list[dict]:
     encode_steps = [
         {"model": "tokenizer", "inputs": {"text": "TEXT"}, "outputs": {"input_ids": "_input_ids", "attention_mask": "_attention_mask"}},
         {"model": "query_encoder", "inputs": {"input_ids": "_input_ids", "attention_mask": "_attention_mask"},
@@ -86,10 +86,19 @@ def ensembles(dim: int) -> list[dict]:
             "inputs": [_t("TEXT", "TYPE_STRING", "1"), _t("K", "TYPE_INT32", "1")],
             "outputs": [_t("DOC_IDS", "TYPE_INT64", "-1"), _t("SCORES", "TYPE_FP32", "-1"), _t("DOC_KEYS", "TYPE_STRING", "-1"),
                         _t("TITLES", "TYPE_STRING", "-1"), _t("SNIPPETS", "TYPE_STRING", "-1"), _t("INDEX_VERSION", "TYPE_STRING", "1")],
-            "steps": [*encode_steps, {**pool, "outputs": {"embedding": "_embedding"}},
-                      {"model": "mips_topk", "inputs": {"embedding": "_embedding", "k": "K"}, "outputs": topk_outputs}],
+            "steps": [*encode_steps, {**pool, "outputs": {"embedding": "_embedding"}}, *search_steps(shard_count, topk_outputs)],
         },
     ]
+
+
+def search_steps(shard_count: int, topk_outputs: dict) -> list[dict]:
+    """One mips_topk step, or (sharded) one step per shard in parallel and a topk_merge step."""
+    if shard_count < 2:
+        return [{"model": "mips_topk", "inputs": {"embedding": "_embedding", "k": "K"}, "outputs": topk_outputs}]
+    steps = [{"model": f"mips_topk_{i}", "inputs": {"embedding": "_embedding", "k": "K"},
+              "outputs": {name: f"_{name}_{i}" for name in topk_outputs}} for i in range(shard_count)]
+    merge_inputs = {"k": "K", **{f"{name}_{i}": f"_{name}_{i}" for i in range(shard_count) for name in topk_outputs}}
+    return [*steps, {"model": "topk_merge", "inputs": merge_inputs, "outputs": topk_outputs}]
 
 
 def sources_fingerprint() -> str:
@@ -109,8 +118,17 @@ def parse_model_config(text: str) -> model_config_pb2.ModelConfig:
 def render_configs(context: dict) -> dict[str, str]:
     """model name -> config.pbtxt text, each checked as ModelConfig protobuf."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    configs = {name: env.get_template(f"{name}/config.pbtxt.j2").render(context) for name in PYTHON_MODELS}
-    for ensemble in ensembles(context["dim"]):
+    shard_count = context.get("shard_count", 0)
+    configs = {name: env.get_template(f"{name}/config.pbtxt.j2").render(context) for name in PYTHON_MODELS
+               if not (shard_count > 1 and name == "mips_topk")}
+    for i, rows in enumerate(context.get("shard_rows", [])):
+        shard = {**context, "model_name": f"mips_topk_{i}", "shard": f"{i}/{shard_count}", "index_rows": rows}
+        if context["target"] == "gpu":
+            shard["gpu_index"] = i  # shard i lives on GPU i
+        configs[f"mips_topk_{i}"] = env.get_template("mips_topk/config.pbtxt.j2").render(shard)
+    if shard_count > 1:
+        configs["topk_merge"] = env.get_template("topk_merge/config.pbtxt.j2").render(context)
+    for ensemble in ensembles(context["dim"], shard_count):
         configs[ensemble["name"]] = env.get_template("ensemble.pbtxt.j2").render({**context, "ensemble": ensemble})
     for name, text in configs.items():
         try:
@@ -148,7 +166,7 @@ def render_context(query_tower: ExportedTower, index_manifest: dict, settings: S
 
 
 def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, settings: ServingSettings,
-                      engine: Path | None = None) -> dict:
+                      engine: Path | None = None, shards: list[Path] | None = None) -> dict:
     """Write the repository to ``out`` (replacing it whole) and return the resolved render config.
 
     Target ``gpu`` takes a TensorRT ``engine`` (model.plan) for the query encoder in
@@ -166,6 +184,13 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
         )
     encoder_file = Path(engine) if gpu else query_tower.onnx_file
     context = render_context(query_tower, index_manifest, settings, encoder_file.stat().st_size)
+    shards = list(shards or [])
+    if len(shards) > 1:
+        manifests = [json.loads((f / "manifest.json").read_text(encoding="utf-8")) for f in shards]
+        if any(m.get("shards_of") != index_manifest["index_version"] for m in manifests):
+            raise ValueError(f"shards {[str(f) for f in shards]} are not all shards of index {index_manifest['index_version']}")
+        context.update(shard_count=len(shards), shard_rows=[m["count"] for m in manifests],
+                       index_version=index_manifest["index_version"])
     configs = render_configs(context)
     resolved = {"context": context, "sources": sources_fingerprint(), "query_tower": q, "index": {k: v for k, v in index_manifest.items() if k != "shards"}}
     rendered = json.dumps(resolved, indent=2, sort_keys=True) + "\n"
@@ -177,8 +202,9 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
         version = tmp / name / "1"
         version.mkdir(parents=True)
         (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
-        if name in PYTHON_MODELS and not (gpu and name == "query_encoder"):
-            shutil.copy2(TEMPLATES / name / "model.py", version / "model.py")
+        source = "mips_topk" if name.startswith("mips_topk_") else name
+        if (source in PYTHON_MODELS or source == "topk_merge") and not (gpu and name == "query_encoder"):
+            shutil.copy2(TEMPLATES / source / "model.py", version / "model.py")
             for package in SHIPPED_PACKAGES:
                 shutil.copytree(package, version / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     _link_or_copy(query_tower.tokenizer_file, tmp / "tokenizer" / "1" / "tokenizer.json")
@@ -186,8 +212,9 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
         _link_or_copy(Path(engine), tmp / "query_encoder" / "1" / "model.plan")
     else:
         _link_or_copy(query_tower.onnx_file, tmp / "query_encoder" / "1" / "model.onnx")
-    for f in sorted(index_dir.iterdir()):
-        _link_or_copy(f, tmp / "mips_topk" / "1" / "index" / f.name)
+    for model, folder in ([(f"mips_topk_{i}", f) for i, f in enumerate(shards)] if len(shards) > 1 else [("mips_topk", index_dir)]):
+        for f in sorted(folder.iterdir()):
+            _link_or_copy(f, tmp / model / "1" / "index" / f.name)
     (tmp / "render.json").write_text(rendered, encoding="utf-8")
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

@@ -21,6 +21,11 @@ from model_repository.runtime.index import MANIFEST, load_index, sha256_file
 def split_index(index_dir: Path, shards: int, out_root: Path) -> list[Path]:
     """-> ``out_root/shard-<i>/`` index folders covering the rows of ``index_dir`` in order."""
     manifest = json.loads((Path(index_dir) / MANIFEST).read_text(encoding="utf-8"))
+    existing = [Path(out_root) / f"shard-{i}" for i in range(shards)]
+    if all((f / MANIFEST).exists() for f in existing):
+        parts = [json.loads((f / MANIFEST).read_text(encoding="utf-8")) for f in existing]
+        if all(p.get("shards_of") == manifest["index_version"] and p.get("shard_count") == shards for p in parts):
+            return existing  # already split from this very index
     index = load_index(index_dir, manifest["query_tower_fingerprint"])
     n = len(index)
     if not 1 <= shards <= n:

@@ -35,6 +35,10 @@ from pathlib import Path
 LOOPBACK = "127.0.0.1"
 
 
+# What a GPU-less machine always logs; not the reason a server failed.
+_CUDA_NOISE = re.compile(r"CUDA driver version is insufficient|CudaDriverHelper has not been initialized")
+
+
 class ServerStartError(RuntimeError):
     """tritonserver exited or did not become ready in time."""
 
@@ -185,7 +189,7 @@ class TritonServer:
             log = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
         except FileNotFoundError:
             return "(no log)"
-        errors = [line for line in log if re.match(r"^E\d{4} ", line) and "CUDA" not in line and "Cuda" not in line]
+        errors = [line for line in log if re.match(r"^E\d{4} ", line) and not _CUDA_NOISE.search(line)]
         return "\n".join((errors or log)[-lines:])
 
     def wait_ready(self) -> None:

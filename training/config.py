@@ -48,7 +48,7 @@ class Stage1Config:
 @dataclasses.dataclass
 class Stage2Config:
     teacher: str = ""  # the stage-1 query tower folder; default: <run>/stage1/query
-    student: str = "minilm"
+    student: str = "minilm"  # 'minilm', a checkpoint folder, or 'teacher' (the stage-1 query tower itself)
     student_layers: int = 0  # keep the first N transformer layers (0: all)
     projection: str = "auto"  # auto: add a linear map when dims differ; none: a mismatch is an error
     w_mse: float = 1.0

@@ -29,9 +29,13 @@ def distillation_queries(train_file: Path, limit: int, seed: int) -> list[str]:
     return queries[:limit]
 
 
-def load_student(c: Stage2Config, teacher: Tower) -> Tower:
-    spec = TowerSpec(pooling="auto", max_tokens=c.max_query_tokens)
-    student = Tower.load(c.student, "stage2.student", spec=spec, kernel=c.pool_kernel, layers=c.student_layers)
+def load_student(c: Stage2Config, teacher: Tower, teacher_dir: Path | None = None) -> Tower:
+    """``student = "teacher"``: start from the teacher's own weights (truncated by ``student_layers``)."""
+    spec = TowerSpec(pooling=teacher.spec.pooling if c.student == "teacher" else "auto", max_tokens=c.max_query_tokens)
+    source = teacher_dir if c.student == "teacher" else c.student
+    if source is None:
+        raise TowerError("stage2.student is 'teacher' but no teacher folder was given")
+    student = Tower.load(source, "stage2.student", spec=spec, kernel=c.pool_kernel, layers=c.student_layers)
     if student.dim != teacher.dim:
         if c.projection == "none":
             raise TowerError(f"stage2.projection is 'none' but the student's dimension {student.dim} differs from the "
@@ -49,7 +53,7 @@ def train(c: Stage2Config, teacher_dir: Path, train_file: Path, out: Path) -> di
         p.requires_grad_(False)
     queries = distillation_queries(train_file, c.max_queries, c.seed)
     targets = torch.from_numpy(teacher.encode(queries, 128, desc="teacher: query embeddings"))
-    student = load_student(c, teacher).to(ctx.device)
+    student = load_student(c, teacher, teacher_dir).to(ctx.device)
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=c.lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c.warmup_steps, c.steps))

@@ -22,9 +22,21 @@ def input_array(request, name: str) -> np.ndarray:
     return tensor.as_numpy()
 
 
-def output_tensors(names: Sequence[str], arrays: Sequence[np.ndarray]) -> list:
+def input_dlpack(request, name: str):
+    """The input as a DLPack-capable tensor where it lives (GPU inputs stay on the GPU)."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise InvalidInput(f"input '{name}' is required")
+    return tensor.to_dlpack()
+
+
+def output_tensors(names: Sequence[str], arrays: Sequence[Any]) -> list:
+    """numpy arrays, or device tensors (torch, CuPy) handed over by DLPack without a copy."""
     out = []
     for name, array in zip(names, arrays, strict=True):
+        if not isinstance(array, np.ndarray):
+            out.append(pb_utils.Tensor.from_dlpack(name, array))
+            continue
         if array.dtype.kind in "SUO":
             array = np.array([a.encode("utf-8") if isinstance(a, str) else a for a in array.ravel()], dtype=np.object_).reshape(array.shape)
         out.append(pb_utils.Tensor(name, array))

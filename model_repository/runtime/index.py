@@ -41,6 +41,7 @@ class LoadedIndex:
     keys: list[str]
     titles: list[str]
     texts: list[str]
+    compressed: dict | None = None  # {"kind", "rescore", "codes": array, "scales": array | None}
 
     @property
     def version(self) -> str:
@@ -85,7 +86,15 @@ def load_index(folder: Path | str, query_tower_fingerprint: str) -> LoadedIndex:
             f"{folder}: manifest says {manifest['count']} x {manifest['dim']}; "
             f"got embeddings {embeddings.shape} and {len(docs)} documents"
         )
+    compressed = None
+    if manifest.get("compression"):
+        c = manifest["compression"]
+        arrays = {role: np.load(_verified(folder, entry)) for role, entry in c["files"].items()}
+        if arrays["codes"].shape[0] != manifest["count"]:
+            raise IndexMismatch(f"{folder}: compressed codes have {arrays['codes'].shape[0]} rows; the manifest says {manifest['count']}")
+        compressed = {"kind": c["kind"], "rescore": int(c["rescore"]), "codes": arrays["codes"], "scales": arrays.get("scales")}
     return LoadedIndex(
+        compressed=compressed,
         manifest=manifest,
         embeddings=embeddings,
         keys=[d["key"] for d in docs],

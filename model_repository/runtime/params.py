@@ -20,6 +20,9 @@ class ModelParams:
     def str(self, key: str) -> str:
         return self._get(key)
 
+    def optional(self, key: str, default: str) -> str:
+        return self._raw.get(key, default)
+
     def int(self, key: str) -> int:
         value = self._get(key)
         try:

@@ -3,17 +3,25 @@
 The index is loaded and verified once at model load; a manifest that pairs with
 another query tower, or a failed checksum, refuses the load. All valid requests of
 a dynamic batch share one search at the largest k asked for.
+
+The implementation is chosen explicitly by the config parameter ``implementation``:
+``numpy`` (one GEMM + argpartition, CPU), ``chunked`` (kernels/topk_chunked.py on
+numpy, CPU) or ``cupy`` (the same chunked algorithm on the GPU: the index moves to
+the GPU once at load, query embeddings arrive by DLPack; only the k ids and scores
+per query come back to the host, to look up titles). ``cupy`` without a CUDA device
+refuses to load.
 """
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from kernels.topk import NumpyTopK
+from kernels.topk_chunked import ChunkedTopK, cupy_topk
 from runtime import InvalidInput
-from runtime.adapter import execute_batched, input_array, version_folder
+from runtime.adapter import execute_batched, input_array, input_dlpack, version_folder
 from runtime.index import load_index, snippet
 from runtime.params import ModelParams
 
-IMPLEMENTATIONS = {"numpy": NumpyTopK}
+IMPLEMENTATIONS = {"numpy": NumpyTopK, "chunked": ChunkedTopK, "cupy": cupy_topk}
 
 
 class TritonPythonModel:
@@ -27,15 +35,42 @@ class TritonPythonModel:
         implementation = params.str("implementation")
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"mips_topk: implementation must be one of {sorted(IMPLEMENTATIONS)}; got {implementation!r}")
-        self.search = IMPLEMENTATIONS[implementation](self.index.embeddings)
-        self.max_k = min(params.int("max_k"), len(self.index))
+        self.xp = np
+        if implementation == "cupy":
+            try:
+                import cupy
+
+                devices = cupy.cuda.runtime.getDeviceCount()
+            except Exception as e:  # ImportError, or CUDARuntimeError without a driver
+                devices, cupy = 0, e
+            if not devices:
+                raise ValueError(f"mips_topk: implementation 'cupy' needs CuPy and a CUDA device ({cupy}); "
+                                 "render with --target cpu on this machine")
+            self.xp = cupy
+        c = self.index.compressed
+        if c:  # candidates from the compressed copy, ranked exactly with the float16 vectors
+            from kernels.compressed import RescoringTopK
+
+            self.search = RescoringTopK(self.index.embeddings, c["kind"], c["codes"], c["scales"], c["rescore"], xp=self.xp)
+            implementation = f"{implementation}+{c['kind']}(rescore {c['rescore']})"
+        else:
+            self.search = IMPLEMENTATIONS[implementation](self.index.embeddings)
+        # One shard of a sharded index ("i/n"): answer with global ids, and at most the
+        # shard's own rows; topk_merge checks k against the whole index.
+        self.shard = params.optional("shard", "")
+        self.id_offset = int(self.index.manifest.get("id_offset", 0))
+        self.max_k = params.int("max_k") if self.shard else min(params.int("max_k"), len(self.index))
         self.snippet_chars = params.int("snippet_chars")
         pb_utils.Logger.log_info(
             f"mips_topk: index {self.index.version} ({len(self.index)} x {self.search.dim}) implementation={implementation}"
         )
 
     def parse(self, request):
-        embedding, k = (input_array(request, name) for name in self.input_names)
+        if self.xp is np:
+            embedding, k = (input_array(request, name) for name in self.input_names)
+        else:  # stays on the GPU; k is a handful of int32s
+            embedding = self.xp.from_dlpack(input_dlpack(request, self.input_names[0]))
+            k = self.xp.asnumpy(self.xp.from_dlpack(input_dlpack(request, self.input_names[1])))
         ks = np.unique(k)
         if ks.size != 1:
             raise InvalidInput(f"{self.input_names[1]} must be the same for every row of a request; got {ks.tolist()}")
@@ -44,19 +79,21 @@ class TritonPythonModel:
             raise InvalidInput(f"{self.input_names[1]} must be in [1, {self.max_k}]; got {k}")
         if embedding.shape[1:] != (self.search.dim,):
             raise InvalidInput(f"{self.input_names[0]} must have {self.search.dim} dimensions; got shape {embedding.shape}")
-        if not np.isfinite(embedding).all():
+        if not bool(self.xp.isfinite(embedding).all()):
             raise InvalidInput(f"{self.input_names[0]} must be finite; got NaN or inf")
         return embedding, k
 
     def compute(self, batches):
-        ids, scores = self.search.search(np.concatenate([e for e, _ in batches]), max(k for _, k in batches))
+        ids, scores = self.search.search(self.xp.concatenate([e for e, _ in batches]), min(len(self.index), max(k for _, k in batches)))
+        if self.xp is not np:
+            ids, scores = self.xp.asnumpy(ids), self.xp.asnumpy(scores)
         results, row = [], 0
         for embedding, k in batches:
             rows = slice(row, row + embedding.shape[0])
             row += embedding.shape[0]
             doc_ids = ids[rows, :k]
             results.append((
-                doc_ids,
+                doc_ids + self.id_offset,
                 scores[rows, :k],
                 np.array([[self.index.keys[i] for i in r] for r in doc_ids], dtype=np.object_),
                 np.array([[self.index.titles[i] for i in r] for r in doc_ids], dtype=np.object_),

@@ -1,16 +1,22 @@
 """pool_normalize: last_hidden_state, attention_mask -> L2-normalised embedding.
 
 The implementation is chosen explicitly by the config parameter ``implementation``
-and logged at load; nothing falls back silently.
+and logged at load; nothing falls back silently:
+
+- ``numpy``: the reference, on the CPU;
+- ``triton``: the fused OpenAI-Triton kernel on the GPU. Inputs arrive by DLPack
+  where Triton put them (``FORCE_CPU_ONLY_INPUT_TENSORS=no``) and the embedding
+  leaves by DLPack, with no host round trip. Loading it without a CUDA device fails.
 """
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from kernels.pooling import Pooling, pool_normalize_reference
 from runtime import InvalidInput
-from runtime.adapter import execute_batched, input_array
+from runtime.adapter import execute_batched, input_array, input_dlpack
 from runtime.params import ModelParams
 
-IMPLEMENTATIONS = {"numpy": pool_normalize_reference}
+IMPLEMENTATIONS = ("numpy", "triton")
 
 
 class TritonPythonModel:
@@ -21,11 +27,26 @@ class TritonPythonModel:
         self.pooling = Pooling.parse(params.str("pooling"))
         implementation = params.str("implementation")
         if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"pool_normalize: implementation must be one of {sorted(IMPLEMENTATIONS)}; got {implementation!r}")
-        self.pool = IMPLEMENTATIONS[implementation]
+            raise ValueError(f"pool_normalize: implementation must be one of {list(IMPLEMENTATIONS)}; got {implementation!r}")
+        self.gpu = implementation == "triton"
+        if self.gpu:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("pool_normalize: implementation 'triton' needs a CUDA device; render with --target cpu here")
+            from kernels.pool_normalize_triton import pool_normalize_triton
+
+            self.torch, self.kernel = torch, pool_normalize_triton
         pb_utils.Logger.log_info(f"pool_normalize: pooling={self.pooling.value} implementation={implementation}")
 
     def parse(self, request):
+        if self.gpu:
+            hidden, mask = (self.torch.from_dlpack(input_dlpack(request, name)) for name in self.input_names)
+            if tuple(hidden.shape[:2]) != tuple(mask.shape):
+                raise InvalidInput(f"{self.input_names[1]} must have shape {tuple(hidden.shape[:2])}; got {tuple(mask.shape)}")
+            if not bool(mask.bool().any(dim=1).all()):
+                raise InvalidInput(f"{self.input_names[1]} must have at least one token per row; got an all-zero row")
+            return hidden, mask.to(hidden.device)
         hidden, mask = (input_array(request, name) for name in self.input_names)
         if hidden.shape[:2] != mask.shape:
             raise InvalidInput(f"{self.input_names[1]} must have shape {hidden.shape[:2]}; got {mask.shape}")
@@ -34,7 +55,9 @@ class TritonPythonModel:
         return hidden, mask
 
     def compute(self, batches):
-        return [(self.pool(hidden, mask, self.pooling),) for hidden, mask in batches]
+        if self.gpu:  # one launch per request: requests differ in sequence length
+            return [(self.kernel(hidden, mask, self.pooling).float().contiguous(),) for hidden, mask in batches]
+        return [(pool_normalize_reference(hidden, mask, self.pooling).astype(np.float32, copy=False),) for hidden, mask in batches]
 
     def execute(self, requests):
         return execute_batched(requests, self.parse, self.compute, self.output_names)

@@ -1,0 +1,232 @@
+"""Kernel benchmarks: every ratio is measured side by side in one run, never asserted in a test.
+
+  python -m benchmarks topk-cpu      numpy / chunked top-k vs faiss-cpu IndexFlatIP (N=100k, D=384, fp32)
+  python -m benchmarks compression   recall cost of int8 / Matryoshka indexes with and without rescoring
+  python -m benchmarks gpu-kernels   pooling bandwidth vs device copy and vs torch eager; top-k vs FAISS GPU
+                                     and torch.topk (needs CUDA; refuses without)
+
+Each writes JSON + markdown (+ PNG) next to ``--out``. Timings are medians of repeated
+runs after warm-up; results on a shared 2-core machine are noisy, hence the ratios.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import machine
+
+
+def _median_s(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _unit(rng, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _header(kind: str, command: str) -> dict:
+    return {"benchmark": kind, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": command, "machine": machine()}
+
+
+def topk_cpu(out: Path, n: int = 100_000, d: int = 384, batches=(1, 64), ks=(10, 100), repeats: int = 15) -> dict:
+    import faiss
+
+    from kernels.topk import NumpyTopK
+    from kernels.topk_chunked import ChunkedTopK
+
+    rng = np.random.default_rng(0)
+    index = _unit(rng, n, d)
+    flat = faiss.IndexFlatIP(d)
+    flat.add(index)
+    ours = {"numpy": NumpyTopK(index), "chunked": ChunkedTopK(index, store_dtype=np.float32)}
+    rows = []
+    for b in batches:
+        queries = _unit(rng, b, d)
+        for k in ks:
+            ref_ids, _ = flat.search(queries, k)
+            row = {"batch": b, "k": k, "faiss_ms": 1e3 * _median_s(lambda: flat.search(queries, k), repeats)}
+            for name, impl in ours.items():
+                ids, _ = impl.search(queries, k)
+                agree = float(np.mean([len(set(a) & set(r)) / k for a, r in zip(ids, ref_ids)]))
+                row[f"{name}_ms"] = 1e3 * _median_s(lambda impl=impl: impl.search(queries, k), repeats)
+                row[f"{name}_speedup_vs_faiss"] = row["faiss_ms"] / row[f"{name}_ms"]
+                row[f"{name}_agreement_with_faiss"] = agree
+            rows.append(row)
+            print(json.dumps({k_: round(v, 3) if isinstance(v, float) else v for k_, v in row.items()}), flush=True)
+    result = {**_header("topk-cpu", f"python -m benchmarks topk-cpu --out {out}"),
+              "sizes": {"n": n, "d": d, "dtype": "float32"}, "faiss": faiss.__version__, "rows": rows}
+    _write(out, result, _topk_markdown(result))
+    return result
+
+
+def _topk_markdown(r: dict) -> str:
+    lines = [f"CPU top-k, N={r['sizes']['n']}, D={r['sizes']['d']}, fp32 ({r['date']}, {r['machine']['cpu_count']} CPUs)", "",
+             "| batch | k | faiss IndexFlatIP ms | numpy ms | numpy / faiss speed | chunked ms | chunked / faiss speed |",
+             "|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        lines.append(f"| {x['batch']} | {x['k']} | {x['faiss_ms']:.2f} | {x['numpy_ms']:.2f} | {x['numpy_speedup_vs_faiss']:.2f}x "
+                     f"| {x['chunked_ms']:.2f} | {x['chunked_speedup_vs_faiss']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def compression(out: Path, index_dir: Path, queries: list[str], pipeline, k: int = 10) -> dict:
+    """Recall@k of compressed search against the exact fp16 answer, on the index as served."""
+    from kernels.compressed import RescoringTopK, quantize_int8, truncate
+    from kernels.topk import NumpyTopK
+    from model_repository.runtime.index import load_index, read_manifest
+
+    index = load_index(index_dir, read_manifest(index_dir)["query_tower_fingerprint"])
+    full = index.embeddings
+    q = pipeline.embed(queries)
+    exact, _ = NumpyTopK(full).search(q, k)
+    codes, scales = quantize_int8(full)
+    variants = [("int8", codes, scales, full.shape[1] + 4)]
+    for dim in (256, 128, 64):
+        if dim < full.shape[1]:
+            variants.append((f"matryoshka:{dim}", truncate(full, dim).astype(np.float16), None, 2 * dim))
+    rows = []
+    for name, approx, sc, nbytes in variants:
+        for rescore in (k, 50, 200):
+            kind = "int8" if name == "int8" else "matryoshka"
+            ids, _ = RescoringTopK(full, kind, approx, sc, rescore=rescore).search(q, k)
+            recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, exact)]))
+            rows.append({"compression": name, "rescore": rescore, f"recall@{k}": recall, "bytes_per_vector": nbytes,
+                         "bytes_vs_fp16": nbytes / (2 * full.shape[1])})
+            print(json.dumps(rows[-1]), flush=True)
+    result = {**_header("compression", f"python -m benchmarks compression --out {out}"),
+              "index": index.version, "rows_in_index": len(index), "dim": full.shape[1], "queries": len(queries), "k": k,
+              "rows": rows}
+    lines = [f"Compressed index recall@{k} vs the exact fp16 answer: index {index.version} ({len(index)} x {full.shape[1]}), "
+             f"{len(queries)} queries. rescore = k means no rescoring beyond the compressed ranking.", "",
+             "| compression | bytes/vector | vs fp16 | rescore | recall@10 |", "|---|---|---|---|---|"]
+    for x in rows:
+        lines.append(f"| {x['compression']} | {x['bytes_per_vector']} | {x['bytes_vs_fp16']:.2f} | {x['rescore']} | {x[f'recall@{k}']:.3f} |")
+    _write(out, result, "\n".join(lines) + "\n")
+    _plot_compression(result, out.with_suffix(".png"), k)
+    return result
+
+
+def _plot_compression(result: dict, path: Path, k: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name in dict.fromkeys(r["compression"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["compression"] == name]
+        ax.plot([r["rescore"] for r in rows], [r[f"recall@{k}"] for r in rows], marker="o", label=f"{name} ({rows[0]['bytes_vs_fp16']:.2f}x fp16 bytes)")
+    ax.set_xscale("log")
+    ax.set_xlabel("candidates rescored with fp16")
+    ax.set_ylabel(f"recall@{k} vs exact")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def gpu_kernels(out: Path, repeats: int = 50) -> dict:
+    """GPU only: the targets of the kernels issue, measured side by side."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("gpu-kernels needs a CUDA device; nothing was measured (run it on a GPU machine)")
+    from kernels.pool_normalize_triton import pool_normalize_triton
+    from kernels.pooling_torch import pool_normalize_torch_reference
+
+    def cuda_ms(fn) -> float:
+        for _ in range(5):
+            fn()
+        torch.cuda.synchronize()
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            fn()
+        stop.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(stop) / repeats
+
+    result = {**_header("gpu-kernels", f"python -m benchmarks gpu-kernels --out {out}"),
+              "device": torch.cuda.get_device_name(0), "pooling": [], "topk": []}
+    b, s, d = 256, 128, 1024
+    for dtype in (torch.float16, torch.bfloat16):
+        h = torch.randn(b, s, d, device="cuda", dtype=dtype)
+        mask = (torch.arange(s, device="cuda")[None, :] < torch.randint(1, s + 1, (b, 1), device="cuda")).to(torch.int64)
+        copy_dst = torch.empty_like(h)
+        copy_ms = cuda_ms(lambda: copy_dst.copy_(h))
+        copy_gbps = 2 * h.numel() * h.element_size() / copy_ms / 1e6  # read + write
+        fused_ms = cuda_ms(lambda: pool_normalize_triton(h, mask, "mean"))
+        eager_ms = cuda_ms(lambda: pool_normalize_torch_reference(h, mask, "mean"))
+        fused_gbps = (h.numel() * h.element_size() + mask.numel() * 8) / fused_ms / 1e6
+        hg = h.clone().requires_grad_(True)
+        grad = torch.randn(b, d, device="cuda", dtype=dtype)
+        bwd_fused = cuda_ms(lambda: torch.autograd.grad(pool_normalize_triton(hg, mask, "mean"), hg, grad))
+        bwd_eager = cuda_ms(lambda: torch.autograd.grad(pool_normalize_torch_reference(hg, mask, "mean").to(dtype), hg, grad))
+        row = {"dtype": str(dtype).split(".")[-1], "shape": [b, s, d], "copy_GBps": copy_gbps, "fused_ms": fused_ms,
+               "fused_GBps": fused_gbps, "fused_pct_of_copy_bandwidth": 100 * fused_gbps / copy_gbps,
+               "eager_ms": eager_ms, "speedup_vs_eager": eager_ms / fused_ms,
+               "fwd_bwd_fused_ms": bwd_fused, "fwd_bwd_eager_ms": bwd_eager, "fwd_bwd_speedup_vs_eager": bwd_eager / bwd_fused}
+        result["pooling"].append(row)
+        print(json.dumps(row), flush=True)
+    import cupy
+
+    from kernels.topk_chunked import cupy_topk
+
+    n, d = 1_000_000, 768
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    index_t = torch.nn.functional.normalize(torch.randn(n, d, device="cuda", generator=gen), dim=1).half()
+    index_bytes = index_t.numel() * 2
+    copy_gbps = result["pooling"][0]["copy_GBps"]
+    ours = cupy_topk(cupy.asarray(index_t))
+    try:
+        import faiss
+
+        res = faiss.StandardGpuResources()
+        flat = faiss.GpuIndexFlatIP(res, d)
+        flat.add(index_t.float().cpu().numpy())
+    except (ImportError, AttributeError) as e:
+        flat, faiss_note = None, f"FAISS GPU not available here ({e})"
+    else:
+        faiss_note = f"faiss {faiss.__version__}"
+    result["topk_faiss"] = faiss_note
+    for batch in (1, 32, 1024):
+        q = torch.nn.functional.normalize(torch.randn(batch, d, device="cuda", generator=gen), dim=1)
+        qc = cupy.asarray(q)
+        for k in (10, 100, 1000):
+            row = {"n": n, "d": d, "batch": batch, "k": k, "floor_ms": index_bytes / copy_gbps / 1e6}  # read the index once
+            row["ours_ms"] = cuda_ms(lambda: ours.search(qc, k))
+            row["torch_topk_ms"] = cuda_ms(lambda: torch.topk(q.half() @ index_t.T, k, dim=1))
+            if flat is not None and k <= 2048:
+                qn = q.cpu().numpy()
+                start = time.perf_counter()
+                for _ in range(5):
+                    flat.search(qn, k)
+                row["faiss_ms"] = 1e3 * (time.perf_counter() - start) / 5
+                row["speedup_vs_faiss"] = row["faiss_ms"] / row["ours_ms"]
+            row["speedup_vs_torch_topk"] = row["torch_topk_ms"] / row["ours_ms"]
+            row["qps_ours"] = batch / row["ours_ms"] * 1e3
+            result["topk"].append(row)
+            print(json.dumps(row), flush=True)
+    _write(out, result, "```\n" + json.dumps(result, indent=2) + "\n```\n")
+    return result
+
+
+def _write(out: Path, result: dict, markdown: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown, encoding="utf-8")

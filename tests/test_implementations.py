@@ -1,0 +1,117 @@
+"""The implementation of pool_normalize and mips_topk is chosen in the model config, explicitly.
+
+``chunked`` (the GPU top-k algorithm on numpy) served must answer exactly as ``numpy``
+does; a GPU implementation on a machine without CUDA must refuse to load with a
+message that says why, never fall back.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from build.__main__ import main as build_main
+from clients.retrieval import RetrievalClient
+from model_repository.launcher import ServerStartError
+from tests.conftest import ARTIFACTS, start_server
+
+
+def _repository(tmp_path_factory, name: str, *flags: str):
+    artifacts = tmp_path_factory.mktemp(name)
+    for reused in ("towers", "index", "corpus"):  # same inputs: only the rendered configs differ
+        (artifacts / reused).symlink_to(ARTIFACTS / reused)
+    assert build_main(["all", "--artifacts", str(artifacts), *flags]) == 0
+    return artifacts / "model_repository"
+
+
+@pytest.fixture(scope="module")
+def chunked_server(tmp_path_factory, repository):
+    repo = _repository(tmp_path_factory, "chunked", "--topk-implementation", "chunked")
+    server = start_server(repo, tmp_path_factory.mktemp("chunked-server"))
+    yield server
+    server.stop()
+
+
+def test_chunked_topk_served_equals_numpy_served(chunked_server, server, queries):
+    texts = queries[:24]
+    with RetrievalClient(server.grpc_url) as a, RetrievalClient(chunked_server.grpc_url) as b:
+        for k in (1, 10, 200):
+            ra, rb = a.retrieve(texts, k=k), b.retrieve(texts, k=k)
+            assert [[h.doc_id for h in row] for row in ra.hits] == [[h.doc_id for h in row] for row in rb.hits]
+            np.testing.assert_allclose([[h.score for h in row] for row in ra.hits],
+                                       [[h.score for h in row] for row in rb.hits], rtol=0, atol=1e-6)
+    log = chunked_server.log_path.read_text(encoding="utf-8", errors="replace")
+    assert "implementation=chunked" in log
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--topk-implementation", "cupy", "implementation 'cupy' needs CuPy and a CUDA device"),
+    ("--pool-implementation", "triton", "implementation 'triton' needs a CUDA device"),
+    ("--topk-implementation", "faiss", "mips_topk: implementation must be one of"),
+])
+def test_a_gpu_or_unknown_implementation_refuses_to_load_here(tmp_path_factory, repository, flag, value, message):
+    import torch
+
+    if torch.cuda.is_available() and value != "faiss":
+        pytest.skip("this machine has CUDA; the GPU implementation would load")
+    repo = _repository(tmp_path_factory, f"impl-{value}", flag, value)
+    with pytest.raises(ServerStartError) as err:
+        start_server(repo, tmp_path_factory.mktemp(f"impl-{value}-server")).stop()
+    assert message in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def int8_server(tmp_path_factory, repository):
+    repo = _repository(tmp_path_factory, "int8", "--index-compression", "int8", "--rescore", "100")
+    server = start_server(repo, tmp_path_factory.mktemp("int8-server"))
+    yield server
+    server.stop()
+
+
+def test_int8_index_with_rescoring_serves_the_exact_answers(int8_server, server, queries, render_info):
+    """int8 candidates + fp16 rescoring: same top-10 as the uncompressed index, exact scores."""
+    texts = queries[:40]
+    with RetrievalClient(server.grpc_url) as a, RetrievalClient(int8_server.grpc_url) as b:
+        ra, rb = a.retrieve(texts, k=10), b.retrieve(texts, k=10)
+    assert rb.index_version != ra.index_version  # a different index version, built from the same vectors
+    assert [[h.doc_id for h in row] for row in ra.hits] == [[h.doc_id for h in row] for row in rb.hits]
+    np.testing.assert_allclose([[h.score for h in row] for row in ra.hits], [[h.score for h in row] for row in rb.hits],
+                               rtol=0, atol=1e-6)
+    log = int8_server.log_path.read_text(encoding="utf-8", errors="replace")
+    assert "implementation=numpy+int8(rescore 100)" in log
+
+
+def test_compression_is_checked(tmp_path_factory, repository, capsys):
+    artifacts = tmp_path_factory.mktemp("bad-compression")
+    for reused in ("towers", "index", "corpus"):
+        (artifacts / reused).symlink_to(ARTIFACTS / reused)
+    assert build_main(["all", "--artifacts", str(artifacts), "--index-compression", "int4"]) == 2
+    assert "index compression must be 'none', 'int8' or 'matryoshka:<dim>'; got 'int4'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def sharded_server(tmp_path_factory, repository):
+    repo = _repository(tmp_path_factory, "sharded", "--shards", "3")
+    server = start_server(repo, tmp_path_factory.mktemp("sharded-server"))
+    yield server, repo
+    server.stop()
+
+
+def test_sharded_index_served_equals_the_whole_index(sharded_server, server, queries, render_info):
+    """Three mips_topk_<i> shards fanned out by the ensemble and merged by topk_merge."""
+    sharded, repo = sharded_server
+    assert sorted(p.name for p in repo.iterdir() if p.name.startswith(("mips", "topk"))) == \
+        ["mips_topk_0", "mips_topk_1", "mips_topk_2", "topk_merge"]
+    texts = queries[:24]
+    with RetrievalClient(server.grpc_url) as a, RetrievalClient(sharded.grpc_url) as b:
+        for k in (1, 10, 1000):
+            ra, rb = a.retrieve(texts, k=k), b.retrieve(texts, k=k)
+            assert [[h.doc_id for h in row] for row in ra.hits] == [[h.doc_id for h in row] for row in rb.hits]
+            assert [[h.key for h in row] for row in ra.hits] == [[h.key for h in row] for row in rb.hits]
+            assert [[h.title for h in row] for row in ra.hits] == [[h.title for h in row] for row in rb.hits]
+            np.testing.assert_allclose([[h.score for h in row] for row in ra.hits],
+                                       [[h.score for h in row] for row in rb.hits], rtol=0, atol=1e-6)
+            assert rb.index_version == ra.index_version
+        from tritonclient.utils import InferenceServerException
+
+        with pytest.raises(InferenceServerException, match=r"k must be in \[1, 1000\]"):
+            b.retrieve(texts[:1], k=1001)

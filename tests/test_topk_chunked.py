@@ -1,0 +1,62 @@
+"""The chunked exact top-k (kernels/topk_chunked.py): on numpy here, on CuPy where a GPU is.
+
+Random shapes, k up to the index size, tile sizes that force many chunks and merges,
+and small-integer data so that ties are everywhere: ids and scores must equal the
+brute-force stable sort exactly.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels.topk import mips_topk_reference, NumpyTopK
+from kernels.topk_chunked import ChunkedTopK
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_chunked_topk_equals_brute_force_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n, d, q = int(rng.integers(1, 5000)), int(rng.integers(1, 24)), int(rng.integers(1, 12))
+    k = int(rng.integers(1, min(n, 2500) + 1))
+    index = rng.integers(-2, 3, size=(n, d)).astype(np.float16)  # exact in fp16; many equal scores
+    queries = rng.integers(-2, 3, size=(q, d)).astype(np.float32)
+    topk = ChunkedTopK(index, tile_bytes=4 * q * int(rng.integers(1024, 4096)), first_rows=int(rng.integers(1, 700)))
+    ids, scores = topk.search(queries, k)
+    ref_ids, ref_scores = mips_topk_reference(queries, index.astype(np.float32), k)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(scores, ref_scores)
+    assert ids.dtype == np.int64 and ids.shape == (q, k)
+
+
+def test_large_k_on_real_shaped_data():
+    rng = np.random.default_rng(1)
+    index = rng.standard_normal((20000, 64)).astype(np.float16)
+    queries = rng.standard_normal((3, 64)).astype(np.float32)
+    ids, scores = ChunkedTopK(index, tile_bytes=4 * 3 * 2048).search(queries, 2048)
+    ref_ids, ref_scores = NumpyTopK(index.astype(np.float32)).search(queries, 2048)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-5)
+
+
+def test_chunked_topk_checks_its_inputs():
+    topk = ChunkedTopK(np.ones((10, 4), dtype=np.float16))
+    with pytest.raises(ValueError, match=r"k must be in \[1, 10\]; got 11"):
+        topk.search(np.ones((1, 4), dtype=np.float32), 11)
+    with pytest.raises(ValueError, match=r"queries must be \(Q, 4\); got shape \(1, 3\)"):
+        topk.search(np.ones((1, 3), dtype=np.float32), 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k", [1, 10, 100, 1000, 2048])
+def test_cupy_topk_equals_numpy(k):
+    import cupy
+
+    from kernels.topk_chunked import cupy_topk
+
+    rng = np.random.default_rng(k)
+    index = rng.integers(-2, 3, size=(300_000, 32)).astype(np.float16)
+    queries = rng.integers(-2, 3, size=(64, 32)).astype(np.float32)
+    ids, scores = cupy_topk(index).search(cupy.asarray(queries), k)
+    ref_ids, ref_scores = mips_topk_reference(queries, index.astype(np.float32), k)
+    np.testing.assert_array_equal(cupy.asnumpy(ids), ref_ids)
+    np.testing.assert_array_equal(cupy.asnumpy(scores), ref_scores)
