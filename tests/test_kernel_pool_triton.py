@@ -98,3 +98,41 @@ def test_compiled_on_gpu_matches_reference(pooling, dtype):
     hidden, mask = make_inputs(256, 128, 1024, dtype, left_pad=False, seed=0, device="cuda")
     torch.testing.assert_close(pool_normalize_triton(hidden, mask, pooling).float(),
                                pool_normalize_torch_reference(hidden, mask, pooling), atol=FWD_TOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("pooling", list(Pooling))
+def test_poisoned_buffers_are_fully_written(pooling, monkeypatch):
+    """Every buffer the kernels allocate starts as NaN: an element they fail to write shows up."""
+    real_empty = torch.empty
+
+    def poisoned(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-7)
+
+    hidden, mask = make_inputs(3, 37, 130, torch.float32, left_pad=pooling is Pooling.LAST_TOKEN, seed=5)
+    ref_h = hidden.clone().requires_grad_(True)
+    (pool_normalize_torch_reference(ref_h, mask, pooling) * torch.linspace(-1, 1, 130)).sum().backward()
+    monkeypatch.setattr(torch, "empty", poisoned)
+    h = hidden.clone().requires_grad_(True)
+    out = pool_normalize_triton(h, mask, pooling)
+    (out * torch.linspace(-1, 1, 130)).sum().backward()
+    monkeypatch.undo()
+    assert torch.isfinite(out).all() and torch.isfinite(h.grad).all()
+    torch.testing.assert_close(out, pool_normalize_torch_reference(hidden, mask, pooling), atol=1e-6, rtol=0)
+    torch.testing.assert_close(h.grad, ref_h.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape,device", [
+    ((1, 3, 8192), "cpu"),  # D = 8192, the widest supported
+    pytest.param((4096, 64, 8192), "cuda", marks=pytest.mark.gpu),
+], ids=["D=8192", "B=4096-D=8192-gpu"])  # B = 4096 interpreted takes ~1 min on 2 cores
+def test_extreme_batch_and_width(shape, device):
+    """B = 4096 rows and D = 8192, forward and backward, against the reference."""
+    hidden, mask = make_inputs(*shape, torch.float32, left_pad=False, seed=3, device=device)
+    h = hidden.clone().requires_grad_(True)
+    out = pool_normalize_triton(h, mask, "mean")
+    out.sum().backward()
+    ref_h = hidden.clone().requires_grad_(True)
+    pool_normalize_torch_reference(ref_h, mask, "mean").sum().backward()
+    torch.testing.assert_close(out, pool_normalize_torch_reference(hidden, mask, "mean"), atol=1e-6, rtol=0)
+    torch.testing.assert_close(h.grad, ref_h.grad, atol=1e-5, rtol=1e-4)
