@@ -57,7 +57,7 @@ def topk_cpu(out: Path, n: int = 100_000, d: int = 384, batches=(1, 64), ks=(10,
     for b in batches:
         queries = _unit(rng, b, d)
         for k in ks:
-            ref_ids, _ = flat.search(queries, k)
+            _, ref_ids = flat.search(queries, k)  # faiss returns (scores, ids)
             row = {"batch": b, "k": k, "faiss_ms": 1e3 * _median_s(lambda: flat.search(queries, k), repeats)}
             for name, impl in ours.items():
                 ids, _ = impl.search(queries, k)
