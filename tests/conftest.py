@@ -63,7 +63,8 @@ def pipeline(repository, render_info):
 
     ctx = render_info["context"]
     return EmbeddingPipeline(
-        TextTokenizer(repository / "tokenizer" / "1" / ctx["tokenizer_file"], ctx["max_tokens"]),
+        TextTokenizer(repository / "tokenizer" / "1" / ctx["tokenizer_file"], ctx["max_tokens"], prefix=ctx["prefix"],
+                      eos_id=int(ctx["eos_id"]) if ctx["eos_id"] else None),
         OnnxEncoder(repository / "query_encoder" / "1" / ctx["onnx_file"]),
         Pooling.parse(ctx["pooling"]),
     )

@@ -237,11 +237,58 @@ def test_distilled_student_served_equals_in_process(student_repository, tmp_path
     assert all(len(h) == 5 for h in hits.hits)
 
 
-def test_build_refuses_a_tower_it_cannot_serve(tiny_qwen, tmp_path):
+@pytest.fixture(scope="module")
+def decoder_repository(tmp_path_factory, tiny_qwen, faq_pairs, repository):
+    """Decoder-LLM towers (last token, EOS appended, instruction prefixes) built and rendered by build/."""
+    root = tmp_path_factory.mktemp("decoder")
+    s1 = Stage1Config(model=str(tiny_qwen), steps=3, query_prefix="query: ", doc_prefix="passage: ", **_quick())
+    stage1.train(s1, faq_pairs, root / "s1")
+    corpus = root / "corpus.jsonl"
+    lines = (ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:120]
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    artifacts = root / "artifacts"
+    code = __import__("build.__main__", fromlist=["main"]).main(
+        ["all", "--artifacts", str(artifacts), "--corpus", str(corpus),
+         "--query-tower", str(root / "s1" / "query"), "--doc-tower", str(root / "s1" / "doc"), "--max-k", "50"])
+    assert code == 0
+    return artifacts, root / "s1", [json.loads(line) for line in lines]
+
+
+def test_decoder_towers_with_prefix_and_eos_serve_what_they_compute(decoder_repository, tmp_path):
+    from clients.retrieval import RetrievalClient
+    from model_repository.runtime.index import load_index, read_manifest
+    from tests.conftest import start_server
+
+    artifacts, s1, docs = decoder_repository
+    repo = artifacts / "model_repository"
+    render = json.loads((repo / "render.json").read_text())["context"]
+    assert render["prefix"] == "query: " and render["eos_id"] == "102" and render["pooling"] == "last_token"
+    # The index holds what the doc tower computes in-process, prefix and EOS included.
+    index_dir = repo / "mips_topk" / "1" / "index"
+    index = load_index(index_dir, read_manifest(index_dir)["query_tower_fingerprint"])
+    from training.data import document_text
+
+    expected_docs = Tower.load(s1 / "doc").encode([document_text(d) for d in docs])
+    np.testing.assert_allclose(index.embeddings, expected_docs, atol=2e-3)  # stored as fp16
+    texts = ["How do I copy a file?", "Why are default values shared between objects?"]
+    expected = Tower.load(s1 / "query").encode(texts)
+    server = start_server(repo, tmp_path / "server")
+    try:
+        with RetrievalClient(server.grpc_url) as client:
+            served = client.embed(texts)
+    finally:
+        server.stop()
+    assert (served * expected).sum(axis=1).min() > 0.9999
+
+
+def test_build_refuses_a_tower_without_its_eos_id(tiny_qwen, tmp_path):
     from build.export import ExportMismatch, read_tower_spec
 
     Tower.load(tiny_qwen, spec=TowerSpec(max_tokens=16)).save(tmp_path / "decoder")
-    with pytest.raises(ExportMismatch, match=r"field 'append_eos' is True; the served tokenizer cannot add it"):
+    spec = json.loads((tmp_path / "decoder" / "tower.json").read_text())
+    assert spec["append_eos"] is True and spec["eos_id"] == 102
+    (tmp_path / "decoder" / "tower.json").write_text(json.dumps({**spec, "eos_id": None}))
+    with pytest.raises(ExportMismatch, match=r"field 'append_eos' is set but 'eos_id' is missing"):
         read_tower_spec(tmp_path / "decoder")
 
 

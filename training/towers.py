@@ -61,6 +61,7 @@ class TowerSpec:
     prefix: str = ""  # instruction prefix put before every text
     append_eos: bool | None = None  # None: True for decoders
     projection: tuple[int, int] | None = None  # (in, out) when a projection follows the model
+    eos_id: int | None = None  # the token appended when append_eos (recorded so that serving appends the same)
 
     def resolved(self, decoder: bool) -> "TowerSpec":
         pooling = Pooling.parse(("last_token" if decoder else "mean") if self.pooling == "auto" else self.pooling).value
@@ -114,8 +115,10 @@ class Tower(torch.nn.Module):
         spec = spec.resolved(decoder)
         if decoder and tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        if spec.append_eos and _eos_id(tokenizer, model.config) is None:
-            raise TowerError(f"{field}: append_eos is set but neither the tokenizer nor the config of {path} names an EOS token")
+        if spec.append_eos:
+            if _eos_id(tokenizer, model.config) is None:
+                raise TowerError(f"{field}: append_eos is set but neither the tokenizer nor the config of {path} names an EOS token")
+            spec = dataclasses.replace(spec, eos_id=int(_eos_id(tokenizer, model.config)))
         tower = cls(model, tokenizer, spec, kernel)
         if spec.projection and (path / PROJECTION_FILE).exists():
             from safetensors.torch import load_file
@@ -136,7 +139,7 @@ class Tower(torch.nn.Module):
         limit = self.spec.max_tokens - int(bool(self.spec.append_eos))
         enc = self.tokenizer(texts, truncation=True, max_length=limit, padding=False)
         if self.spec.append_eos:
-            eos = _eos_id(self.tokenizer, self.model.config)
+            eos = self.spec.eos_id
             enc["input_ids"] = [ids + [eos] for ids in enc["input_ids"]]
             enc["attention_mask"] = [m + [1] for m in enc["attention_mask"]]
         self.tokenizer.padding_side = "right"

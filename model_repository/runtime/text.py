@@ -38,22 +38,39 @@ def decode_texts(raw: Sequence[bytes | str], max_chars: int, field: str = "TEXT"
 class TextTokenizer:
     """Hugging Face fast tokenizer (``tokenizer.json``) padding to the longest row."""
 
-    def __init__(self, tokenizer_file: Path | str, max_tokens: int, pad_to_multiple: int = 0):
+    def __init__(self, tokenizer_file: Path | str, max_tokens: int, pad_to_multiple: int = 0, prefix: str = "",
+                 eos_id: int | None = None):
+        """``prefix``: an instruction put before every text; ``eos_id``: a token appended after the
+        (truncated) text, as decoder-LLM towers are trained (training/towers.py does the same)."""
         if max_tokens < 2:
             raise ValueError(f"max_tokens must be >= 2; got {max_tokens}")
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        self.tokenizer.enable_truncation(max_length=max_tokens)
+        self.tokenizer.enable_truncation(max_length=max_tokens - (eos_id is not None))
         pad = self.tokenizer.padding or {}
-        pad_id = pad.get("pad_id", 0)
-        pad_token = pad.get("pad_token", self.tokenizer.id_to_token(pad_id) or "[PAD]")
-        # To the longest row; on the GPU target to a multiple of pad_to_multiple tokens, so that
-        # the TensorRT encoder's batcher finds requests of equal shape to batch.
-        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, pad_to_multiple_of=pad_to_multiple or None)
-        self.max_tokens = max_tokens
+        self.pad_id = pad.get("pad_id", 0)
+        pad_token = pad.get("pad_token", self.tokenizer.id_to_token(self.pad_id) or "[PAD]")
+        if eos_id is None:
+            # To the longest row; on the GPU target to a multiple of pad_to_multiple tokens, so that
+            # the TensorRT encoder's batcher finds requests of equal shape to batch.
+            self.tokenizer.enable_padding(pad_id=self.pad_id, pad_token=pad_token, pad_to_multiple_of=pad_to_multiple or None)
+        else:
+            self.tokenizer.no_padding()  # EOS goes after each row's last token, then rows are padded here
+        self.max_tokens, self.pad_to_multiple, self.prefix, self.eos_id = max_tokens, pad_to_multiple, prefix, eos_id
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """texts -> input_ids (B, S) int64, attention_mask (B, S) int64."""
-        encodings = self.tokenizer.encode_batch(list(texts))
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        """texts -> input_ids (B, S) int64, attention_mask (B, S) int64 (right padding)."""
+        encodings = self.tokenizer.encode_batch([self.prefix + t for t in texts])
+        if self.eos_id is None:
+            ids = np.array([e.ids for e in encodings], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+            return ids, mask
+        rows = [e.ids + [self.eos_id] for e in encodings]
+        width = max(len(r) for r in rows)
+        if self.pad_to_multiple:
+            width = -(-width // self.pad_to_multiple) * self.pad_to_multiple
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for n, r in enumerate(rows):
+            ids[n, : len(r)] = r
+            mask[n, : len(r)] = 1
         return ids, mask

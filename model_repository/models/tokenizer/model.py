@@ -12,8 +12,9 @@ class TritonPythonModel:
         self.output_names = params.output_names()  # input_ids, attention_mask
         self.max_chars = params.int("max_chars")
         self.max_rows = params.int("max_rows_per_request")
+        eos = params.str("eos_id")
         self.tokenizer = TextTokenizer(f"{version_folder(args)}/{params.str('tokenizer_file')}", params.int("max_tokens"),
-                                       params.int("pad_to_multiple"))
+                                       params.int("pad_to_multiple"), params.str("prefix"), int(eos) if eos else None)
 
     def parse(self, request):
         raw = input_array(request, self.text_name)
