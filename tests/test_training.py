@@ -196,6 +196,19 @@ def test_stage2_mse_falls_and_projection_is_saved(tiny_bert, tmp_path, faq_pairs
     np.testing.assert_allclose(Tower.load(saved).encode(texts), again, atol=1e-6)
 
 
+def _build_repository(root: Path, query_tower: Path, doc_tower: Path, documents: int) -> tuple[Path, list[dict]]:
+    """build/ all on the first ``documents`` of the default corpus with these towers -> (artifacts, docs)."""
+    from build.__main__ import main as build_main
+
+    lines = (ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:documents]
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    artifacts = root / "artifacts"
+    assert build_main(["all", "--artifacts", str(artifacts), "--corpus", str(corpus), "--query-tower", str(query_tower),
+                       "--doc-tower", str(doc_tower), "--max-k", "50"]) == 0
+    return artifacts, [json.loads(line) for line in lines]
+
+
 @pytest.fixture(scope="module")
 def student_repository(tmp_path_factory, tiny_bert, faq_pairs, repository):
     """A distilled student (with a projection) and its stage-1 doc tower, built and rendered by build/."""
@@ -205,14 +218,7 @@ def student_repository(tmp_path_factory, tiny_bert, faq_pairs, repository):
     narrow = _tiny(root / "narrow", "bert", hidden=32, seed=5)
     s2 = Stage2Config(student=str(narrow), steps=10, batch_size=32, lr=3e-3, warmup_steps=1, max_query_tokens=24)
     stage2.train(s2, root / "s1" / "query", faq_pairs, root / "s2")
-    corpus = root / "corpus.jsonl"
-    lines = (ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:200]
-    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    artifacts = root / "artifacts"
-    code = __import__("build.__main__", fromlist=["main"]).main(
-        ["all", "--artifacts", str(artifacts), "--corpus", str(corpus),
-         "--query-tower", str(root / "s2" / "student"), "--doc-tower", str(root / "s1" / "doc"), "--max-k", "50"])
-    assert code == 0
+    artifacts, _ = _build_repository(root, root / "s2" / "student", root / "s1" / "doc", documents=200)
     return artifacts / "model_repository", root / "s2" / "student"
 
 
@@ -243,15 +249,8 @@ def decoder_repository(tmp_path_factory, tiny_qwen, faq_pairs, repository):
     root = tmp_path_factory.mktemp("decoder")
     s1 = Stage1Config(model=str(tiny_qwen), steps=3, query_prefix="query: ", doc_prefix="passage: ", **_quick())
     stage1.train(s1, faq_pairs, root / "s1")
-    corpus = root / "corpus.jsonl"
-    lines = (ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:120]
-    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    artifacts = root / "artifacts"
-    code = __import__("build.__main__", fromlist=["main"]).main(
-        ["all", "--artifacts", str(artifacts), "--corpus", str(corpus),
-         "--query-tower", str(root / "s1" / "query"), "--doc-tower", str(root / "s1" / "doc"), "--max-k", "50"])
-    assert code == 0
-    return artifacts, root / "s1", [json.loads(line) for line in lines]
+    artifacts, docs = _build_repository(root, root / "s1" / "query", root / "s1" / "doc", documents=120)
+    return artifacts, root / "s1", docs
 
 
 def test_decoder_towers_with_prefix_and_eos_serve_what_they_compute(decoder_repository, tmp_path):
