@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.topk import TopK
+from kernels.topk import TopK, rank_rows
 from kernels.topk_chunked import ChunkedTopK
 
 KINDS = ("none", "int8", "matryoshka")
@@ -53,7 +53,7 @@ class RescoringTopK(TopK):
         self.full = np.ascontiguousarray(full, dtype=np.float16)  # ranks candidates; stays in host memory
         self.kind, self.rescore = kind, rescore
         self.approx_dim = compressed.shape[1]
-        self.approx = ChunkedTopK(compressed, xp=xp, scales=scales) if kind == "int8" else ChunkedTopK(compressed, xp=xp)
+        self.approx = ChunkedTopK(compressed, xp=xp, scales=scales)  # scales: int8 only
         self.xp = xp
 
     def _approx_queries(self, queries: np.ndarray) -> np.ndarray:
@@ -66,5 +66,4 @@ class RescoringTopK(TopK):
         cand, _ = self.approx.search(self.xp.asarray(self._approx_queries(q)), kc)
         cand = np.asarray(cand if self.xp is np else self.xp.asnumpy(cand))  # (Q, kc)
         exact = np.einsum("qcd,qd->qc", self.full[cand].astype(np.float32), q)  # (Q, kc)
-        order = np.lexsort((cand, -exact), axis=1)[:, :k]
-        return np.take_along_axis(cand, order, axis=1).astype(np.int64), np.take_along_axis(exact, order, axis=1)
+        return rank_rows(cand, exact, k)

@@ -91,7 +91,8 @@ def _pool_normalize_bwd(
              mask=sm[:, None] & dm[None, :])
 
 
-def _launch_shape(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
+def _launch_shape(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[int, int, int]:
+    """-> (BLOCK_S, BLOCK_D, num_warps) for this shape, shared by the forward and backward launches."""
     if hidden.ndim != 3 or hidden.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"hidden states must be (B, S, D) fp32/fp16/bf16; got {tuple(hidden.shape)} {hidden.dtype}")
     batch, seq, dim = hidden.shape
@@ -104,13 +105,13 @@ def _launch_shape(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
         raise ValueError(f"attention mask has no tokens in row(s) {empty.tolist()}; cannot pool an empty row")
     block_d = triton.next_power_of_2(dim)
     block_s = max(1, min(triton.next_power_of_2(seq), TILE_ELEMENTS // block_d))
-    return block_s, block_d
+    return block_s, block_d, 4 if block_d <= 1024 else 8
 
 
 class PoolNormalize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, mask, pooling: Pooling, eps: float):
-        block_s, block_d = _launch_shape(hidden, mask)
+        block_s, block_d, num_warps = _launch_shape(hidden, mask)
         batch, seq, dim = hidden.shape
         mask_i = mask if mask.dtype != torch.bool else mask.to(torch.int8)
         out = torch.empty((batch, dim), dtype=hidden.dtype, device=hidden.device)
@@ -119,20 +120,20 @@ class PoolNormalize(torch.autograd.Function):
         pick = torch.empty(batch, dtype=torch.float32, device=hidden.device)  # token count (mean) or position
         _pool_normalize_fwd[(batch,)](
             hidden, mask_i, out, y32, norm, pick, seq, dim, *hidden.stride(), *mask_i.stride(), *out.stride(), eps,
-            POOL=_POOL_CODE[pooling], BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4 if block_d <= 1024 else 8,
+            POOL=_POOL_CODE[pooling], BLOCK_S=block_s, BLOCK_D=block_d, num_warps=num_warps,
         )
         ctx.save_for_backward(mask_i, y32, norm, pick)
-        ctx.meta = (pooling, eps, hidden.shape, hidden.dtype, block_s, block_d)
+        ctx.meta = (pooling, eps, hidden.shape, hidden.dtype, block_s, block_d, num_warps)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         mask_i, y32, norm, pick = ctx.saved_tensors
-        pooling, eps, (batch, seq, dim), dtype, block_s, block_d = ctx.meta
+        pooling, eps, (batch, seq, dim), dtype, block_s, block_d, num_warps = ctx.meta
         dh = torch.empty((batch, seq, dim), dtype=dtype, device=grad.device)
         _pool_normalize_bwd[(batch, triton.cdiv(seq, block_s))](
             grad, y32, norm, pick, mask_i, dh, seq, dim, *grad.stride(), *mask_i.stride(), *dh.stride(), eps,
-            POOL=_POOL_CODE[pooling], BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4 if block_d <= 1024 else 8,
+            POOL=_POOL_CODE[pooling], BLOCK_S=block_s, BLOCK_D=block_d, num_warps=num_warps,
         )
         return dh, None, None, None
 

@@ -84,5 +84,10 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
     scores = np.concatenate([p[1] for p in parts], axis=1).astype(np.float32)
     if not 1 <= k <= ids.shape[1]:
         raise ValueError(f"k must be in [1, {ids.shape[1]}]; got {k}")
-    order = np.lexsort((ids, -scores), axis=1)[:, :k]  # by score desc, then id asc
+    return rank_rows(ids, scores, k)
+
+
+def rank_rows(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k best (score descending, then id ascending) of (Q, C) candidates."""
+    order = np.lexsort((ids, -scores), axis=1)[:, :k]
     return np.take_along_axis(ids, order, axis=1).astype(np.int64), np.take_along_axis(scores, order, axis=1)
