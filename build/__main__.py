@@ -61,6 +61,11 @@ def export_step(c: cfg.BuildConfig, docs: list[dict]) -> tuple[ExportedTower, Ex
     return towers[0], towers[1]
 
 
+def engine_path(c: cfg.BuildConfig, query: ExportedTower) -> Path:
+    """Where the engine step writes the query tower's TensorRT engine and the gpu target reads it."""
+    return c.engine or c.artifacts / "trt" / query.info["fingerprint"] / "model.plan"
+
+
 def engine_step(c: cfg.BuildConfig, settings, query: ExportedTower, docs: list[dict]) -> Path:
     """TensorRT engine for the query tower (refuses clearly where TensorRT is not installed)."""
     from model_repository.runtime.text import TextTokenizer
@@ -70,7 +75,7 @@ def engine_step(c: cfg.BuildConfig, settings, query: ExportedTower, docs: list[d
     max_tokens = -(-query.info["max_tokens"] // settings.pad_to_multiple) * settings.pad_to_multiple
     profile = Profile(max_batch=settings.max_batch_size, max_seq=max_tokens, opt_seq=min(32, max_tokens))
     config = EngineConfig(precision=c.precision, profiles=(profile,), timing_cache=c.artifacts / "trt" / "timing.cache")
-    plan = c.engine or c.artifacts / "trt" / query.info["fingerprint"] / "model.plan"
+    plan = engine_path(c, query)
     tokenizer = TextTokenizer(query.tokenizer_file, query.info["max_tokens"], settings.pad_to_multiple,
                               query.info.get("prefix", ""), query.info.get("eos_id"))
     info = build_engine(query.onnx_file, plan, config, settings.max_batch_size, max_tokens,
@@ -93,9 +98,7 @@ def run(c: cfg.BuildConfig, settings, steps: str) -> Path:
     log(f"index {index_dir.name}: {len(docs)} documents -> {index_dir}")
     if steps == "index":
         return index_dir
-    engine = None
-    if settings.target == "gpu":
-        engine = c.engine or c.artifacts / "trt" / query.info["fingerprint"] / "model.plan"
+    engine = engine_path(c, query) if settings.target == "gpu" else None
     shards = None
     if c.shards > 1:
         from .shards import split_index

@@ -29,7 +29,7 @@ import re
 import shutil
 from pathlib import Path
 
-from model_repository.runtime.index import MANIFEST, IndexMismatch, load_index, read_manifest
+from model_repository.runtime.index import IndexMismatch, load_index, read_manifest
 
 MODEL = "mips_topk"
 
@@ -68,6 +68,12 @@ def _write_config_for(repository: Path, version: int) -> None:
     text = path.read_text(encoding="utf-8")
     for key, value in (("index_rows", str(manifest["count"])), ("index_dtype", manifest["dtype"])):
         text = _set_param(text, key, value)
+    _replace_config(repository, text)
+
+
+def _replace_config(repository: Path, text: str) -> None:
+    """Atomic replace: Triton reads config.pbtxt only when it loads the model."""
+    path = repository / MODEL / "config.pbtxt"
     tmp = path.with_name(".config.pbtxt.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -129,9 +135,7 @@ def deploy_index(repository: Path, index_dir: Path, url: str, verify: bool = Tru
         failed = _bookkeeping(repository) / "failed" / f"{MODEL}-{new}-{datetime.datetime.now():%Y%m%dT%H%M%S}"
         failed.parent.mkdir(parents=True, exist_ok=True)
         (repository / MODEL / str(new)).rename(failed)
-        tmp = repository / MODEL / ".config.pbtxt.tmp"
-        tmp.write_text(old_config, encoding="utf-8")
-        os.replace(tmp, repository / MODEL / "config.pbtxt")
+        _replace_config(repository, old_config)
         _log(repository, {"event": "deploy-failed", "version": new, "index": manifest.get("index_version"), "error": str(e)})
         raise DeployError(f"{e}\nversion {current[-1]} keeps serving; the failed version was moved to {failed}") from None
     _log(repository, {"event": "deploy", "version": new, "index": manifest["index_version"], "from": str(index_dir)})
@@ -150,10 +154,10 @@ def rollback(repository: Path, url: str, timeout_s: float = 300.0) -> int:
     (repository / MODEL / str(newest)).rename(retired)
     _write_config_for(repository, previous)
     _load(url, timeout_s)
-    index = read_manifest(repository / MODEL / str(previous) / "index")["index_version"]
-    _log(repository, {"event": "rollback", "version": previous, "index": index, "retired": str(retired)})
+    _log(repository, {"event": "rollback", "version": previous, "index": index_of_version(repository, previous),
+                      "retired": str(retired)})
     return previous
 
 
 def index_of_version(repository: Path, version: int) -> str:
-    return json.loads((repository / MODEL / str(version) / "index" / MANIFEST).read_text(encoding="utf-8"))["index_version"]
+    return read_manifest(repository / MODEL / str(version) / "index")["index_version"]

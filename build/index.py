@@ -19,7 +19,7 @@ from kernels.pooling import Pooling
 from model_repository.runtime.encoder import OnnxEncoder
 from model_repository.runtime.index import FORMAT_VERSION, MANIFEST, load_index, sha256_file
 from model_repository.runtime.pipeline import EmbeddingPipeline
-from model_repository.runtime.text import TextTokenizer
+from model_repository.runtime.text import TextTokenizer, document_text
 
 from .corpus import write_jsonl
 from .export import ExportedTower
@@ -58,15 +58,15 @@ def build_index(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     pooling = Pooling.parse(info["pooling"])
-    pipeline = EmbeddingPipeline(
-        TextTokenizer(doc_tower.tokenizer_file, info["max_tokens"], prefix=info.get("prefix", ""), eos_id=info.get("eos_id")),
-        OnnxEncoder(doc_tower.onnx_file), pooling
-    )
     plain = out_root / index_version(corpus_sha256, info["fingerprint"], query_tower_fingerprint, shard_rows)
     if kind != "none" and (plain / MANIFEST).exists():  # the same vectors exist uncompressed: no re-encoding
         embeddings = load_index(plain, query_tower_fingerprint).embeddings
     else:
-        texts = [f"{d['title']}\n{d['text']}" for d in docs]
+        pipeline = EmbeddingPipeline(
+            TextTokenizer(doc_tower.tokenizer_file, info["max_tokens"], prefix=info.get("prefix", ""), eos_id=info.get("eos_id")),
+            OnnxEncoder(doc_tower.onnx_file), pooling
+        )
+        texts = [document_text(d) for d in docs]
         with tqdm(total=len(texts), desc=f"encoding {len(texts)} documents", unit="doc", mininterval=2.0) as bar:
             embeddings = pipeline.embed_many(texts, batch_size, on_batch=bar.update)
     shards = []

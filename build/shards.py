@@ -39,12 +39,11 @@ def split_index(index_dir: Path, shards: int, out_root: Path) -> list[Path]:
         out.mkdir(parents=True)
         np.save(out / "shard-00000.npy", index.embeddings[lo:hi].astype(np.float16))
         (out / "docs.jsonl").write_text("\n".join(docs[lo:hi]) + "\n", encoding="utf-8")
-        part = {**manifest, "count": int(hi - lo), "id_offset": int(lo), "shard": i,
+        part = {**manifest, "count": int(hi - lo), "id_offset": int(lo), "shard": i, "shard_count": shards,
                 "index_version": f"{manifest['index_version']}-s{i}of{shards}",
                 "shards_of": manifest["index_version"],
                 "shards": [{"file": "shard-00000.npy", "rows": int(hi - lo), "sha256": sha256_file(out / "shard-00000.npy")}],
                 "docs": {"file": "docs.jsonl", "sha256": sha256_file(out / "docs.jsonl")}}
-        part["shard_count"] = shards
         (out / MANIFEST).write_text(json.dumps(part, indent=2) + "\n", encoding="utf-8")
         folders.append(out)
     return folders

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from build.corpus import CorpusError, read_jsonl
+from model_repository.runtime.text import document_text  # noqa: F401  (the evaluation encodes documents as the index does)
 
 
 class DataError(CorpusError):
@@ -57,12 +58,6 @@ def read_pairs(path: Path | str) -> list[Pair]:
             raise DataError(f"{path}:{number}: field 'group' must be a string; got {group!r}")
         pairs.append(Pair(row["query"], row["positive"], tuple(negatives), group or f"#{number}"))
     return pairs
-
-
-def document_text(doc: dict) -> str:
-    """The text a doc tower encodes: the title (when there is one) above the body."""
-    title = (doc.get("title") or "").strip()
-    return f"{title}\n{doc['text']}" if title else doc["text"]
 
 
 def read_eval_corpus(path: Path | str) -> list[dict]:

@@ -35,6 +35,12 @@ def decode_texts(raw: Sequence[bytes | str], max_chars: int, field: str = "TEXT"
     return texts
 
 
+def document_text(doc: dict) -> str:
+    """The text a doc tower encodes, at index build and in evaluation: the title (when it is not blank) above the body."""
+    title = doc.get("title") or ""
+    return f"{title}\n{doc['text']}" if title.strip() else doc["text"]
+
+
 class TextTokenizer:
     """Hugging Face fast tokenizer (``tokenizer.json``) padding to the longest row."""
 
