@@ -54,14 +54,6 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def mean_over_ranks(value: float) -> float:
-    if not dist.is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t) / dist.get_world_size()
-
-
 def plot_curves(path: Path, title: str, curves: dict[str, list[float]]) -> None:
     import matplotlib
 

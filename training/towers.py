@@ -83,7 +83,6 @@ class Tower(torch.nn.Module):
             raise TowerError(f"pool_kernel must be one of {list(KERNELS)}; got {kernel!r}")
         self.model, self.tokenizer, self.spec, self.kernel = model, tokenizer, spec, kernel
         self.projection = torch.nn.Linear(*spec.projection) if spec.projection else None
-        self.decoder = model.config.model_type not in ENCODER_TYPES
 
     @classmethod
     def load(cls, name: str | Path, field: str = "model", *, spec: TowerSpec | None = None, kernel: str = "torch",
@@ -116,9 +115,10 @@ class Tower(torch.nn.Module):
         if decoder and tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         if spec.append_eos:
-            if _eos_id(tokenizer, model.config) is None:
+            eos = _eos_id(tokenizer, model.config)
+            if eos is None:
                 raise TowerError(f"{field}: append_eos is set but neither the tokenizer nor the config of {path} names an EOS token")
-            spec = dataclasses.replace(spec, eos_id=int(_eos_id(tokenizer, model.config)))
+            spec = dataclasses.replace(spec, eos_id=int(eos))
         tower = cls(model, tokenizer, spec, kernel)
         if spec.projection and (path / PROJECTION_FILE).exists():
             from safetensors.torch import load_file
