@@ -1,7 +1,8 @@
 """An index larger than one GPU: split it into row shards, one mips_topk instance per GPU, merge.
 
 Each shard is a complete index folder (manifest, fp16 embeddings, documents) holding
-a contiguous range of doc ids, with ``id_offset`` in its manifest so that it answers
+a contiguous range of doc ids (a compressed index's codes are not carried over: each
+shard searches its fp16 vectors exactly), with ``id_offset`` in its manifest so that it answers
 with global ids. A merge step (``kernels.topk.merge_topk``) turns the shards' top-k
 lists into the global top-k, ties to the lower id, so the answer equals a search over
 the whole index. ``split_index`` writes the shards; the README's "Beyond one machine"
@@ -39,7 +40,7 @@ def split_index(index_dir: Path, shards: int, out_root: Path) -> list[Path]:
         out.mkdir(parents=True)
         np.save(out / "shard-00000.npy", index.embeddings[lo:hi].astype(np.float16))
         (out / "docs.jsonl").write_text("\n".join(docs[lo:hi]) + "\n", encoding="utf-8")
-        part = {**manifest, "count": int(hi - lo), "id_offset": int(lo), "shard": i, "shard_count": shards,
+        part = {**{key: v for key, v in manifest.items() if key != "compression"}, "count": int(hi - lo), "id_offset": int(lo), "shard": i, "shard_count": shards,
                 "index_version": f"{manifest['index_version']}-s{i}of{shards}",
                 "shards_of": manifest["index_version"],
                 "shards": [{"file": "shard-00000.npy", "rows": int(hi - lo), "sha256": sha256_file(out / "shard-00000.npy")}],

@@ -135,3 +135,21 @@ def test_merge_breaks_ties_across_shards_to_the_lower_id():
     parts = [(np.array([[2, 0, 1]]), np.array([[1.0, 1.0, 1.0]])), (np.array([[3, 4, 5]]), np.array([[1.0, 1.0, 1.0]]))]
     ids, _ = merge_topk(parts, 4)
     assert ids.tolist() == [[0, 1, 2, 3]]
+
+
+def test_shards_of_a_compressed_index_load_and_search_exactly(render_info, tmp_path, repository):
+    """Shards carry the fp16 vectors only; a compressed index's manifest must not promise them its codes."""
+    from build.export import ExportedTower
+    from build.index import build_index
+    from build.corpus import read_corpus
+
+    docs = read_corpus(ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl")[:200]
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info["index"]["doc_tower_fingerprint"])
+    fingerprint = render_info["query_tower"]["fingerprint"]
+    plain = build_index(docs, "first-200", tower, fingerprint, tmp_path / "index")
+    compressed = build_index(docs, "first-200", tower, fingerprint, tmp_path / "index", compression="int8")
+    assert json.loads((compressed / "manifest.json").read_text())["compression"]["kind"] == "int8"
+    shards = [load_index(f, fingerprint) for f in split_index(compressed, 2, tmp_path / "shards")]
+    assert all(s.compressed is None for s in shards)
+    whole = load_index(plain, fingerprint)
+    np.testing.assert_array_equal(np.concatenate([s.embeddings for s in shards]), whole.embeddings)
