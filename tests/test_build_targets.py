@@ -139,9 +139,9 @@ def test_merge_breaks_ties_across_shards_to_the_lower_id():
 
 def test_shards_of_a_compressed_index_load_and_search_exactly(render_info, tmp_path, repository):
     """Shards carry the fp16 vectors only; a compressed index's manifest must not promise them its codes."""
+    from build.corpus import read_corpus
     from build.export import ExportedTower
     from build.index import build_index
-    from build.corpus import read_corpus
 
     docs = read_corpus(ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl")[:200]
     tower = ExportedTower(ARTIFACTS / "towers" / render_info["index"]["doc_tower_fingerprint"])
