@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import platform
 import socket
-import subprocess
 from pathlib import Path
 
 
-def check_loopback(url: str) -> None:
-    """Load tests here target loopback only; refuse anything else with a clear message."""
+def check_loopback(url: str) -> list[str]:
+    """Load tests here target loopback only; refuse anything else with a clear message. -> the addresses."""
     host = url.split("://")[-1].rsplit(":", 1)[0].strip("[]")
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
@@ -20,6 +17,7 @@ def check_loopback(url: str) -> None:
     outside = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
     if outside:
         raise ValueError(f"load tests target loopback only (127.0.0.0/8 or ::1); {host!r} resolves to {sorted(outside)}")
+    return sorted(addresses)
 
 
 def read_queries(path: Path) -> list[str]:
@@ -29,22 +27,3 @@ def read_queries(path: Path) -> list[str]:
     if not queries:
         raise ValueError(f"query file {path} has no queries")
     return queries
-
-
-def machine() -> dict:
-    return {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"

