@@ -17,11 +17,14 @@ import time
 from pathlib import Path
 
 from kernels.pooling import Pooling
-from model_repository.runtime.index import IndexMismatch, sha256_file
+from model_repository.runtime.files import sha256_file
+from model_repository.runtime.index import IndexMismatch
 
 from . import config as cfg
-from .corpus import CorpusError, build_python_docs, is_built, read_corpus
-from .export import ExportedTower, ExportMismatch, default_tower, export_tower, read_tower_spec
+from training.corpus import CorpusError, build_python_docs, is_built, read_corpus
+from training.tower_format import read_spec
+
+from .export import ExportedTower, ExportMismatch, default_tower, export_tower
 from .index import build_index
 from .render import render_repository
 from .tensorrt import TensorRTUnavailable
@@ -50,10 +53,10 @@ def export_step(c: cfg.BuildConfig, docs: list[dict]) -> tuple[ExportedTower, Ex
     towers = []
     for role, source in (("query", query_source), ("doc", c.doc_tower or query_source)):
         t0 = time.monotonic()
-        spec = read_tower_spec(source) or {}  # a training checkpoint says how it pools and truncates
-        pooling = Pooling.parse(spec.get("pooling", c.pooling))
-        tower = export_tower(source, c.artifacts / "towers", pooling, spec.get("max_tokens", c.max_tokens), check_texts,
-                             prefix=spec.get("prefix", ""), eos_id=spec.get("eos_id") if spec.get("append_eos") else None)
+        spec = read_spec(source, for_serving=True)  # a training checkpoint says how it pools and truncates
+        pooling = Pooling.parse(spec.pooling if spec else c.pooling)
+        tower = export_tower(source, c.artifacts / "towers", pooling, spec.max_tokens if spec else c.max_tokens, check_texts,
+                             prefix=spec.prefix if spec else "", eos_id=spec.eos_id if spec and spec.append_eos else None)
         check = tower.info["check"]
         log(f"{role} tower {tower.info['fingerprint']}: ONNX vs PyTorch min cosine {check['min_cosine']:.7f} "
             f"({time.monotonic() - t0:.1f} s) -> {tower.folder}")

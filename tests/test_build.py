@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from build.corpus import CorpusError, check_lock, split_sections
+from training.corpus import CorpusError, check_lock, split_sections
 from build.export import ExportedTower, ExportMismatch, check_against_torch
 from build.render import PYTHON_MODELS, ServingSettings, parse_model_config, render_repository
 from kernels.pooling import Pooling
@@ -48,7 +48,7 @@ def test_split_sections_cleans_roles_links_and_directives():
 
 
 def test_lock_refuses_a_pinned_version_with_another_checksum(tmp_path):
-    lock = json.loads((ROOT / "build" / "sources.lock.json").read_text(encoding="utf-8"))["python3.11-doc"]
+    lock = json.loads((ROOT / "training" / "sources.lock.json").read_text(encoding="utf-8"))["python3.11-doc"]
     fake = tmp_path / f"python3.11-doc_{lock['version']}_all.deb"
     fake.write_bytes(b"not the real package")
     with pytest.raises(CorpusError, match=rf"sha256 must be {lock['sha256']} for version .*; got [0-9a-f]{{64}}"):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from build import deploy
-from build.corpus import read_corpus
+from training.corpus import read_corpus
 from build.export import ExportedTower
 from build.index import build_index
 from clients.retrieval import RetrievalClient

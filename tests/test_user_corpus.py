@@ -7,7 +7,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from build.__main__ import main as build_main
-from build.corpus import CorpusError, read_corpus
+from training.corpus import CorpusError, read_corpus
 from clients.retrieval import RetrievalClient
 from tests.conftest import ARTIFACTS, start_server
 

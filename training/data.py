@@ -19,7 +19,7 @@ import random
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from build.corpus import CorpusError, read_jsonl
+from .corpus import CorpusError, read_jsonl
 from model_repository.runtime.text import document_text  # noqa: F401  (the evaluation encodes documents as the index does)
 
 

@@ -25,8 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from build.corpus import build_python_docs, is_built, read_corpus, write_jsonl
-from model_repository.runtime.index import sha256_file
+from .corpus import build_python_docs, is_built, read_corpus, write_jsonl
+from model_repository.runtime.files import sha256_file
 
 LISTS = Path("/var/lib/apt/lists")
 MIN_LONG_WORDS = 12

@@ -24,7 +24,8 @@ from .common import Dist, lr_lambda, plot_curves, setup_distributed, write_run_c
 from .config import Stage1Config
 from .data import DataError, Pair, group_batches, read_pairs
 from .losses import info_nce, world_size
-from .towers import Tower, TowerSpec, apply_lora
+from .tower_format import TowerSpec
+from .towers import Tower, apply_lora
 
 
 class DualTowers(torch.nn.Module):

@@ -14,7 +14,6 @@ the Triton kernel where it cannot run is an error, not a fallback.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -23,11 +22,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kernels.pooling import Pooling
 from kernels.pooling_torch import pool_normalize_torch_reference
 
-SPEC_FILE = "tower.json"
-PROJECTION_FILE = "projection.safetensors"
+from .tower_format import PROJECTION_FILE, TowerSpec, read_spec, write_spec
+
 # model_type values that are bidirectional encoders; everything else is treated as a decoder LLM.
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra", "deberta", "deberta-v2", "modernbert"}
 KERNELS = ("torch", "triton")
@@ -54,21 +52,6 @@ def resolve_model(name: str | Path, field: str) -> Path:
     return path
 
 
-@dataclasses.dataclass
-class TowerSpec:
-    pooling: str = "auto"  # auto: last_token for decoders, mean for encoders
-    max_tokens: int = 128
-    prefix: str = ""  # instruction prefix put before every text
-    append_eos: bool | None = None  # None: True for decoders
-    projection: tuple[int, int] | None = None  # (in, out) when a projection follows the model
-    eos_id: int | None = None  # the token appended when append_eos (recorded so that serving appends the same)
-
-    def resolved(self, decoder: bool) -> "TowerSpec":
-        pooling = Pooling.parse(("last_token" if decoder else "mean") if self.pooling == "auto" else self.pooling).value
-        eos = decoder if self.append_eos is None else self.append_eos
-        return dataclasses.replace(self, pooling=pooling, append_eos=eos)
-
-
 def _layers(model) -> tuple[object, str]:
     for owner, attr in ((getattr(model, "encoder", None), "layer"), (model, "layers"), (getattr(model, "model", None), "layers")):
         if owner is not None and isinstance(getattr(owner, attr, None), torch.nn.ModuleList):
@@ -91,11 +74,8 @@ class Tower(torch.nn.Module):
         from transformers import AutoModel, PreTrainedTokenizerFast
 
         path = resolve_model(name, field)
-        saved = path / SPEC_FILE
         if spec is None:
-            spec = TowerSpec(**json.loads(saved.read_text(encoding="utf-8"))) if saved.exists() else TowerSpec()
-            if spec.projection:
-                spec.projection = tuple(spec.projection)
+            spec = read_spec(path) or TowerSpec()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         model = AutoModel.from_pretrained(str(path), dtype=torch.float32)
         if not (path / "tokenizer.json").is_file():
@@ -187,8 +167,7 @@ class Tower(torch.nn.Module):
             self.model = model
         model.save_pretrained(str(folder), safe_serialization=True)
         self.tokenizer.save_pretrained(str(folder))
-        spec = dataclasses.asdict(self.spec)
-        (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+        write_spec(folder, self.spec)
         if self.projection is not None:
             from safetensors.torch import save_file
 

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from model_repository.runtime.index import sha256_file
+from model_repository.runtime.files import atomic_write_text, sha256_file
 
 LOCK_FILE = Path(__file__).with_name("sources.lock.json")
 DOC_PACKAGE = "python3.11-doc"
@@ -130,10 +130,7 @@ def read_corpus(path: Path) -> list[dict]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def fetch_deb(cache: Path, package: str = DOC_PACKAGE) -> Path:
