@@ -1,1 +1,1 @@
-"""Locust gRPC load tests, capacity planner, kernel benchmarks (benchmarks issue; not built yet)."""
+"""Locust gRPC load tests, capacity planner, kernel benchmarks (``python -m benchmarks``)."""

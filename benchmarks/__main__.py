@@ -1,6 +1,8 @@
-"""python -m benchmarks load|plan — load tests and capacity planning against a running server.
+"""python -m benchmarks load|plan|overload|compare|topk-cpu|compression|gpu-kernels.
 
-Talks to the server over gRPC (and its metrics endpoint) only; never imports server code.
+Every call to a served model goes through ``clients/`` (gRPC) and the metrics endpoint.
+The offline benchmarks (kernels, index compression) run ``kernels/`` and the serving
+runtime in-process; nothing here imports a served ``model.py``, the launcher or ``build/``.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from benchmarks import planner, report, triton_metrics
 from benchmarks.common import check_loopback, read_queries
+from benchmarks.options import add_load_options, locust_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -21,20 +24,7 @@ GRACE_S = 60.0
 
 
 def add_load_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--grpc-url", default="127.0.0.1:8001")
-    p.add_argument("--metrics-url", default="")
-    p.add_argument("--model", choices=["embed", "retrieve"], default="retrieve")
-    p.add_argument("--queries", default="artifacts/corpus/python-docs/queries.jsonl")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--load-mode", choices=["closed", "open"], default="closed")
-    p.add_argument("--steps", default="1,2,4", help="users (closed) or requests/s (open), comma-separated")
-    p.add_argument("--step-time", type=float, default=10.0)
-    p.add_argument("--arrivals", choices=["poisson", "uniform"], default="poisson", help="open loop arrival process")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds at the first step's load before measuring (discarded)")
-    p.add_argument("--users-per-rps", type=float, default=0.5)
-    p.add_argument("--grpc-timeout", type=float, default=10.0)
-    p.add_argument("--bad-request-every", type=int, default=0)
+    add_load_options(p)
     p.add_argument("--processes", type=int, default=1, help="Locust worker processes (histograms are merged)")
     p.add_argument("--out", type=Path, default=Path("artifacts/benchmarks/load.json"), help="results JSON; the PNG goes next to it")
 
@@ -42,7 +32,7 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
 def run_load(args: argparse.Namespace) -> dict:
     """Run Locust headless in a subprocess under a hard time limit; return the results JSON."""
     check_loopback(args.grpc_url)
-    if getattr(args, "target", "triton") != "triton":
+    if args.target != "triton":
         check_loopback(args.http_url)
     n_steps = len([s for s in args.steps.split(",") if s.strip()])
     run_time = args.warmup + n_steps * args.step_time
@@ -51,17 +41,8 @@ def run_load(args: argparse.Namespace) -> dict:
     cmd = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
         "--run-time", f"{int(run_time + 5)}s", "--stop-timeout", str(int(args.grpc_timeout + 2)),
-        "--grpc-url", args.grpc_url, "--model", args.model, "--queries", args.queries,
-        "--batch-size", str(args.batch_size), "--k", str(args.k), "--load-mode", args.load_mode,
-        "--steps", args.steps, "--step-time", str(args.step_time), "--arrivals", args.arrivals, "--warmup", str(args.warmup), "--users-per-rps", str(args.users_per_rps),
-        "--grpc-timeout", str(args.grpc_timeout), "--bad-request-every", str(args.bad_request_every),
-        "--results-json", str(args.out),
+        *locust_arguments(args), "--results-json", str(args.out),
     ]
-    if args.metrics_url:
-        cmd += ["--metrics-url", args.metrics_url]
-    target = getattr(args, "target", "triton")
-    if target != "triton":
-        cmd += ["--target", target, "--http-url", args.http_url, "--peer-model", args.peer_model]
     if args.processes > 1:
         cmd += ["--processes", str(args.processes)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -266,9 +247,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_topk_cpu(args: argparse.Namespace) -> int:
-    from . import kernels
+    from . import kernel_bench
 
-    kernels.topk_cpu(args.out)
+    kernel_bench.topk_cpu(args.out)
     print(args.out.with_suffix(".md").read_text(encoding="utf-8"))
     return 0
 
@@ -279,21 +260,21 @@ def cmd_compression(args: argparse.Namespace) -> int:
     from model_repository.runtime.pipeline import EmbeddingPipeline
     from model_repository.runtime.text import TextTokenizer
 
-    from . import kernels
+    from . import kernel_bench
 
     render = json.loads((args.repository / "render.json").read_text(encoding="utf-8"))["context"]
     pipeline = EmbeddingPipeline(TextTokenizer(args.repository / "tokenizer" / "1" / render["tokenizer_file"], render["max_tokens"]),
                                  OnnxEncoder(args.repository / "query_encoder" / "1" / render["onnx_file"]), Pooling.parse(render["pooling"]))
     queries = read_queries(Path("artifacts/corpus/python-docs/queries.jsonl"))
-    kernels.compression(args.out, args.repository / "mips_topk" / "1" / "index", queries, pipeline)
+    kernel_bench.compression(args.out, args.repository / "mips_topk" / "1" / "index", queries, pipeline)
     print(args.out.with_suffix(".md").read_text(encoding="utf-8"))
     return 0
 
 
 def cmd_gpu_kernels(args: argparse.Namespace) -> int:
-    from . import kernels
+    from . import kernel_bench
 
-    kernels.gpu_kernels(args.out)
+    kernel_bench.gpu_kernels(args.out)
     return 0
 
 

@@ -23,45 +23,21 @@ import time
 from pathlib import Path
 
 import gevent
-import numpy as np
-import tritonclient.grpc as grpcclient
 from locust import LoadTestShape, User, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from tritonclient.utils import InferenceServerException
 
 from benchmarks import report, triton_metrics
 from benchmarks.common import check_loopback, read_queries
+from benchmarks.options import add_load_options
 from benchmarks.recorder import Recorder
-
-ENSEMBLE_STEPS = {
-    "embed": ["tokenizer", "query_encoder", "pool_normalize"],
-    "retrieve": ["tokenizer", "query_encoder", "pool_normalize", "mips_topk"],
-}
+from clients.retrieval import RetrievalClient
 
 
 @events.init_command_line_parser.add_listener
 def _arguments(parser):
     g = parser.add_argument_group("retrieval server")
-    g.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC address (loopback only)")
-    g.add_argument("--target", choices=["triton", "infinity", "st"], default="triton",
-                   help="triton: our server over gRPC; infinity (embed) / st (embed, retrieve with faiss): a peer over HTTP at --http-url")
-    g.add_argument("--http-url", default="", help="peer base URL, e.g. http://127.0.0.1:7997 (loopback only)")
-    g.add_argument("--peer-model", default="", help="model name the peer expects in its request (infinity)")
-    g.add_argument("--metrics-url", default="", help="Triton metrics URL (default: same host, port 8002)")
-    g.add_argument("--model", choices=sorted(ENSEMBLE_STEPS), default="retrieve", help="ensemble to load")
-    g.add_argument("--queries", default="artifacts/corpus/python-docs/queries.jsonl", help="JSONL with a 'query' per line")
-    g.add_argument("--batch-size", type=int, default=1, help="texts per request")
-    g.add_argument("--k", type=int, default=10, help="documents per query (retrieve)")
-    g.add_argument("--load-mode", choices=["closed", "open"], default="closed",
-                   help="closed: steps are user counts, no wait; open: steps are target requests/s, Poisson arrivals")
-    g.add_argument("--steps", default="1,2,4", help="comma-separated users (closed) or requests/s (open)")
-    g.add_argument("--arrivals", choices=["poisson", "uniform"], default="poisson",
-                   help="open loop: exponential gaps, or a fixed interval with a random phase per user")
-    g.add_argument("--step-time", type=float, default=10.0, help="seconds per step")
-    g.add_argument("--warmup", type=float, default=2.0, help="seconds at the first step's load before measuring (discarded)")
-    g.add_argument("--users-per-rps", type=float, default=0.5, help="open loop: users per target request/s (at least 1); enough that one slow call does not hold back arrivals")
-    g.add_argument("--grpc-timeout", type=float, default=10.0, help="deadline of one call, seconds")
-    g.add_argument("--bad-request-every", type=int, default=0, help="send an empty text every N-th request (tests the failure path)")
+    add_load_options(g)
     g.add_argument("--results-json", default="", help="write the results here (master or local runner)")
 
 
@@ -95,6 +71,9 @@ def _init(environment, **_):
     steps_of(options)
     if isinstance(environment.runner, WorkerRunner):
         environment.runner.register_message("sn_step", lambda msg, **__: setattr(recorder, "step", int(msg.data)))
+    elif options.target == "triton":  # the per-step breakdown follows the ensemble the server really runs
+        with RetrievalClient(options.grpc_url, options.grpc_timeout) as client:
+            recorder.ensemble_steps = client.ensemble_steps(options.model)
 
 
 @events.report_to_master.add_listener
@@ -105,7 +84,7 @@ def _send(client_id, data):
 @events.worker_report.add_listener
 def _receive(client_id, data):
     if "sn_recorder" in data:
-        recorder.merge(data["sn_recorder"])
+        recorder.merge(data["sn_recorder"], worker=client_id)
 
 
 def metrics_url(options) -> str:
@@ -138,36 +117,27 @@ class StepShape(LoadTestShape):
         if step not in recorder.step_started:
             start_step(self.runner.environment, step)
         users = users_for(options, steps[max(step, 0)])
-        return users, users
+        return users, users, [USER_CLASSES[options.target]]
 
 
-class RetrievalUser(User):
-    """One gRPC client; each call runs in a real thread with a deadline."""
+class MeasuredUser(User):
+    """Arrivals (closed or open loop) and the accounting of every call; a subclass per system sends it.
+
+    ``send`` returns ``(seconds, error or None)`` and never raises: each call is counted
+    as issued before it is sent, and recorded (HDR, microseconds) with its error type.
+    """
+
+    abstract = True
 
     def __init__(self, environment):
         super().__init__(environment)
-        o = environment.parsed_options
-        self.options = o
-        self.client = grpcclient.InferenceServerClient(o.grpc_url)
-        self.http = None
-        if o.target != "triton":
-            from geventhttpclient import HTTPClient, URL
-
-            self.http = HTTPClient.from_url(URL(o.http_url), network_timeout=o.grpc_timeout, connection_timeout=o.grpc_timeout)
-        queries = read_queries(Path(o.queries))
+        self.options = environment.parsed_options
+        queries = read_queries(Path(self.options.queries))
         start = random.randrange(len(queries))
         self.texts = itertools.cycle(queries[start:] + queries[:start])
         self.counter = 0
         self.next_at = time.monotonic()
         self.rng = random.Random()
-        pool = gevent.get_hub().threadpool
-        pool.maxsize = max(pool.maxsize, 1024)
-        self.pool = pool
-
-    def on_stop(self):
-        self.client.close()
-        if self.http is not None:
-            self.http.close()
 
     def wait_time(self):
         o = self.options
@@ -191,32 +161,80 @@ class RetrievalUser(User):
             texts[0] = ""
         return texts
 
-    def inputs(self, texts: list[str]) -> list:
-        data = np.array([[t.encode()] for t in texts], dtype=np.object_)
-        inputs = [grpcclient.InferInput("TEXT", list(data.shape), "BYTES")]
-        inputs[0].set_data_from_numpy(data)
-        if self.options.model == "retrieve":
-            k = grpcclient.InferInput("K", [len(texts), 1], "INT32")
-            k.set_data_from_numpy(np.full((len(texts), 1), self.options.k, dtype=np.int32))
-            inputs.append(k)
-        return inputs
+    def send(self, texts: list[str]) -> tuple[float, Exception | None]:
+        raise NotImplementedError
 
-    def call(self, inputs):
+    @task
+    def infer(self):
+        step = recorder.step
+        recorder.issued[step] += 1
+        elapsed, error = self.send(self.texts_for_request())
+        kind = None
+        if isinstance(error, InferenceServerException):
+            kind = error.status() or type(error).__name__
+            error.args = (f"{kind}: {error.message()}",)  # the real exception, readable in Locust's error report
+        elif error is not None:
+            kind = type(error).__name__
+        recorder.record(step, int(elapsed * 1e6), kind)
+        events.request.fire(
+            request_type=self.request_type, name=self.options.model, response_time=elapsed * 1e3,
+            response_length=0, exception=error, context={"step": step},
+        )
+
+
+class TritonUser(MeasuredUser):
+    """Our server, through ``clients.RetrievalClient``; each call runs in a real OS thread with a deadline."""
+
+    request_type = "grpc"
+
+    def __init__(self, environment):
+        super().__init__(environment)
+        self.client = RetrievalClient(self.options.grpc_url, self.options.grpc_timeout)
+        pool = gevent.get_hub().threadpool
+        pool.maxsize = max(pool.maxsize, 1024)
+        self.pool = pool
+
+    def on_stop(self):
+        self.client.close()
+
+    def _call(self, texts: list[str]):
         """Runs in a real OS thread: the blocking gRPC call and its exact duration."""
         start = time.perf_counter()
         try:
-            self.client.infer(self.options.model, inputs, client_timeout=self.options.grpc_timeout)
+            self.client.infer(self.options.model, texts, self.options.k if self.options.model == "retrieve" else None)
             return time.perf_counter() - start, None
         except Exception as e:  # noqa: BLE001 - every failure is reported, with its type
             return time.perf_counter() - start, e
 
-    def call_peer(self, texts: list[str]):
-        """HTTP peers, in this greenlet (geventhttpclient is cooperative); timed the same way."""
+    def send(self, texts):
+        try:
+            return self.pool.spawn(self._call, texts).get(timeout=self.options.grpc_timeout + 5)
+        except gevent.Timeout as e:
+            return self.options.grpc_timeout + 5, e
+
+
+class HttpPeerUser(MeasuredUser):
+    """A peer over HTTP/JSON, in this greenlet (geventhttpclient is cooperative), timed the same way."""
+
+    abstract = True
+    request_type = "http"
+
+    def __init__(self, environment):
+        super().__init__(environment)
+        from geventhttpclient import URL, HTTPClient
+
         o = self.options
-        if o.target == "infinity":
-            path, body = "/embeddings", {"model": o.peer_model, "input": texts}
-        else:
-            path, body = ("/retrieve", {"texts": texts, "k": o.k}) if o.model == "retrieve" else ("/embed", {"texts": texts})
+        self.http = HTTPClient.from_url(URL(o.http_url), network_timeout=o.grpc_timeout, connection_timeout=o.grpc_timeout)
+
+    def on_stop(self):
+        self.http.close()
+
+    def request(self, texts: list[str]) -> tuple[str, dict]:
+        """(path, JSON body) of one request."""
+        raise NotImplementedError
+
+    def send(self, texts):
+        path, body = self.request(texts)
         start = time.perf_counter()
         try:
             response = self.http.post(path, body=json.dumps(body), headers={"Content-Type": "application/json"})
@@ -227,29 +245,24 @@ class RetrievalUser(User):
         except Exception as e:  # noqa: BLE001
             return time.perf_counter() - start, e
 
-    @task
-    def infer(self):
-        step = recorder.step
-        recorder.issued[step] += 1
-        texts = self.texts_for_request()
-        try:
-            if self.http is not None:
-                elapsed, error = self.call_peer(texts)
-            else:
-                elapsed, error = self.pool.spawn(self.call, self.inputs(texts)).get(timeout=self.options.grpc_timeout + 5)
-        except gevent.Timeout as e:
-            elapsed, error = self.options.grpc_timeout + 5, e
-        kind = None
-        if isinstance(error, InferenceServerException):
-            kind = error.status() or type(error).__name__
-            error.args = (f"{kind}: {error.message()}",)  # the real exception, readable in Locust's error report
-        elif error is not None:
-            kind = type(error).__name__
-        recorder.record(step, int(elapsed * 1e6), kind)
-        events.request.fire(
-            request_type="grpc", name=self.options.model, response_time=elapsed * 1e3,
-            response_length=0, exception=error, context={"step": step},
-        )
+
+class InfinityUser(HttpPeerUser):
+    """Infinity's OpenAI-style ``/embeddings`` (embed only)."""
+
+    def request(self, texts):
+        return "/embeddings", {"model": self.options.peer_model, "input": texts}
+
+
+class ShimUser(HttpPeerUser):
+    """The thin HTTP shim (``benchmarks/st_server.py``): ``/embed``, and ``/retrieve`` with faiss-cpu."""
+
+    def request(self, texts):
+        if self.options.model == "retrieve":
+            return "/retrieve", {"texts": texts, "k": self.options.k}
+        return "/embed", {"texts": texts}
+
+
+USER_CLASSES = {"triton": TritonUser, "infinity": InfinityUser, "st": ShimUser}
 
 
 @events.quitting.add_listener
@@ -262,7 +275,7 @@ def _write_results(environment, **_):
         final = triton_metrics.scrape(metrics_url(options))
     except OSError:
         pass
-    result = report.assemble(options, recorder, final, ENSEMBLE_STEPS[options.model], steps_of(options), users_for)
+    result = report.assemble(options, recorder, final, recorder.ensemble_steps, steps_of(options), users_for)
     path = Path(options.results_json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

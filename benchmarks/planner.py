@@ -24,14 +24,11 @@ class Sizes:
 
 
 def sizes_from_server(grpc_url: str) -> Sizes:
-    import tritonclient.grpc as grpcclient
+    from clients.retrieval import RetrievalClient
 
-    client = grpcclient.InferenceServerClient(grpc_url)
-    try:
-        encoder = client.get_model_config("query_encoder", as_json=True)["config"]
-        topk = client.get_model_config("mips_topk", as_json=True)["config"]
-    finally:
-        client.close()
+    with RetrievalClient(grpc_url) as client:
+        encoder = client.model_config("query_encoder")
+        topk = client.model_config("mips_topk")
     param = lambda config, key: config["parameters"][key]["string_value"]  # noqa: E731
     dim = int(next(i for i in topk["input"] if i["name"] == "embedding")["dims"][0])
     return Sizes(int(param(encoder, "weights_bytes")), int(param(topk, "index_rows")), dim, param(topk, "index_dtype"))

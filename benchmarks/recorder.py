@@ -12,7 +12,7 @@ HDR_MIN_US, HDR_MAX_US, HDR_DIGITS = 1, 120_000_000, 3
 
 
 class Recorder:
-    """Per-step HDR histograms (µs), error counts and issue counts of this process."""
+    """Per-step HDR histograms (µs), error counts and counts of issued calls of this process."""
 
     def __init__(self):
         self.step = 0
@@ -22,6 +22,8 @@ class Recorder:
         self.issued: Counter = Counter()
         self.snapshots: dict[int, dict] = {}  # master/local: metrics at the start of each step
         self.step_started: dict[int, float] = {}
+        self.ensemble_steps: list[str] = []  # master/local: the composing models the served ensemble runs
+        self.succeeded_by_worker: Counter = Counter()  # master: successful calls merged from each worker
 
     def _h(self, step: int, failed: bool = False) -> HdrHistogram:
         if step not in self.hist:
@@ -47,12 +49,15 @@ class Recorder:
         self.hist, self.fail_hist, self.errors, self.issued = {}, {}, {}, Counter()
         return payload
 
-    def merge(self, payload: dict) -> None:
+    def merge(self, payload: dict, worker: str = "") -> None:
         for s, part in payload.items():
             step = int(s)
             self._h(step)  # a report may carry only issued requests, none completed yet
             for key, failed in (("hdr", False), ("fail_hdr", True)):
                 if part[key]:
+                    before = self._h(step, failed).get_total_count()
                     self._h(step, failed).decode_and_add(part[key])
+                    if not failed:
+                        self.succeeded_by_worker[worker] += self._h(step).get_total_count() - before
             self.errors[step].update(part["errors"])
             self.issued[step] += part["issued"]

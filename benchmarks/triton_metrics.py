@@ -45,16 +45,16 @@ def breakdown(before: Snapshot, after: Snapshot, ensemble: str, steps: list[str]
     for model in [ensemble, *steps]:
         delta = {k: after.get(model, {}).get(k, 0.0) - before.get(model, {}).get(k, 0.0) for k in COUNTERS.values()}
         n = delta["requests"]
-        per = (lambda key: delta[key] / n / 1e3) if n else (lambda key: 0.0)  # noqa: E731
+        per_ms = {key: (value / n / 1e3 if n else 0.0) for key, value in delta.items()}
         models[model] = {
             "requests": int(n),
             "executions": int(delta["executions"]),
             "mean_batch_requests": round(n / delta["executions"], 2) if delta["executions"] else 0.0,
-            "request_ms": per("request_us"),
-            "queue_ms": per("queue_us"),
-            "compute_input_ms": per("compute_input_us"),
-            "compute_infer_ms": per("compute_infer_us"),
-            "compute_output_ms": per("compute_output_us"),
+            "request_ms": per_ms["request_us"],
+            "queue_ms": per_ms["queue_us"],
+            "compute_input_ms": per_ms["compute_input_us"],
+            "compute_infer_ms": per_ms["compute_infer_us"],
+            "compute_output_ms": per_ms["compute_output_us"],
         }
     overhead = models[ensemble]["request_ms"] - sum(models[s]["request_ms"] for s in steps)
     return {"models": models, "ensemble_overhead_ms": overhead}

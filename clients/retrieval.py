@@ -1,4 +1,9 @@
-"""gRPC client for the retrieval server (tritonclient). Talks to the server only over gRPC."""
+"""The one gRPC client of the retrieval server (tritonclient): every caller in this project uses it.
+
+``embed`` and ``retrieve`` return parsed results; ``infer`` sends one raw request to
+either ensemble (what the load tests time); ``model_config`` and ``ensemble_steps``
+read what the server actually serves. Talks to the server only over gRPC.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -40,6 +45,15 @@ def k_input(k: int, rows: int, name: str = "K") -> grpcclient.InferInput:
     return tensor
 
 
+def request_inputs(model: str, texts: Sequence[str | bytes], k: int | None = None) -> list[grpcclient.InferInput]:
+    """The inputs of one request to ``embed`` (texts) or ``retrieve`` (texts and k)."""
+    if model == "retrieve":
+        if k is None:
+            raise ValueError("retrieve needs k")
+        return [text_input(texts), k_input(k, len(texts))]
+    return [text_input(texts)]
+
+
 def _strings(array: np.ndarray) -> list:
     return [[v.decode("utf-8") for v in row] for row in array]
 
@@ -58,14 +72,17 @@ class RetrievalClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def infer(self, model: str, texts: Sequence[str | bytes], k: int | None = None) -> grpcclient.InferResult:
+        """One request to the ``model`` ensemble; raises InferenceServerException with the server's status."""
+        return self.client.infer(model, request_inputs(model, texts, k), client_timeout=self.timeout_s)
+
     def embed(self, texts: Sequence[str | bytes]) -> np.ndarray:
         """texts -> (B, D) float32 unit vectors from the `embed` ensemble."""
-        result = self.client.infer("embed", [text_input(texts)], client_timeout=self.timeout_s)
-        return result.as_numpy("EMBEDDING")
+        return self.infer("embed", texts).as_numpy("EMBEDDING")
 
     def retrieve(self, texts: Sequence[str | bytes], k: int = 10) -> RetrieveResult:
         start = time.perf_counter()
-        result = self.client.infer("retrieve", [text_input(texts), k_input(k, len(texts))], client_timeout=self.timeout_s)
+        result = self.infer("retrieve", texts, k)
         latency_ms = (time.perf_counter() - start) * 1e3
         ids, scores = result.as_numpy("DOC_IDS"), result.as_numpy("SCORES")
         keys, titles, snippets = (_strings(result.as_numpy(n)) for n in ("DOC_KEYS", "TITLES", "SNIPPETS"))
@@ -74,3 +91,14 @@ class RetrievalClient:
             for q in range(ids.shape[0])
         ]
         return RetrieveResult(hits, result.as_numpy("INDEX_VERSION")[0, 0].decode(), latency_ms)
+
+    def model_config(self, model: str) -> dict:
+        """The served model's config (Triton's ModelConfig as JSON)."""
+        return self.client.get_model_config(model, as_json=True, client_timeout=self.timeout_s)["config"]
+
+    def ensemble_steps(self, model: str) -> list[str]:
+        """The models an ensemble calls, in the order its config lists them (a sharded index has several)."""
+        steps = self.model_config(model).get("ensemble_scheduling", {}).get("step", [])
+        if not steps:
+            raise ValueError(f"model {model!r} is not an ensemble on this server")
+        return [step["model_name"] for step in steps]

@@ -115,3 +115,22 @@ def test_sharded_index_served_equals_the_whole_index(sharded_server, server, que
 
         with pytest.raises(InferenceServerException, match=r"k must be in \[1, 1000\]"):
             b.retrieve(texts[:1], k=1001)
+
+
+def test_load_breakdown_follows_the_ensemble_the_server_runs(sharded_server, server, tmp_path):
+    """The per-step breakdown reads the served ensemble's steps: a sharded repository is measured shard by shard."""
+    from benchmarks.__main__ import run_load
+    from tests.test_load import load_args
+
+    sharded, _ = sharded_server
+    encode = ["tokenizer", "query_encoder", "pool_normalize"]
+    with RetrievalClient(server.grpc_url) as whole, RetrievalClient(sharded.grpc_url) as split:
+        assert whole.ensemble_steps("retrieve") == [*encode, "mips_topk"]
+        assert split.ensemble_steps("retrieve") == [*encode, "mips_topk_0", "mips_topk_1", "mips_topk_2", "topk_merge"]
+        with pytest.raises(ValueError, match="not an ensemble"):
+            split.ensemble_steps("topk_merge")
+    step = run_load(load_args(sharded, tmp_path, "--steps", "1", "--step-time", "3", "--warmup", "1"))["steps"][0]
+    models = step["server"]["models"]
+    assert set(models) == {"retrieve", *encode, "mips_topk_0", "mips_topk_1", "mips_topk_2", "topk_merge"}
+    for shard in ("mips_topk_0", "mips_topk_1", "mips_topk_2"):
+        assert models[shard]["requests"] >= step["succeeded"] - 2 and models[shard]["compute_infer_ms"] > 0

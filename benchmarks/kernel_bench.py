@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine
+from model_repository.runtime.provenance import machine, pyplot
 
 
 def _median_s(fn, repeats: int, warmup: int = 2) -> float:
@@ -121,11 +121,7 @@ def compression(out: Path, index_dir: Path, queries: list[str], pipeline, k: int
 
 
 def _plot_compression(result: dict, path: Path, k: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for name in dict.fromkeys(r["compression"] for r in result["rows"]):
         rows = [r for r in result["rows"] if r["compression"] == name]
@@ -141,7 +137,7 @@ def _plot_compression(result: dict, path: Path, k: int) -> None:
 
 
 def gpu_kernels(out: Path, repeats: int = 50) -> dict:
-    """GPU only: the targets of the kernels issue, measured side by side."""
+    """GPU only: the kernel targets (bandwidth, speed-ups), measured side by side."""
     import torch
 
     if not torch.cuda.is_available():
