@@ -25,11 +25,15 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
+from google.protobuf import text_format
+
+from model_repository.runtime.files import atomic_write_text
 from model_repository.runtime.index import IndexMismatch, load_index, read_manifest
+
+from .render import parse_model_config
 
 MODEL = "mips_topk"
 
@@ -54,29 +58,20 @@ def _log(repository: Path, event: dict) -> None:
         f.write(json.dumps(event) + "\n")
 
 
-def _set_param(config: str, key: str, value: str) -> str:
-    pattern = re.compile(r'(\{ key: "' + re.escape(key) + r'" value: \{ string_value: ")[^"]*(" \} \})')
-    if not pattern.search(config):
-        raise DeployError(f"{MODEL}/config.pbtxt has no parameter '{key}'")
-    return pattern.sub(lambda m: m.group(1) + value + m.group(2), config)
-
-
 def _write_config_for(repository: Path, version: int) -> None:
-    """Point the per-model parameters (index size and dtype) at ``version``'s index; atomic replace."""
+    """Point the per-model parameters (index size and dtype) at ``version``'s index.
+
+    The config is parsed as Triton's ModelConfig protobuf, changed field by field and
+    written back whole (atomically: Triton reads config.pbtxt only when it loads the model).
+    """
     manifest = read_manifest(repository / MODEL / str(version) / "index")
     path = repository / MODEL / "config.pbtxt"
-    text = path.read_text(encoding="utf-8")
+    config = parse_model_config(path.read_text(encoding="utf-8"))
     for key, value in (("index_rows", str(manifest["count"])), ("index_dtype", manifest["dtype"])):
-        text = _set_param(text, key, value)
-    _replace_config(repository, text)
-
-
-def _replace_config(repository: Path, text: str) -> None:
-    """Atomic replace: Triton reads config.pbtxt only when it loads the model."""
-    path = repository / MODEL / "config.pbtxt"
-    tmp = path.with_name(".config.pbtxt.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        if key not in config.parameters:
+            raise DeployError(f"{MODEL}/config.pbtxt has no parameter '{key}'")
+        config.parameters[key].string_value = value
+    atomic_write_text(path, text_format.MessageToString(config))
 
 
 def _query_tower(repository: Path) -> str:
@@ -135,7 +130,7 @@ def deploy_index(repository: Path, index_dir: Path, url: str, verify: bool = Tru
         failed = _bookkeeping(repository) / "failed" / f"{MODEL}-{new}-{datetime.datetime.now():%Y%m%dT%H%M%S}"
         failed.parent.mkdir(parents=True, exist_ok=True)
         (repository / MODEL / str(new)).rename(failed)
-        _replace_config(repository, old_config)
+        atomic_write_text(repository / MODEL / "config.pbtxt", old_config)
         _log(repository, {"event": "deploy-failed", "version": new, "index": manifest.get("index_version"), "error": str(e)})
         raise DeployError(f"{e}\nversion {current[-1]} keeps serving; the failed version was moved to {failed}") from None
     _log(repository, {"event": "deploy", "version": new, "index": manifest["index_version"], "from": str(index_dir)})

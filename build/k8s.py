@@ -11,6 +11,8 @@ from pathlib import Path
 
 import jinja2
 
+from model_repository.launcher import policy_flags
+
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "scalingnote.yaml.j2"
 
 
@@ -33,4 +35,5 @@ def render_manifests(settings: ClusterSettings) -> str:
         raise ValueError(f"replicas must be >= 1 and gpus >= 0; got {settings.replicas}, {settings.gpus}")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
-    return env.get_template(TEMPLATE.name).render(dataclasses.asdict(settings))
+    server_args = ["tritonserver", f"--model-repository={settings.repository_mount}", *policy_flags()]
+    return env.get_template(TEMPLATE.name).render({**dataclasses.asdict(settings), "server_args": server_args})

@@ -39,6 +39,15 @@ LOOPBACK = "127.0.0.1"
 _CUDA_NOISE = re.compile(r"CUDA driver version is insufficient|CudaDriverHelper has not been initialized")
 
 
+def policy_flags(model_control: str = "explicit") -> list[str]:
+    """How every deployment runs tritonserver: this launcher, deploy/Dockerfile (checked by a test) and the
+    k8s manifests (rendered from this list). Explicit model control lets ``python -m build deploy-index`` and
+    ``rollback`` switch index versions live; strict readiness is 200 only when every model is ready."""
+    control = ["--model-control-mode=explicit", "--load-model=*"] if model_control == "explicit" else []
+    return [*control, "--strict-readiness=true", "--exit-on-error=true", "--allow-metrics=true",
+            "--metrics-config=summary_latencies=true"]
+
+
 class ServerStartError(RuntimeError):
     """tritonserver exited or did not become ready in time."""
 
@@ -149,12 +158,8 @@ class TritonServer:
             f"--http-port={c.http_port}",
             f"--metrics-address={c.host}",
             f"--metrics-port={c.metrics_port}",
-            "--allow-metrics=true",
-            "--metrics-config=summary_latencies=true",
             f"--log-verbose={c.log_verbose}",
-            "--exit-on-error=true",
-            "--strict-readiness=true",
-            *(("--model-control-mode=explicit", "--load-model=*") if c.model_control == "explicit" else ()),
+            *policy_flags(c.model_control),
             *c.extra_args,
         ]
 

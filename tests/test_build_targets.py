@@ -19,8 +19,9 @@ from build.render import ServingSettings, parse_model_config, render_configs, re
 from build.shards import split_index
 from build.tensorrt import EngineConfig, EngineConfigError, Profile, TensorRTUnavailable, build_engine, check_config
 from kernels.topk import NumpyTopK, merge_topk, mips_topk_reference
+from model_repository.launcher import policy_flags
 from model_repository.runtime.index import load_index
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, ROOT
 
 
 def _gpu_configs(render_info, **overrides) -> dict:
@@ -102,10 +103,16 @@ def test_kubernetes_manifests_probe_readiness_and_request_gpus():
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
-    assert "--model-control-mode=explicit" in container["args"]
+    assert container["args"] == ["tritonserver", "--model-repository=/models", *policy_flags()]
     assert service["kind"] == "Service" and {p["port"] for p in service["spec"]["ports"]} == {8000, 8001, 8002}
     with pytest.raises(ValueError, match=r"replicas must be >= 1"):
         render_manifests(dataclasses.replace(ClusterSettings(), replicas=0))
+
+
+def test_the_dockerfile_runs_tritonserver_with_the_launchers_flags():
+    text = (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+    cmd = text[text.index("\nCMD ") + 5:].replace("\\\n", " ")
+    assert json.loads(cmd[: cmd.index("]") + 1]) == ["tritonserver", "--model-repository=/models", *policy_flags()]
 
 
 def test_sharded_search_merged_equals_the_whole_index(render_info, tmp_path, repository):
@@ -139,7 +146,7 @@ def test_merge_breaks_ties_across_shards_to_the_lower_id():
 
 def test_shards_of_a_compressed_index_load_and_search_exactly(render_info, tmp_path, repository):
     """Shards carry the fp16 vectors only; a compressed index's manifest must not promise them its codes."""
-    from build.corpus import read_corpus
+    from training.corpus import read_corpus
     from build.export import ExportedTower
     from build.index import build_index
 
