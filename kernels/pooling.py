@@ -1,8 +1,9 @@
 """Pooling of hidden states followed by L2 normalisation.
 
 ``Pooling`` is the one closed enum shared by training, export, kernels and configs.
-``pool_normalize_reference`` is the numpy reference; the OpenAI-Triton kernel of the
-kernels issue will sit in this file next to it and be tested against it.
+``pool_normalize_reference`` is the numpy reference; the OpenAI-Triton kernel
+(``kernels/pool_normalize_triton.py``) and the torch reference (``pooling_torch.py``)
+are tested against it.
 
 Defined behaviour for a row whose attention mask is all zeros: a ValueError that names
 the row. Such a row has no token to pool, and a silent zero vector would score 0

@@ -2,8 +2,8 @@
 
 ``TopK`` is the interface the ``mips_topk`` model serves through: built once from the
 index at model load, then asked for the k best documents of a batch of queries.
-``NumpyTopK`` serves the CPU and is the reference; the CuPy implementation of the
-kernels issue implements the same interface on the GPU.
+``NumpyTopK`` serves the CPU and is the reference; ``kernels/topk_chunked.py``
+implements the same interface chunk by chunk, on numpy or on the GPU through CuPy.
 
 Results are sorted best first; equal scores are broken deterministically, lower id
 first.

@@ -61,12 +61,6 @@ def test_backward_matches_autograd_of_the_reference(pooling, shape, dtype):
         assert (h1.grad.float()[mask == 0] == 0).all()
 
 
-def test_every_output_element_is_written():
-    hidden, mask = make_inputs(3, 6, 37, torch.float32, left_pad=False, seed=3)
-    out = pool_normalize_triton(hidden, mask, Pooling.MEAN)
-    assert torch.isfinite(out).all()  # torch.empty is not zeroed; an unwritten element would be garbage
-
-
 def test_any_strides():
     hidden, mask = make_inputs(4, 10, 64, torch.float32, left_pad=False, seed=11)
     transposed = hidden.transpose(0, 1).contiguous().transpose(0, 1)  # same values, batch-minor strides

@@ -96,3 +96,27 @@ def test_tampered_index_is_refused(index_copy, render_info):
     shard.write_bytes(bytes(data))
     with pytest.raises(IndexMismatch, match=rf"{shard.name}: sha256 must be [0-9a-f]{{64}}; got [0-9a-f]{{64}}"):
         load_index(index_copy, render_info["query_tower"]["fingerprint"])
+
+
+def test_atomic_folder_replaces_whole_or_leaves_the_old_one(tmp_path):
+    from model_repository.runtime.files import atomic_folder
+
+    out = tmp_path / "artifact"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="half-way"):
+        with atomic_folder(out) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise RuntimeError("failed half-way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"] and (out / "old.txt").read_text() == "old"
+    with atomic_folder(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+        assert not (out / "new.txt").exists()  # nothing is visible under the final name before the end
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"] and [p.name for p in out.iterdir()] == ["new.txt"]
+
+
+def test_every_served_model_py_stays_a_thin_adapter():
+    from tests.conftest import ROOT
+
+    sizes = {p.parent.name: len(p.read_text(encoding="utf-8").splitlines()) for p in (ROOT / "model_repository" / "models").glob("*/model.py")}
+    assert len(sizes) >= 5 and max(sizes.values()) < 120, sizes

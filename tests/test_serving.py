@@ -56,11 +56,14 @@ def test_retrieve_with_a_documents_own_text_returns_it_first(retrieval):
 
 
 def test_faq_questions_find_their_answers(retrieval):
-    """Quality floor on real queries: off-the-shelf all-MiniLM-L6-v2 measured R@10 0.97 on this FAQ."""
+    """A regression guard, not a quality figure: the default index embeds each FAQ answer with its question
+    as title. Measured in-process on these 64 questions (2026-11-23): R@1 60/64, R@10 64/64. One answer
+    may slip; more means serving changed what it retrieves."""
     pairs = [json.loads(line) for line in (ARTIFACTS / "corpus" / "python-docs" / "queries.jsonl").open(encoding="utf-8")]
     result = retrieval.retrieve([p["query"] for p in pairs[:64]], k=10)
-    found = [p["positive"] in [h.key for h in hits] for p, hits in zip(pairs, result.hits)]
-    assert np.mean(found) >= 0.85
+    keys = [[h.key for h in hits] for hits in result.hits]
+    assert sum(p["positive"] in row for p, row in zip(pairs, keys)) >= 63
+    assert sum(p["positive"] == row[0] for p, row in zip(pairs, keys)) >= 59
 
 
 def fire_concurrently(grpc, model, requests, outputs):
@@ -106,7 +109,7 @@ def test_64_concurrent_requests_each_equal_the_request_alone(grpc, queries):
     before = executions(grpc, "query_encoder")
     together = fire_concurrently(grpc, "retrieve", [retrieve_request([t], 5) for t in texts], OUTPUTS)
     for single, batched in zip(alone, together):
-        assert not isinstance(batched, Exception), getattr(batched, "message", lambda: batched)()
+        assert not isinstance(batched, Exception), str(batched)
         np.testing.assert_array_equal(batched["DOC_IDS"], single.as_numpy("DOC_IDS"))
         np.testing.assert_allclose(batched["SCORES"], single.as_numpy("SCORES"), atol=2e-5, rtol=0)
     inferences, runs = (a - b for a, b in zip(executions(grpc, "query_encoder", before[0] + 64), before))

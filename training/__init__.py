@@ -1,1 +1,1 @@
-"""Stage 1 dual towers, stage 2 query-tower distillation, evaluation (training issue; not built yet)."""
+"""Stage 1 dual towers, stage 2 query-tower distillation, evaluation (``python -m training``)."""

@@ -7,6 +7,7 @@ the student's queries search the stage-1 doc tower's index.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -20,7 +21,8 @@ from .common import lr_lambda, plot_curves, setup_distributed, write_run_card
 from .config import Stage2Config
 from .data import read_pairs
 from .losses import distill_loss
-from .towers import Tower, TowerError, TowerSpec
+from .tower_format import SPEC_FILE, TowerSpec
+from .towers import Tower, TowerError
 
 
 def distillation_queries(train_file: Path, limit: int, seed: int) -> list[str]:
@@ -44,7 +46,22 @@ def load_student(c: Stage2Config, teacher: Tower, teacher_dir: Path | None = Non
     return student
 
 
+@dataclasses.dataclass
+class Distilled:
+    """A trained student still in memory, with what its run card needs."""
+
+    student: Tower
+    metrics: dict
+    curves: dict[str, list[float]]
+    started: float
+
+
 def train(c: Stage2Config, teacher_dir: Path, train_file: Path, out: Path) -> dict:
+    """Distil, then write the student, its loss curves and its run card under ``out``; -> the metrics."""
+    return save(distill(c, teacher_dir, train_file), c, teacher_dir, train_file, out)
+
+
+def distill(c: Stage2Config, teacher_dir: Path, train_file: Path) -> Distilled:
     started = time.monotonic()
     ctx = setup_distributed()
     torch.manual_seed(c.seed)
@@ -79,10 +96,14 @@ def train(c: Stage2Config, teacher_dir: Path, train_file: Path, out: Path) -> di
                "projection": list(student.spec.projection) if student.spec.projection else None,
                "student_parameters": sum(p.numel() for p in student.parameters()),
                "teacher_parameters": sum(p.numel() for p in teacher.parameters())}
+    return Distilled(student, metrics, curves, started)
+
+
+def save(run: Distilled, c: Stage2Config, teacher_dir: Path, train_file: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    student.save(out / "student")
-    (out / "losses.json").write_text(json.dumps(curves) + "\n", encoding="utf-8")
-    plot_curves(out / "loss.png", f"stage 2: distillation (w_mse={c.w_mse}, w_cos={c.w_cos})", curves)
-    write_run_card(out, "stage2", c, metrics, {"train": train_file, "teacher_spec": teacher_dir / "tower.json"}, started,
+    run.student.save(out / "student")
+    (out / "losses.json").write_text(json.dumps(run.curves) + "\n", encoding="utf-8")
+    plot_curves(out / "loss.png", f"stage 2: distillation (w_mse={c.w_mse}, w_cos={c.w_cos})", run.curves)
+    write_run_card(out, "stage2", c, run.metrics, {"train": train_file, "teacher_spec": teacher_dir / SPEC_FILE}, run.started,
                    {"teacher": str(teacher_dir)})
-    return metrics
+    return run.metrics

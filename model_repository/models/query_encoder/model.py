@@ -2,7 +2,7 @@
 
 All valid requests of a dynamic batch run as one ONNX Runtime call, padded to the
 longest; each answer is cut back to its own length. The GPU flavour is a TensorRT
-plan with no python at all (build issue).
+plan served by Triton's tensorrt backend, with no python at all (``build/tensorrt.py``).
 """
 from runtime import InvalidInput
 from runtime.adapter import execute_batched, input_array, version_folder
