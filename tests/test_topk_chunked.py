@@ -60,3 +60,37 @@ def test_cupy_topk_equals_numpy(k):
     ref_ids, ref_scores = mips_topk_reference(queries, index.astype(np.float32), k)
     np.testing.assert_array_equal(cupy.asnumpy(ids), ref_ids)
     np.testing.assert_array_equal(cupy.asnumpy(scores), ref_scores)
+
+
+def test_large_k_admits_few_candidates():
+    """The threshold is seeded so that k = 1000 does not let most of the index through (docstring bound)."""
+    import math
+
+    rng = np.random.default_rng(7)
+    n, d, q, k = 200_000, 32, 64, 1000
+    index = rng.standard_normal((n, d)).astype(np.float16)
+    topk = ChunkedTopK(index)
+    ids, _ = topk.search(rng.standard_normal((q, d)).astype(np.float32), k)
+    assert ids.shape == (q, k)
+    per_query = topk.stats["candidates"] / q
+    assert per_query <= 2 * k * (1 + math.log(n / 4096)), topk.stats  # ~9.8k; a fixed first chunk gave ~47k
+
+
+@pytest.mark.parametrize("queries", [1, 8192])
+def test_every_temporary_is_bounded_by_the_tile(queries):
+    """One query used to upcast the whole index to float32 at once; 8192 queries made a 32 MiB score tile."""
+    import tracemalloc
+
+    rng = np.random.default_rng(queries)
+    index = rng.standard_normal((100_000, 48)).astype(np.float16)  # 19 MiB as float32
+    q = rng.standard_normal((queries, 48)).astype(np.float32)
+    topk = ChunkedTopK(index, tile_bytes=1 << 20)
+    tracemalloc.start()  # numpy reports its allocations here
+    ids, scores = topk.search(q, 10)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    answer = ids.nbytes + scores.nbytes
+    assert topk.stats["max_temporary_bytes"] <= 1 << 20
+    assert peak <= 4 * (1 << 20) + 2 * answer, (peak, answer)
+    ref_ids, _ = mips_topk_reference(q[:16], index.astype(np.float32), 10)
+    assert (ids[:16] == ref_ids).mean() > 0.99  # summation order may swap a near-tie
