@@ -125,9 +125,11 @@ def check_against_torch(module, encoder: OnnxEncoder, tokenizer: TextTokenizer, 
 
 def export_tower(source: Path, out_root: Path, pooling: Pooling, max_tokens: int, check_texts: Sequence[str],
                  prefix: str = "", eos_id: int | None = None) -> ExportedTower:
-    """Export ``source`` once per fingerprint into ``out_root/<fingerprint>``; reuse it after."""
-    import torch
+    """Export ``source`` once per fingerprint into ``out_root/<fingerprint>``; reuse it after.
 
+    Only the export itself needs torch: a cached export is found without it (NVIDIA's
+    TensorRT container, where the engine is built, has no torch).
+    """
     source = Path(source)
     if not (source / "config.json").exists():
         raise FileNotFoundError(f"tower checkpoint {source} has no config.json; is it a Hugging Face folder?")
@@ -137,6 +139,8 @@ def export_tower(source: Path, out_root: Path, pooling: Pooling, max_tokens: int
     out = out_root / fingerprint
     if (out / "export.json").exists():
         return ExportedTower(out)
+    import torch
+
     with atomic_folder(out) as tmp:
         module = _torch_module(source)
         tokenizer = TextTokenizer(source / "tokenizer.json", max_tokens, prefix=prefix, eos_id=eos_id)

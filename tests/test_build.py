@@ -128,3 +128,15 @@ def test_build_cli_names_the_bad_setting(repository, args, message, capsys):
 
     assert main(["all", "--artifacts", str(ARTIFACTS), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_cached_export_is_found_without_torch(render_info, monkeypatch):
+    """The engine is built in NVIDIA's TensorRT container, which has no torch: only a new export may need it."""
+    import sys
+
+    from build.export import default_tower, export_tower
+
+    q = render_info["query_tower"]
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    tower = export_tower(default_tower(), ROOT / "artifacts" / "towers", Pooling.parse(q["pooling"]), q["max_tokens"], ["x"])
+    assert tower.info["fingerprint"] == q["fingerprint"]
