@@ -21,6 +21,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 PRECISIONS = ("fp16", "int8", "fp8", "fp32")
 INPUTS = ("input_ids", "attention_mask")
 
@@ -52,8 +54,7 @@ class EngineConfig:
     profiles: tuple[Profile, ...] = (Profile(),)
     workspace_gib: float = 4.0
     timing_cache: Path | None = Path("artifacts/trt/timing.cache")
-    calibration_batches: int = 16  # int8 only: batches of calibration text
-    calibration_batch_size: int = 32
+    calibration_batches: int = 16  # int8 only: batches of calibration text, each of the first profile's opt shape
 
 
 def check_config(config: EngineConfig, max_batch_size: int, max_tokens: int) -> None:
@@ -97,23 +98,42 @@ def _has_qdq(onnx_path: Path) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
 
 
-def _calibrator(trt, texts: Sequence[str], tokenize, batch_size: int, batches: int, cache: Path):
-    """IInt8EntropyCalibrator2 over tokenized real text; device buffers through torch."""
+def calibration_batches(texts: Sequence[str], tokenize, profile: Profile, batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Tokenized real text in batches of exactly the profile's opt shape (opt_batch x opt_seq): TensorRT
+    calibrates the int8 scales at the shape the calibration profile optimises for. Longer texts are cut
+    at opt_seq, shorter ones padded (mask 0); a last, partial batch is left out."""
+    out = []
+    for start in range(0, len(texts) - profile.opt_batch + 1, profile.opt_batch):
+        if len(out) == batches:
+            break
+        ids, mask = tokenize(list(texts[start : start + profile.opt_batch]))
+        shaped = []
+        for a in (ids, mask):
+            a = np.asarray(a, dtype=np.int64)[:, : profile.opt_seq]
+            shaped.append(np.pad(a, ((0, 0), (0, profile.opt_seq - a.shape[1]))))
+        out.append((shaped[0], shaped[1]))
+    if not out:
+        raise EngineConfigError(f"int8 calibration needs at least opt_batch = {profile.opt_batch} texts; got {len(texts)}")
+    return out
+
+
+def _calibrator(trt, batches: list[tuple[np.ndarray, np.ndarray]], cache: Path):
+    """IInt8EntropyCalibrator2 over ``calibration_batches``; device buffers through torch."""
     import torch
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
             super().__init__()
-            self.chunks = [texts[i : i + batch_size] for i in range(0, min(len(texts), batch_size * batches), batch_size)]
+            self.chunks = list(batches)
             self.live: dict[str, torch.Tensor] = {}
 
         def get_batch_size(self):
-            return batch_size
+            return batches[0][0].shape[0]
 
         def get_batch(self, names):
             if not self.chunks:
                 return None
-            ids, mask = tokenize(self.chunks.pop(0))
+            ids, mask = self.chunks.pop(0)
             self.live = {"input_ids": torch.from_numpy(ids).cuda(), "attention_mask": torch.from_numpy(mask).cuda()}
             return [int(self.live[n].data_ptr()) for n in names]
 
@@ -151,19 +171,22 @@ def build_engine(onnx_path: Path, plan_path: Path, config: EngineConfig, max_bat
             raise EngineConfigError("precision 'int8' needs calibration text (real queries) and a tokenizer")
         builder_config.set_flag(trt.BuilderFlag.INT8)
         builder_config.set_flag(trt.BuilderFlag.FP16)  # layers int8 cannot take fall back to fp16, not fp32
-        builder_config.int8_calibrator = _calibrator(trt, calibration_texts, tokenize, config.calibration_batch_size,
-                                                     config.calibration_batches, plan_path.with_suffix(".calib"))
+        builder_config.int8_calibrator = _calibrator(
+            trt, calibration_batches(calibration_texts, tokenize, config.profiles[0], config.calibration_batches),
+            plan_path.with_suffix(".calib"))
     elif config.precision == "fp8":
         builder_config.set_flag(trt.BuilderFlag.FP8)
         builder_config.set_flag(trt.BuilderFlag.FP16)
+    profiles = []
     for p in config.profiles:
         profile = builder.create_optimization_profile()
         lo, opt, hi = p.shapes()
         for name in INPUTS:
             profile.set_shape(name, lo, opt, hi)
         builder_config.add_optimization_profile(profile)
+        profiles.append(profile)
     if config.precision == "int8":
-        builder_config.set_calibration_profile(profile)
+        builder_config.set_calibration_profile(profiles[0])  # the profile the calibration batches are shaped for
     cache_blob = config.timing_cache.read_bytes() if config.timing_cache and config.timing_cache.exists() else b""
     timing_cache = builder_config.create_timing_cache(cache_blob)
     builder_config.set_timing_cache(timing_cache, ignore_mismatch=False)

@@ -160,3 +160,23 @@ def test_shards_of_a_compressed_index_load_and_search_exactly(render_info, tmp_p
     assert all(s.compressed is None for s in shards)
     whole = load_index(plain, fingerprint)
     np.testing.assert_array_equal(np.concatenate([s.embeddings for s in shards]), whole.embeddings)
+
+
+def test_int8_calibration_batches_have_the_profiles_opt_shape(repository, render_info):
+    """Calibrating at another shape than the profile optimises for skews the int8 scales."""
+    from build.tensorrt import calibration_batches
+    from model_repository.runtime.text import TextTokenizer
+
+    tokenizer = TextTokenizer(repository / "tokenizer" / "1" / render_info["context"]["tokenizer_file"], 256)
+    texts = ["how do I copy a file"] * 5 + ["a much longer text about the python documentation " * 20] * 30
+    profile = Profile(max_batch=128, opt_batch=8, max_seq=256, opt_seq=32)
+    batches = calibration_batches(texts, tokenizer, profile, batches=3)
+    assert len(batches) == 3
+    for ids, mask in batches:
+        assert ids.shape == mask.shape == (8, 32) and ids.dtype == mask.dtype == np.int64
+    short_ids, short_mask = tokenizer(texts[:1])
+    np.testing.assert_array_equal(batches[0][0][0, : short_ids.shape[1]], short_ids[0])  # padded, not changed
+    assert batches[0][1][0].sum() == short_mask[0].sum()
+    assert len(calibration_batches(texts, tokenizer, profile, batches=100)) == len(texts) // 8  # no partial batch
+    with pytest.raises(EngineConfigError, match=r"at least opt_batch = 8 texts; got 7"):
+        calibration_batches(texts[:7], tokenizer, profile, batches=1)
