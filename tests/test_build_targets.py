@@ -115,6 +115,15 @@ def test_the_dockerfile_runs_tritonserver_with_the_launchers_flags():
     assert json.loads(cmd[: cmd.index("]") + 1]) == ["tritonserver", "--model-repository=/models", *policy_flags()]
 
 
+def test_gpu_image_can_compile_triton_kernels_and_runs_with_room_for_shared_memory():
+    """Triton JIT needs a C compiler in the image; the python backend passes tensors through /dev/shm (64 MiB by default)."""
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+    assert any(line.startswith("RUN ") and " gcc " in line for line in dockerfile.splitlines())
+    serving = [line for text in (dockerfile, (ROOT / "README.md").read_text(encoding="utf-8")) for line in text.splitlines()
+               if "docker run" in line and "nvcr.io/nvidia/tensorrt" not in line]  # the engine build needs no python backend
+    assert len(serving) >= 2 and all("--shm-size=" in line for line in serving), serving
+
+
 def test_sharded_search_merged_equals_the_whole_index(render_info, tmp_path, repository):
     index_dir = ARTIFACTS / "index" / render_info["index"]["index_version"]
     whole = load_index(index_dir, render_info["query_tower"]["fingerprint"])

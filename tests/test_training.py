@@ -198,6 +198,19 @@ def test_stage2_mse_falls_and_projection_is_saved(tiny_bert, tmp_path, faq_pairs
     np.testing.assert_allclose(reloaded.encode(texts), trained, atol=1e-6)
 
 
+def test_stage2_writes_from_rank_0_only(tiny_bert, tmp_path, faq_pairs, monkeypatch):
+    from training.common import Dist
+
+    Tower.load(tiny_bert, spec=TowerSpec(max_tokens=16)).save(tmp_path / "teacher")
+    monkeypatch.setattr(stage2, "setup_distributed", lambda: Dist(rank=1, world=2, device=torch.device("cpu")))
+    c = Stage2Config(student="teacher", student_layers=1, steps=2, batch_size=4, max_query_tokens=16)
+    m = stage2.train(c, tmp_path / "teacher", faq_pairs, tmp_path / "rank1")
+    assert m["student_dim"] > 0 and not (tmp_path / "rank1").exists()
+    monkeypatch.setattr(stage2, "setup_distributed", lambda: Dist(rank=0, world=2, device=torch.device("cpu")))
+    stage2.train(c, tmp_path / "teacher", faq_pairs, tmp_path / "rank0")
+    assert (tmp_path / "rank0" / "student" / "tower.json").exists() and (tmp_path / "rank0" / "run_card.json").exists()
+
+
 def _build_repository(root: Path, query_tower: Path, doc_tower: Path, documents: int) -> tuple[Path, list[dict]]:
     """build/ all on the first ``documents`` of the default corpus with these towers -> (artifacts, docs)."""
     from build.__main__ import main as build_main

@@ -54,6 +54,7 @@ class Distilled:
     metrics: dict
     curves: dict[str, list[float]]
     started: float
+    main: bool = True  # rank 0 (or a single process): the one that writes
 
 
 def train(c: Stage2Config, teacher_dir: Path, train_file: Path, out: Path) -> dict:
@@ -96,10 +97,13 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path) -> Distilled:
                "projection": list(student.spec.projection) if student.spec.projection else None,
                "student_parameters": sum(p.numel() for p in student.parameters()),
                "teacher_parameters": sum(p.numel() for p in teacher.parameters())}
-    return Distilled(student, metrics, curves, started)
+    return Distilled(student, metrics, curves, started, ctx.main)
 
 
 def save(run: Distilled, c: Stage2Config, teacher_dir: Path, train_file: Path, out: Path) -> dict:
+    """Under torchrun every rank holds the same student; rank 0 alone writes it."""
+    if not run.main:
+        return run.metrics
     out.mkdir(parents=True, exist_ok=True)
     run.student.save(out / "student")
     (out / "losses.json").write_text(json.dumps(run.curves) + "\n", encoding="utf-8")
