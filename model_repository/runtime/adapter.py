@@ -15,19 +15,16 @@ import triton_python_backend_utils as pb_utils
 from . import InvalidInput
 
 
+def input_tensor(request, name: str):
+    """The request's input ``name`` where Triton put it (host or GPU; see ``runtime.placement``)."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise InvalidInput(f"input '{name}' is required")
+    return tensor
+
+
 def input_array(request, name: str) -> np.ndarray:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        raise InvalidInput(f"input '{name}' is required")
-    return tensor.as_numpy()
-
-
-def input_dlpack(request, name: str):
-    """The input as a DLPack-capable tensor where it lives (GPU inputs stay on the GPU)."""
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        raise InvalidInput(f"input '{name}' is required")
-    return tensor.to_dlpack()
+    return input_tensor(request, name).as_numpy()
 
 
 def output_tensors(names: Sequence[str], arrays: Sequence[Any]) -> list:

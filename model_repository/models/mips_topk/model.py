@@ -9,7 +9,8 @@ The implementation is chosen explicitly by the config parameter ``implementation
 numpy, CPU) or ``cupy`` (the same chunked algorithm on the GPU: the index moves to
 the GPU once at load, query embeddings arrive by DLPack; only the k ids and scores
 per query come back to the host, to look up titles). ``cupy`` without a CUDA device
-refuses to load.
+refuses to load; each instance searches on the GPU Triton gave it
+(``runtime.placement``), so the shards of a sharded index sit on their own GPUs.
 """
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -17,9 +18,10 @@ import triton_python_backend_utils as pb_utils
 from kernels.topk import NumpyTopK
 from kernels.topk_chunked import ChunkedTopK, cupy_topk
 from runtime import InvalidInput
-from runtime.adapter import execute_batched, input_array, input_dlpack, version_folder
+from runtime.adapter import execute_batched, input_tensor, version_folder
 from runtime.index import load_index, snippet
 from runtime.params import ModelParams
+from runtime.placement import Placement
 
 IMPLEMENTATIONS = {"numpy": NumpyTopK, "chunked": ChunkedTopK, "cupy": cupy_topk}
 
@@ -35,7 +37,6 @@ class TritonPythonModel:
         implementation = params.str("implementation")
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"mips_topk: implementation must be one of {sorted(IMPLEMENTATIONS)}; got {implementation!r}")
-        self.xp = np
         if implementation == "cupy":
             try:
                 import cupy
@@ -46,15 +47,18 @@ class TritonPythonModel:
             if not devices:
                 raise ValueError(f"mips_topk: implementation 'cupy' needs CuPy and a CUDA device ({cupy}); "
                                  "render with --target cpu on this machine")
-            self.xp = cupy
+        self.placement = Placement.for_instance(args, "cupy" if implementation == "cupy" else "numpy")
+        self.xp = self.placement.xp
         c = self.index.compressed
-        if c:  # candidates from the compressed copy, ranked exactly with the float16 vectors
-            from kernels.compressed import RescoringTopK
+        with self.placement.scope():  # the index goes to this instance's GPU
+            if c:  # candidates from the compressed copy, ranked exactly with the float16 vectors
+                from kernels.compressed import RescoringTopK
 
-            self.search = RescoringTopK(self.index.embeddings, c["kind"], c["codes"], c["scales"], c["rescore"], xp=self.xp)
-            implementation = f"{implementation}+{c['kind']}(rescore {c['rescore']})"
-        else:
-            self.search = IMPLEMENTATIONS[implementation](self.index.embeddings)
+                self.search = RescoringTopK(self.index.embeddings, c["kind"], c["codes"], c["scales"], c["rescore"], xp=self.xp)
+                implementation = f"{implementation}+{c['kind']}(rescore {c['rescore']})"
+            else:
+                self.search = IMPLEMENTATIONS[implementation](self.index.embeddings)
+            self.search.search(self.xp.zeros((1, self.search.dim), dtype=self.xp.float32), 1)  # warm: kernels, cuBLAS handle
         # One shard of a sharded index ("i/n"): answer with global ids, and at most the
         # shard's own rows; topk_merge checks k against the whole index.
         self.shard = params.optional("shard", "")
@@ -66,12 +70,8 @@ class TritonPythonModel:
         )
 
     def parse(self, request):
-        if self.xp is np:
-            embedding, k = (input_array(request, name) for name in self.input_names)
-        else:  # stays on the GPU; k is a handful of int32s
-            embedding = self.xp.from_dlpack(input_dlpack(request, self.input_names[0]))
-            k = self.xp.asnumpy(self.xp.from_dlpack(input_dlpack(request, self.input_names[1])))
-        ks = np.unique(k)
+        embedding = self.placement.array(input_tensor(request, self.input_names[0]))  # on this instance's device
+        ks = np.unique(self.placement.host(input_tensor(request, self.input_names[1])))  # k arrives in host memory
         if ks.size != 1:
             raise InvalidInput(f"{self.input_names[1]} must be the same for every row of a request; got {ks.tolist()}")
         k = int(ks[0])
@@ -85,8 +85,7 @@ class TritonPythonModel:
 
     def compute(self, batches):
         ids, scores = self.search.search(self.xp.concatenate([e for e, _ in batches]), min(len(self.index), max(k for _, k in batches)))
-        if self.xp is not np:
-            ids, scores = self.xp.asnumpy(ids), self.xp.asnumpy(scores)
+        ids, scores = self.placement.to_numpy(ids), self.placement.to_numpy(scores)
         results, row = [], 0
         for embedding, k in batches:
             rows = slice(row, row + embedding.shape[0])
@@ -103,4 +102,5 @@ class TritonPythonModel:
         return results
 
     def execute(self, requests):
-        return execute_batched(requests, self.parse, self.compute, self.output_names)
+        with self.placement.scope():  # this instance's GPU is current for every array and launch
+            return execute_batched(requests, self.parse, self.compute, self.output_names)
