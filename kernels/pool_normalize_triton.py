@@ -31,7 +31,7 @@ def _pool_normalize_fwd(
     S, D, s_hb, s_hs, s_hd, s_mb, s_ms, s_ob, s_od, eps,
     POOL: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # b * stride passes 2**31 at B x S x D >= 2**31 elements
     d = tl.arange(0, BLOCK_D)
     dm = d < D
     if POOL == 0:  # mean over masked positions
@@ -71,7 +71,7 @@ def _pool_normalize_bwd(
     S, D, s_gb, s_gd, s_mb, s_ms, s_db, s_ds, s_dd, eps,
     POOL: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # b * stride passes 2**31 at B x S x D >= 2**31 elements
     d = tl.arange(0, BLOCK_D)
     dm = d < D
     g = tl.load(g_ptr + b * s_gb + d * s_gd, mask=dm, other=0.0).to(tl.float32)

@@ -3,29 +3,28 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
-# OpenAI-Triton kernels run interpreted on CPU-only machines; set before triton is imported.
-if not shutil.which("nvidia-smi"):
+import torch
+
+# OpenAI-Triton kernels run interpreted where torch sees no CUDA device (set before triton
+# is imported), and compiled on the GPU where it does: then the kernel tests put their
+# tensors on DEVICE, since compiled kernels cannot read host memory.
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest
+import pytest  # noqa: E402
 
-from model_repository.launcher import ServerConfig, TritonServer, free_port
+from model_repository.launcher import ServerConfig, TritonServer, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
 
 
 def pytest_collection_modifyitems(config, items):
-    try:
-        import torch
-
-        has_cuda = torch.cuda.is_available()
-    except ImportError:
-        has_cuda = False
-    if not has_cuda:
+    if not HAS_CUDA:
         skip = pytest.mark.skip(reason="needs a CUDA device")
         for item in items:
             if "gpu" in item.keywords:

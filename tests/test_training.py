@@ -20,7 +20,7 @@ import torch
 
 from training.corpus import build_python_docs, is_built
 from model_repository.launcher import free_port
-from tests.conftest import ARTIFACTS, ROOT
+from tests.conftest import ARTIFACTS, DEVICE, ROOT
 from training import config as tconfig
 from training import stage1, stage2
 from training.__main__ import main as training_main
@@ -141,7 +141,9 @@ def test_group_batches_never_mix_a_group_and_are_deterministic():
 
 def _run_ddp(args: list[str], nproc: int, env_extra: dict | None = None) -> dict:
     script = str(ROOT / "tests" / "assets" / "ddp_step.py")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    # On the CPU for every process count, also on a GPU machine: the test compares ranks, and
+    # a GPU run against a CPU one would add the devices' floating-point differences.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env_extra or {})}
     if nproc == 1:
         cmd = [sys.executable, script, *args]
     else:
@@ -167,15 +169,25 @@ def test_two_gloo_processes_equal_one_on_the_same_global_batch(tiny_bert, faq_pa
     assert worst > 1e-4
 
 
+def test_ranks_share_a_gpu_only_through_gloo_on_the_cpu():
+    from training.common import placement
+
+    assert placement(cuda_devices=0, local_world=1, local_rank=0) == ("gloo", "cpu")
+    assert placement(0, 2, 1) == ("gloo", "cpu")
+    assert placement(1, 1, 0) == ("nccl", "cuda:0")
+    assert placement(1, 2, 1) == ("gloo", "cpu")  # NCCL refuses two ranks on one GPU
+    assert placement(8, 8, 5) == ("nccl", "cuda:5")
+
+
 def test_triton_pooling_kernel_trains_like_the_torch_reference(tiny_bert):
     texts = ["How do I make an executable from a Python script?", "Why is Python slow?", "x"]
     grads = {}
     for kernel in ("torch", "triton"):
         torch.manual_seed(0)
-        tower = Tower.load(tiny_bert, spec=TowerSpec(max_tokens=16), kernel=kernel)
-        emb = tower(**tower.tokenize(texts))
-        (emb * torch.linspace(-1, 1, emb.shape[1])).sum().backward()
-        grads[kernel] = (emb.detach(), tower.model.embeddings.word_embeddings.weight.grad.clone())
+        tower = Tower.load(tiny_bert, spec=TowerSpec(max_tokens=16), kernel=kernel).to(DEVICE)  # compiled kernels need CUDA tensors
+        emb = tower(**{k: v.to(DEVICE) for k, v in tower.tokenize(texts).items()})
+        (emb * torch.linspace(-1, 1, emb.shape[1], device=DEVICE)).sum().backward()
+        grads[kernel] = (emb.detach().cpu(), tower.model.embeddings.word_embeddings.weight.grad.cpu())
     torch.testing.assert_close(grads["triton"][0], grads["torch"][0], atol=1e-5, rtol=0)
     torch.testing.assert_close(grads["triton"][1], grads["torch"][1], atol=1e-5, rtol=1e-4)
 

@@ -26,19 +26,28 @@ class Dist:
         return self.rank == 0
 
 
+def placement(cuda_devices: int, local_world: int, local_rank: int) -> tuple[str, str]:
+    """(process-group backend, device) for one of ``local_world`` processes on a node with ``cuda_devices`` GPUs.
+
+    NCCL needs a GPU of its own per rank: ranks that would share one (two ranks on a
+    one-GPU machine) run on the CPU with gloo, whose all_gather takes CPU tensors only.
+    """
+    if cuda_devices >= local_world and cuda_devices > 0:
+        return "nccl", f"cuda:{local_rank}"
+    return "gloo", "cpu" if local_world > 1 or cuda_devices == 0 else "cuda:0"
+
+
 def setup_distributed() -> Dist:
-    """One process, or one of ``torchrun``'s: gloo on the CPU, NCCL on GPUs."""
+    """One process, or one of ``torchrun``'s: NCCL with a GPU per rank, else gloo on the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    backend, device = placement(torch.cuda.device_count(), local_world, int(os.environ.get("LOCAL_RANK", "0")))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     return Dist(rank, world, device)
 
 

@@ -24,13 +24,13 @@ ctx = setup_distributed()
 torch.manual_seed(0)
 c = Stage1Config(model=model, batch_size=global_batch // ctx.world, max_doc_tokens=48, temperature=0.05)
 pairs = read_pairs(pairs_file)
-towers = stage1.load_towers(c)
+towers = stage1.load_towers(c).to(ctx.device)  # the GPU where the process has one
 model_ = stage1.wrap_ddp(towers, ctx)
 rows = stage1.local_rows(list(range(global_batch)), ctx)
 loss = stage1.compute_loss(model_, towers, pairs, rows, None, c, ctx)
 (loss * losses.world_size()).backward()
 if ctx.rank == 0:
-    grads = {n: p.grad.detach().clone() for n, p in towers.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.detach().cpu() for n, p in towers.named_parameters() if p.grad is not None}
     torch.save({"loss": float(loss), "grads": grads, "world": ctx.world}, out)
 if dist.is_initialized():
     dist.destroy_process_group()
