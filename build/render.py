@@ -29,6 +29,8 @@ TEMPLATES = ROOT / "model_repository" / "models"
 SHIPPED_PACKAGES = (ROOT / "model_repository" / "runtime", ROOT / "kernels")
 PYTHON_MODELS = ("tokenizer", "query_encoder", "pool_normalize", "mips_topk")
 TARGETS = ("cpu", "gpu")
+ENCODERS = ("onnx", "torch", "tensorrt")
+TORCH_ENCODER_FILES = ("config.json", "*.safetensors")  # the tower's weights, its projection included
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,9 @@ class ServingSettings:
     topk_implementation: str = dataclasses.field(default="auto", metadata={"help": "mips_topk: numpy or cupy (auto: numpy on cpu, cupy on gpu)"})
     preferred_batch_sizes: str = dataclasses.field(default="8,16,32,64", metadata={"help": "gpu: the TensorRT encoder's preferred batch sizes"})
     pad_to_multiple: int = dataclasses.field(default=16, metadata={"help": "gpu: the tokenizer pads to a multiple of this many tokens"})
+    encoder_implementation: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: onnx (CPU), torch (the tower's weights through PyTorch: fp16 + CUDA graphs on gpu, float32 on cpu) or tensorrt (auto: onnx on cpu, tensorrt on gpu)"})
+    encoder_cuda_graphs: int = dataclasses.field(default=1, metadata={"help": "gpu, encoder torch: capture one CUDA graph per (batch bucket, token multiple) at load (0: eager)"})
+    encoder_batch_buckets: str = dataclasses.field(default="1,2,4,8,16,32,64,128", metadata={"help": "encoder torch: batches are padded up to one of these row counts"})
 
     def resolved(self) -> dict:
         """The settings as rendered: concrete implementations, GPU-only knobs zeroed on the CPU."""
@@ -56,11 +61,21 @@ class ServingSettings:
         gpu = self.target == "gpu"
         pool = {"auto": "triton" if gpu else "numpy"}.get(self.pool_implementation, self.pool_implementation)
         topk = {"auto": "cupy" if gpu else "numpy"}.get(self.topk_implementation, self.topk_implementation)
+        encoder = {"auto": "tensorrt" if gpu else "onnx"}.get(self.encoder_implementation, self.encoder_implementation)
+        if encoder not in ENCODERS or (encoder == "tensorrt" and not gpu):
+            raise ValueError(f"encoder_implementation must be one of {list(ENCODERS)} (tensorrt on target gpu only); got {encoder!r}")
+        buckets = sorted(int(x) for x in self.encoder_batch_buckets.split(",") if x.strip())
+        if not buckets or buckets[0] < 1 or buckets[-1] < self.max_batch_size:
+            raise ValueError(f"encoder_batch_buckets must be positive and reach max_batch_size {self.max_batch_size}; "
+                             f"got {self.encoder_batch_buckets!r}")
         sizes = [int(x) for x in self.preferred_batch_sizes.split(",") if x.strip()] if gpu else []
         if any(not 1 <= b <= self.max_batch_size for b in sizes):
             raise ValueError(f"preferred_batch_sizes must lie in [1, {self.max_batch_size}]; got {self.preferred_batch_sizes!r}")
         return {**dataclasses.asdict(self), "pool_implementation": pool, "topk_implementation": topk,
-                "preferred_batch_sizes": sizes, "pad_to_multiple": self.pad_to_multiple if gpu else 0}
+                "preferred_batch_sizes": sizes, "pad_to_multiple": self.pad_to_multiple if gpu else 0,
+                "encoder_implementation": encoder, "encoder_device": "cuda" if gpu else "cpu",
+                "encoder_dtype": "float16" if gpu else "float32", "encoder_cuda_graphs": self.encoder_cuda_graphs if gpu else 0,
+                "encoder_batch_buckets": ",".join(map(str, buckets))}
 
 
 def _t(name: str, dtype: str, dims: str) -> dict:
@@ -181,19 +196,21 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
     """Write the repository to ``out`` (replacing it whole) and return the resolved render config.
 
     Target ``gpu`` takes a TensorRT ``engine`` (model.plan) for the query encoder in
-    place of the ONNX file.
+    place of the ONNX file, unless the encoder is ``torch`` (the tower's weights are
+    linked in instead).
     """
     q = query_tower.info
-    gpu = settings.target == "gpu"
-    if gpu and (engine is None or not Path(engine).is_file()):
-        raise ValueError(f"target 'gpu' needs a TensorRT engine file (--engine model.plan); got {engine}. "
-                         "Build one with `python -m build engine` inside NVIDIA's TensorRT container (README: GPU serving)")
+    encoder = settings.resolved()["encoder_implementation"]
+    if encoder == "tensorrt" and (engine is None or not Path(engine).is_file()):
+        raise ValueError(f"encoder 'tensorrt' needs a TensorRT engine file (--engine model.plan); got {engine}. "
+                         "Build one with `python -m build engine` inside NVIDIA's TensorRT container (README: GPU serving), "
+                         "or serve the tower through PyTorch with --encoder-implementation torch")
     index_manifest = json.loads((index_dir / "manifest.json").read_text(encoding="utf-8"))
     if index_manifest["query_tower_fingerprint"] != q["fingerprint"]:
         raise ValueError(
             f"index {index_dir} pairs with query tower {index_manifest['query_tower_fingerprint']}, not {q['fingerprint']}"
         )
-    encoder_file = Path(engine) if gpu else query_tower.onnx_file
+    encoder_file = Path(engine) if encoder == "tensorrt" else query_tower.onnx_file
     context = render_context(query_tower, index_manifest, settings, encoder_file.stat().st_size)
     shards = list(shards or [])
     if len(shards) > 1:
@@ -213,15 +230,19 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
             version.mkdir(parents=True)
             (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
             source = "mips_topk" if name.startswith("mips_topk_") else name
-            if (source in PYTHON_MODELS or source == "topk_merge") and not (gpu and name == "query_encoder"):
+            if (source in PYTHON_MODELS or source == "topk_merge") and not (encoder == "tensorrt" and name == "query_encoder"):
                 shutil.copy2(TEMPLATES / source / "model.py", version / "model.py")
                 for package in SHIPPED_PACKAGES:
                     shutil.copytree(package, version / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         _link_or_copy(query_tower.tokenizer_file, tmp / "tokenizer" / "1" / "tokenizer.json")
-        if gpu:
+        if encoder == "tensorrt":
             _link_or_copy(Path(engine), tmp / "query_encoder" / "1" / "model.plan")
         else:
             _link_or_copy(query_tower.onnx_file, tmp / "query_encoder" / "1" / "model.onnx")
+        if encoder == "torch":  # the tower's own weights, read by runtime/torch_encoder.py
+            for pattern in TORCH_ENCODER_FILES:
+                for f in sorted(Path(q["source"]).glob(pattern)):
+                    _link_or_copy(f, tmp / "query_encoder" / "1" / "torch" / f.name)
         for model, folder in ([(f"mips_topk_{i}", f) for i, f in enumerate(shards)] if len(shards) > 1 else [("mips_topk", index_dir)]):
             for f in sorted(folder.iterdir()):
                 _link_or_copy(f, tmp / model / "1" / "index" / f.name)

@@ -51,6 +51,18 @@ def test_gpu_target_configs_are_valid_model_configs(render_info):
     assert _gpu_configs(render_info) == configs
 
 
+def test_gpu_target_with_the_torch_encoder_needs_no_engine(render_info):
+    enc = parse_model_config(_gpu_configs(render_info, encoder_implementation="torch")["query_encoder"])
+    assert enc.backend == "python" and enc.instance_group[0].kind == enc.instance_group[0].KIND_GPU
+    params = {k: v.string_value for k, v in enc.parameters.items()}
+    assert (params["implementation"], params["device"], params["dtype"], params["cuda_graphs"]) == ("torch", "cuda", "float16", "1")
+    assert params["batch_buckets"] == "1,2,4,8,16,32,64,128" and params["seq_multiple"] == "16"
+    with pytest.raises(ValueError, match=r"encoder_implementation must be one of \['onnx', 'torch', 'tensorrt'\]"):
+        ServingSettings(encoder_implementation="tensorrt").resolved()  # no TensorRT on the cpu target
+    with pytest.raises(ValueError, match=r"encoder_batch_buckets must be positive and reach max_batch_size 128"):
+        ServingSettings(encoder_batch_buckets="1,2,64").resolved()
+
+
 def test_cpu_target_is_unchanged_by_gpu_settings(render_info):
     from build.export import ExportedTower
 

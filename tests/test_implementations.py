@@ -134,3 +134,45 @@ def test_load_breakdown_follows_the_ensemble_the_server_runs(sharded_server, ser
     assert set(models) == {"retrieve", *encode, "mips_topk_0", "mips_topk_1", "mips_topk_2", "topk_merge"}
     for shard in ("mips_topk_0", "mips_topk_1", "mips_topk_2"):
         assert models[shard]["requests"] >= step["succeeded"] - 2 and models[shard]["compute_infer_ms"] > 0
+
+
+@pytest.fixture(scope="module")
+def torch_encoder_server(tmp_path_factory, repository):
+    repo = _repository(tmp_path_factory, "torch-encoder", "--encoder-implementation", "torch")
+    server = start_server(repo, tmp_path_factory.mktemp("torch-encoder-server"))
+    yield server, repo
+    server.stop()
+
+
+def test_torch_encoder_served_equals_the_onnx_encoder(torch_encoder_server, server, queries):
+    """The GPU encoder without TensorRT, run here on the CPU in float32 (fp16 and CUDA graphs are its GPU settings)."""
+    served, repo = torch_encoder_server
+    config = (repo / "query_encoder" / "config.pbtxt").read_text()
+    assert 'string_value: "torch"' in config and "KIND_CPU" in config
+    assert (repo / "query_encoder" / "1" / "torch" / "config.json").exists()
+    texts = queries[:20] + ["x", "a much longer question about how python imports modules from packages " * 6]
+    with RetrievalClient(server.grpc_url) as onnx, RetrievalClient(served.grpc_url) as torch_:
+        a, b = onnx.embed(texts), torch_.embed(texts)
+        assert (a * b).sum(axis=1).min() >= 0.999
+        assert [[h.doc_id for h in row] for row in onnx.retrieve(texts[:8], 5).hits] == \
+            [[h.doc_id for h in row] for row in torch_.retrieve(texts[:8], 5).hits]
+
+
+def test_torch_encoder_pads_to_buckets_without_changing_rows(render_info):
+    """Rows padded up to a batch bucket and tokens to a multiple of 16 give each row's own states."""
+    from model_repository.runtime.encoder import OnnxEncoder
+    from model_repository.runtime.torch_encoder import TorchEncoder
+    from tests.conftest import ARTIFACTS
+
+    tower = ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"]
+    encoder = TorchEncoder(render_info["query_tower"]["source"], device="cpu", dtype="float32", batch_buckets=(4, 128))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 2000, size=(3, 19)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 11:] = 0
+    got = encoder(ids, mask).numpy()
+    assert got.shape == (3, 19, 384)
+    expected = OnnxEncoder(tower / "model.onnx")(ids, mask)
+    np.testing.assert_allclose(got[mask == 1], expected[mask == 1], atol=2e-4, rtol=0)
+    with pytest.raises(ValueError, match=r"cuda_graphs needs device 'cuda'"):
+        TorchEncoder(render_info["query_tower"]["source"], device="cpu", dtype="float32", cuda_graphs=True)

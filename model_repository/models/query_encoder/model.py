@@ -1,13 +1,22 @@
-"""query_encoder (CPU flavour): input_ids, attention_mask -> last_hidden_state via ONNX Runtime.
+"""query_encoder (python flavours): input_ids, attention_mask -> last_hidden_state.
 
-All valid requests of a dynamic batch run as one ONNX Runtime call, padded to the
-longest; each answer is cut back to its own length. The GPU flavour is a TensorRT
-plan served by Triton's tensorrt backend, with no python at all (``build/tensorrt.py``).
+``implementation`` in config.pbtxt chooses the engine, and nothing falls back:
+
+- ``onnx``: ONNX Runtime on the CPU;
+- ``torch``: the tower's weights through PyTorch (``runtime/torch_encoder.py``): fp16 and
+  CUDA graphs on the GPU Triton gave this instance, float32 on the CPU. The GPU encoder
+  for machines without TensorRT; its output stays on the GPU and leaves by DLPack.
+
+All valid requests of a dynamic batch run as one call, padded to the longest; each
+answer is cut back to its own length. In NVIDIA's container the GPU flavour is a
+TensorRT plan served by Triton's tensorrt backend, with no python at all
+(``build/tensorrt.py``).
 """
 from runtime import InvalidInput
 from runtime.adapter import execute_batched, input_array, version_folder
-from runtime.encoder import OnnxEncoder
 from runtime.params import ModelParams
+
+IMPLEMENTATIONS = ("onnx", "torch")
 
 
 class TritonPythonModel:
@@ -16,7 +25,23 @@ class TritonPythonModel:
         self.input_names = [i["name"] for i in params.config["input"]]  # input_ids, attention_mask
         self.output_names = params.output_names()  # last_hidden_state
         self.max_tokens = params.int("max_tokens")
-        self.encoder = OnnxEncoder(f"{version_folder(args)}/{params.str('onnx_file')}", params.int("intra_op_threads"))
+        implementation = params.optional("implementation", "onnx")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"query_encoder: implementation must be one of {list(IMPLEMENTATIONS)}; got {implementation!r}")
+        folder = version_folder(args)
+        if implementation == "torch":
+            from runtime.torch_encoder import TorchEncoder
+
+            device = params.str("device")
+            if device == "cuda":
+                device = f"cuda:{int(args.get('model_instance_device_id', 0) or 0)}"  # the GPU Triton gave this instance
+            self.encoder = TorchEncoder(f"{folder}/{params.str('encoder_dir')}", device, params.str("dtype"),
+                                        params.int("cuda_graphs") == 1, [int(b) for b in params.str("batch_buckets").split(",")],
+                                        params.int("seq_multiple"), self.max_tokens)
+        else:
+            from runtime.encoder import OnnxEncoder
+
+            self.encoder = OnnxEncoder(f"{folder}/{params.str('onnx_file')}", params.int("intra_op_threads"))
 
     def parse(self, request):
         ids, mask = (input_array(request, name) for name in self.input_names)
