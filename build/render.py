@@ -47,7 +47,7 @@ class ServingSettings:
     snippet_chars: int = dataclasses.field(default=240, metadata={"help": "length of the snippet returned per document"})
     target: str = dataclasses.field(default="cpu", metadata={"help": "cpu (ONNX Runtime, numpy) or gpu (TensorRT engine, Triton and CuPy kernels)"})
     pool_implementation: str = dataclasses.field(default="auto", metadata={"help": "pool_normalize: numpy or triton (auto: numpy on cpu, triton on gpu)"})
-    topk_implementation: str = dataclasses.field(default="auto", metadata={"help": "mips_topk: numpy or cupy (auto: numpy on cpu, cupy on gpu)"})
+    topk_implementation: str = dataclasses.field(default="auto", metadata={"help": "mips_topk: numpy, chunked, cupy or torch (auto: numpy on cpu, cupy on gpu)"})
     preferred_batch_sizes: str = dataclasses.field(default="8,16,32,64", metadata={"help": "gpu: the TensorRT encoder's preferred batch sizes"})
     pad_to_multiple: int = dataclasses.field(default=16, metadata={"help": "gpu: the tokenizer pads to a multiple of this many tokens"})
     encoder_implementation: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: onnx (CPU), torch (the tower's weights through PyTorch: fp16 + CUDA graphs on gpu, float32 on cpu) or tensorrt (auto: onnx on cpu, tensorrt on gpu)"})

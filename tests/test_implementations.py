@@ -46,6 +46,7 @@ def test_chunked_topk_served_equals_numpy_served(chunked_server, server, queries
 @pytest.mark.parametrize("flag,value,message", [
     ("--topk-implementation", "cupy", "implementation 'cupy' needs CuPy and a CUDA device"),
     ("--pool-implementation", "triton", "implementation 'triton' needs a CUDA device"),
+    ("--topk-implementation", "torch", "implementation on torch needs a KIND_GPU instance; this one is CPU"),
     ("--topk-implementation", "faiss", "mips_topk: implementation must be one of"),
 ])
 def test_a_gpu_or_unknown_implementation_refuses_to_load_here(tmp_path_factory, repository, flag, value, message):

@@ -94,3 +94,19 @@ def test_every_temporary_is_bounded_by_the_tile(queries):
     assert peak <= 4 * (1 << 20) + 2 * answer, (peak, answer)
     ref_ids, _ = mips_topk_reference(q[:16], index.astype(np.float32), 10)
     assert (ids[:16] == ref_ids).mean() > 0.99  # summation order may swap a near-tie
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_torch_topk_equals_brute_force_with_ties(seed):
+    """The served GPU search where CuPy cannot run, here on the CPU: ties everywhere, many chunks."""
+    from kernels.topk_torch import TorchTopK
+
+    rng = np.random.default_rng(100 + seed)
+    n, d, q = int(rng.integers(1, 3000)), int(rng.integers(1, 24)), int(rng.integers(1, 9))
+    k = int(rng.integers(1, min(n, 1200) + 1))
+    index = rng.integers(-2, 3, size=(n, d)).astype(np.float16)
+    queries = rng.integers(-2, 3, size=(q, d)).astype(np.float32)
+    ids, scores = TorchTopK(index, device="cpu", tile_bytes=4 * max(q, d) * int(rng.integers(16, 600))).search(queries, k)
+    ref_ids, ref_scores = mips_topk_reference(queries, index.astype(np.float32), k)
+    np.testing.assert_array_equal(ids.numpy(), ref_ids)
+    np.testing.assert_array_equal(scores.numpy(), ref_scores)

@@ -6,9 +6,10 @@ a dynamic batch share one search at the largest k asked for.
 
 The implementation is chosen explicitly by the config parameter ``implementation``:
 ``numpy`` (one GEMM + argpartition, CPU), ``chunked`` (kernels/topk_chunked.py on
-numpy, CPU) or ``cupy`` (the same chunked algorithm on the GPU: the index moves to
+numpy, CPU), ``cupy`` (the same chunked algorithm on the GPU: the index moves to
 the GPU once at load, query embeddings arrive by DLPack; only the k ids and scores
-per query come back to the host, to look up titles). ``cupy`` without a CUDA device
+per query come back to the host, to look up titles) or ``torch`` (kernels/topk_torch.py,
+the GPU search where CuPy cannot run beside the stub's numpy 1.x). ``cupy`` without a CUDA device
 refuses to load; each instance searches on the GPU Triton gave it
 (``runtime.placement``), so the shards of a sharded index sit on their own GPUs.
 """
@@ -17,13 +18,14 @@ import triton_python_backend_utils as pb_utils
 
 from kernels.topk import NumpyTopK
 from kernels.topk_chunked import ChunkedTopK, cupy_topk
+from kernels.topk_torch import TorchTopK
 from runtime import InvalidInput
 from runtime.adapter import execute_batched, input_tensor, version_folder
 from runtime.index import load_index, snippet
 from runtime.params import ModelParams
 from runtime.placement import Placement
 
-IMPLEMENTATIONS = {"numpy": NumpyTopK, "chunked": ChunkedTopK, "cupy": cupy_topk}
+IMPLEMENTATIONS = {"numpy": NumpyTopK, "chunked": ChunkedTopK, "cupy": cupy_topk, "torch": TorchTopK}
 
 
 class TritonPythonModel:
@@ -47,9 +49,11 @@ class TritonPythonModel:
             if not devices:
                 raise ValueError(f"mips_topk: implementation 'cupy' needs CuPy and a CUDA device ({cupy}); "
                                  "render with --target cpu on this machine")
-        self.placement = Placement.for_instance(args, "cupy" if implementation == "cupy" else "numpy")
+        self.placement = Placement.for_instance(args, implementation if implementation in ("cupy", "torch") else "numpy")
         self.xp = self.placement.xp
         c = self.index.compressed
+        if c and implementation == "torch":
+            raise ValueError("mips_topk: a compressed index searches with numpy, chunked or cupy; got implementation 'torch'")
         with self.placement.scope():  # the index goes to this instance's GPU
             if c:  # candidates from the compressed copy, ranked exactly with the float16 vectors
                 from kernels.compressed import RescoringTopK
