@@ -1,4 +1,4 @@
-"""python -m benchmarks load|plan|overload|compare|topk-cpu|compression|gpu-kernels.
+"""python -m benchmarks load|plan|overload|compare|topk-cpu|compression|gpu-kernels|gpu-suite.
 
 Every call to a served model goes through ``clients/`` (gRPC) and the metrics endpoint.
 The offline benchmarks (kernels, index compression) run ``kernels/`` and the serving
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import planner, report, triton_metrics
-from benchmarks.common import check_loopback, read_queries
+from benchmarks.common import check_loopback, read_queries, wait_healthy
 from benchmarks.options import add_load_options, locust_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,25 +171,6 @@ def peer_commands(system: str, model_path: str, port: int, model: str = "embed")
             f"http://127.0.0.1:{port}/health")
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
-    import time
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with code {proc.returncode} before it was healthy")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} was not healthy within {timeout_s:.0f} s")
-
-
 def best_within(steps: list[dict], slo_p99_ms: float) -> float:
     ok = [s["achieved_rps"] for s in steps if s["latency_ms"] and s["latency_ms"]["p99"] <= slo_p99_ms and s["failed"] == 0]
     return max(ok, default=0.0)
@@ -274,8 +255,20 @@ def cmd_compression(args: argparse.Namespace) -> int:
 def cmd_gpu_kernels(args: argparse.Namespace) -> int:
     from . import kernel_bench
 
-    kernel_bench.gpu_kernels(args.out)
+    kernel_bench.gpu_kernels(args.out, dry_run=args.dry_run)
     return 0
+
+
+def cmd_gpu_suite(args: argparse.Namespace) -> int:
+    from . import gpu_suite
+
+    summary = gpu_suite.run_suite(args)
+    print(gpu_suite.markdown(summary))
+    print(f"results: {summary['out']}")
+    failed = [name for name, step in summary["steps"].items() if step["status"] != "ok"]
+    if failed:
+        print(f"error: step(s) {', '.join(failed)} failed; their logs are in {summary['out']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,10 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repository", type=Path, default=Path("artifacts/model_repository"))
     p = sub.add_parser("gpu-kernels", help="pooling and top-k on a GPU: bandwidth, eager torch, FAISS GPU (needs CUDA)")
     p.add_argument("--out", type=Path, default=Path("artifacts/benchmarks/gpu-kernels.json"))
+    p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (kernels interpreted): checks the code, measures nothing")
+    from . import gpu_suite
+
+    gpu_suite.add_arguments(sub.add_parser("gpu-suite", help="everything a GPU session measures: env, gpu tests, kernels, served sweep"))
     args = parser.parse_args(argv)
     try:
         return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "compare": cmd_compare,
-                "topk-cpu": cmd_topk_cpu, "compression": cmd_compression, "gpu-kernels": cmd_gpu_kernels}[args.command](args)
+                "topk-cpu": cmd_topk_cpu, "compression": cmd_compression, "gpu-kernels": cmd_gpu_kernels,
+                "gpu-suite": cmd_gpu_suite}[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -171,8 +171,33 @@ def deploy_main(argv: list[str]) -> int:
     return 0
 
 
+def synthetic_main(argv: list[str]) -> int:
+    """synthetic: a random-init tower of a real shape, a random index, a rendered repository (speed runs)."""
+    from .render import ServingSettings
+    from .synthetic import SHAPES, build_synthetic
+
+    parser = argparse.ArgumentParser(prog="python -m build synthetic", description=synthetic_main.__doc__)
+    parser.add_argument("command", choices=["synthetic"])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="minilm", help="the tower's shape (random weights)")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="documents in the random index")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per query")
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts/synthetic-run"))
+    cfg.add_serving_arguments(parser)
+    args = parser.parse_args(argv)
+    settings = ServingSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServingSettings)})
+    try:
+        repository = build_synthetic(args.artifacts, args.shape, args.rows, settings, args.max_tokens)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(repository)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "synthetic":
+        return synthetic_main(argv)
     if argv and argv[0] in ("deploy-index", "rollback"):
         return deploy_main(argv)
     if argv and argv[0] in ("k8s", "shards"):

