@@ -17,9 +17,12 @@ class Sizes:
     index_rows: int
     dim: int
     index_dtype: str
+    index_resident: int | None = None  # what the served search holds (the config's index_resident_bytes)
 
     @property
     def index_bytes(self) -> int:
+        if self.index_resident is not None:
+            return self.index_resident
         return self.index_rows * self.dim * DTYPE_BYTES[self.index_dtype]
 
 
@@ -31,7 +34,9 @@ def sizes_from_server(grpc_url: str) -> Sizes:
         topk = client.model_config("mips_topk")
     param = lambda config, key: config["parameters"][key]["string_value"]  # noqa: E731
     dim = int(next(i for i in topk["input"] if i["name"] == "embedding")["dims"][0])
-    return Sizes(int(param(encoder, "weights_bytes")), int(param(topk, "index_rows")), dim, param(topk, "index_dtype"))
+    resident = topk["parameters"].get("index_resident_bytes", {}).get("string_value")
+    return Sizes(int(param(encoder, "weights_bytes")), int(param(topk, "index_rows")), dim, param(topk, "index_dtype"),
+                 int(resident) if resident else None)
 
 
 def sustained_step(steps: list[dict], slo_p99_ms: float, max_error_rate: float = 0.001, min_delivered: float = 0.95) -> dict | None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from model_repository.runtime.files import atomic_write_text
-from model_repository.runtime.index import IndexMismatch, load_index, read_manifest
+from model_repository.runtime.index import IndexMismatch, load_index, read_manifest, resident_bytes
 
 from .render import parse_model_config
 
@@ -67,7 +67,8 @@ def _write_config_for(repository: Path, version: int) -> None:
     manifest = read_manifest(repository / MODEL / str(version) / "index")
     path = repository / MODEL / "config.pbtxt"
     config = parse_model_config(path.read_text(encoding="utf-8"))
-    for key, value in (("index_rows", str(manifest["count"])), ("index_dtype", manifest["dtype"])):
+    resident = resident_bytes(manifest, config.parameters["implementation"].string_value)
+    for key, value in (("index_rows", str(manifest["count"])), ("index_dtype", manifest["dtype"]), ("index_resident_bytes", str(resident))):
         if key not in config.parameters:
             raise DeployError(f"{MODEL}/config.pbtxt has no parameter '{key}'")
         config.parameters[key].string_value = value

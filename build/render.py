@@ -21,6 +21,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from model_repository.runtime.files import atomic_folder
+from model_repository.runtime.index import resident_bytes
 
 from .export import ExportedTower
 
@@ -146,7 +147,8 @@ def render_configs(context: dict) -> dict[str, str]:
     configs = {name: env.get_template(f"{name}/config.pbtxt.j2").render(context) for name in PYTHON_MODELS
                if not (shard_count > 1 and name == "mips_topk")}
     for i, rows in enumerate(context.get("shard_rows", [])):
-        shard = {**context, "model_name": f"mips_topk_{i}", "shard": f"{i}/{shard_count}", "index_rows": rows}
+        shard = {**context, "model_name": f"mips_topk_{i}", "shard": f"{i}/{shard_count}", "index_rows": rows,
+                 "index_resident_bytes": resident_bytes({"count": rows, "dim": context["dim"]}, context["topk_implementation"])}
         if context["target"] == "gpu":
             shard["gpu_index"] = i  # shard i lives on GPU i
         configs[f"mips_topk_{i}"] = env.get_template("mips_topk/config.pbtxt.j2").render(shard)
@@ -188,6 +190,7 @@ def render_context(query_tower: ExportedTower, index_manifest: dict, settings: S
         "encoder_bytes": encoder_bytes,  # capacity planning reads these over gRPC
         "index_rows": index_manifest["count"],
         "index_dtype": index_manifest["dtype"],
+        "index_resident_bytes": resident_bytes(index_manifest, settings.resolved()["topk_implementation"]),
     }
 
 

@@ -47,10 +47,12 @@ def truncate(x: np.ndarray, dim: int) -> np.ndarray:
 
 
 class RescoringTopK(TopK):
-    def __init__(self, full: np.ndarray, kind: str, compressed: np.ndarray, scales: np.ndarray | None = None,
+    def __init__(self, full, kind: str, compressed: np.ndarray, scales: np.ndarray | None = None,
                  rescore: int = 200, xp=np):
+        """``full``: the float16 vectors, an array or any row store indexed by an id array
+        (the runtime's memory-mapped shards): only the candidates' rows are ever read."""
         super().__init__(full)
-        self.full = np.ascontiguousarray(full, dtype=np.float16)  # ranks candidates; stays in host memory
+        self.full = np.ascontiguousarray(full, dtype=np.float16) if isinstance(full, np.ndarray) else full  # host side
         self.kind, self.rescore = kind, rescore
         self.approx_dim = compressed.shape[1]
         self.approx = ChunkedTopK(compressed, xp=xp, scales=scales)  # scales: int8 only

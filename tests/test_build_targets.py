@@ -201,3 +201,34 @@ def test_int8_calibration_batches_have_the_profiles_opt_shape(repository, render
     assert len(calibration_batches(texts, tokenizer, profile, batches=100)) == len(texts) // 8  # no partial batch
     with pytest.raises(EngineConfigError, match=r"at least opt_batch = 8 texts; got 7"):
         calibration_batches(texts[:7], tokenizer, profile, batches=1)
+
+
+def test_compressed_index_keeps_only_its_codes_resident(render_info, tmp_path, repository):
+    """int8 costs about half of fp16, not 1.5x: the fp16 vectors stay memory-mapped and only candidates are read."""
+    from build.export import ExportedTower
+    from build.index import build_index
+    from kernels.compressed import RescoringTopK
+    from model_repository.runtime.index import resident_bytes
+    from training.corpus import read_corpus
+
+    docs = read_corpus(ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl")[:300]
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info["index"]["doc_tower_fingerprint"])
+    fingerprint = render_info["query_tower"]["fingerprint"]
+    plain = build_index(docs, "first-300", tower, fingerprint, tmp_path / "index")
+    int8 = build_index(docs, "first-300", tower, fingerprint, tmp_path / "index", compression="int8")
+    index = load_index(int8, fingerprint, mmap=True)
+    assert all(isinstance(s, np.memmap) for s in index.rows.shards)
+    manifest = json.loads((int8 / "manifest.json").read_text())
+    n, d = len(docs), manifest["dim"]
+    assert resident_bytes(manifest, "cupy") == n * (d + 4) and resident_bytes(manifest, "numpy") == n * (d + 4)
+    plain_manifest = json.loads((plain / "manifest.json").read_text())
+    assert resident_bytes(plain_manifest, "cupy") == n * d * 2 and resident_bytes(plain_manifest, "numpy") == n * d * 4
+    c = index.compressed
+    queries = load_index(plain, fingerprint).embeddings[[3, 77, 250]]
+    mapped = RescoringTopK(index.rows, c["kind"], c["codes"], c["scales"], 50).search(queries, 10)
+    in_memory = RescoringTopK(index.embeddings, c["kind"], c["codes"], c["scales"], 50).search(queries, 10)
+    np.testing.assert_array_equal(mapped[0], in_memory[0])
+    np.testing.assert_allclose(mapped[1], in_memory[1], rtol=0, atol=1e-6)
+    assert mapped[0][:, 0].tolist() == [3, 77, 250]
+    gathered = index.rows[np.array([[5, 299], [0, 150]])]
+    np.testing.assert_array_equal(gathered.astype(np.float32), index.embeddings[[[5, 299], [0, 150]]])

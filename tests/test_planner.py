@@ -76,6 +76,8 @@ def test_sizes_come_from_the_served_configs(server, render_info):
     sizes = sizes_from_server(server.grpc_url)
     assert sizes.index_rows == render_info["index"]["count"] and sizes.dim == render_info["query_tower"]["dim"]
     assert sizes.index_dtype == "float16"
+    rows, dim = render_info["index"]["count"], render_info["query_tower"]["dim"]
+    assert sizes.index_bytes == rows * dim * 4  # the served numpy search holds float32 copies
     assert sizes.encoder_bytes == (ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"] / "model.onnx").stat().st_size
 
 

@@ -120,3 +120,14 @@ def test_every_served_model_py_stays_a_thin_adapter():
 
     sizes = {p.parent.name: len(p.read_text(encoding="utf-8").splitlines()) for p in (ROOT / "model_repository" / "models").glob("*/model.py")}
     assert len(sizes) >= 5 and max(sizes.values()) < 120, sizes
+
+
+def test_shard_rows_gather_across_shards_in_any_order():
+    from model_repository.runtime.index import ShardRows
+
+    full = np.random.default_rng(0).standard_normal((23, 5)).astype(np.float16)
+    rows = ShardRows([full[:7], full[7:8], full[8:]])
+    assert rows.shape == (23, 5) and len(rows) == 23
+    ids = np.array([[22, 0, 7], [8, 6, 7]])
+    np.testing.assert_array_equal(rows[ids], full[ids])
+    np.testing.assert_array_equal(rows.float16(), full)

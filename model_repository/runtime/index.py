@@ -27,10 +27,42 @@ class IndexMismatch(RuntimeError):
     """The index does not belong with this query tower, or its files are corrupt."""
 
 
+class ShardRows:
+    """The float16 vectors of an index's shards, read by row id without joining them.
+
+    Memory-mapped shards stay on disk (and in the page cache) until rows are gathered:
+    a compressed index ranks its candidates from here, so its full-precision vectors are
+    never resident next to the compressed ones.
+    """
+
+    def __init__(self, shards: list[np.ndarray]):
+        self.shards = shards
+        self.offsets = np.cumsum([0] + [s.shape[0] for s in shards])
+        self.shape = (int(self.offsets[-1]), shards[0].shape[1])
+        self.ndim, self.dtype = 2, np.dtype(np.float16)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, ids) -> np.ndarray:
+        """Rows by id (any integer array shape) -> float16 array of shape ids.shape + (D,)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        flat = ids.ravel()
+        shard = np.searchsorted(self.offsets, flat, side="right") - 1
+        out = np.empty((flat.size, self.shape[1]), dtype=np.float16)
+        for s in np.unique(shard):
+            at = shard == s
+            out[at] = self.shards[s][flat[at] - self.offsets[s]]
+        return out.reshape(*ids.shape, self.shape[1])
+
+    def float16(self) -> np.ndarray:
+        return np.concatenate(self.shards).astype(np.float16, copy=False)
+
+
 @dataclasses.dataclass
 class LoadedIndex:
     manifest: dict
-    embeddings: np.ndarray  # (N, D) float32
+    rows: ShardRows  # (N, D) float16, by row id; memory-mapped when loaded with mmap=True
     keys: list[str]
     titles: list[str]
     texts: list[str]
@@ -40,8 +72,13 @@ class LoadedIndex:
     def version(self) -> str:
         return self.manifest["index_version"]
 
+    @property
+    def embeddings(self) -> np.ndarray:
+        """(N, D) float32, built on each access: the numpy search and the tools; GPU searches take ``rows``."""
+        return self.rows.float16().astype(np.float32)
+
     def __len__(self) -> int:
-        return self.embeddings.shape[0]
+        return len(self.rows)
 
 
 def read_manifest(folder: Path) -> dict:
@@ -59,8 +96,11 @@ def _verified(folder: Path, entry: dict) -> Path:
     return path
 
 
-def load_index(folder: Path | str, query_tower_fingerprint: str) -> LoadedIndex:
-    """Load and verify an index; refuse one that pairs with another query tower."""
+def load_index(folder: Path | str, query_tower_fingerprint: str, mmap: bool = False) -> LoadedIndex:
+    """Load and verify an index; refuse one that pairs with another query tower.
+
+    ``mmap``: the float16 shards stay memory-mapped instead of read into memory.
+    """
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest.get("format") != FORMAT_VERSION:
@@ -71,13 +111,12 @@ def load_index(folder: Path | str, query_tower_fingerprint: str) -> LoadedIndex:
             f"{folder}: index pairs with query tower {paired}, but this deployment's query tower is "
             f"{query_tower_fingerprint}; rebuild the index or deploy the matching query tower"
         )
-    shards = [np.load(_verified(folder, s)) for s in manifest["shards"]]
-    embeddings = np.concatenate(shards).astype(np.float32)
+    rows = ShardRows([np.load(_verified(folder, s), mmap_mode="r" if mmap else None) for s in manifest["shards"]])
     docs = [json.loads(line) for line in _verified(folder, manifest["docs"]).read_text(encoding="utf-8").splitlines()]
-    if embeddings.shape != (manifest["count"], manifest["dim"]) or len(docs) != manifest["count"]:
+    if rows.shape != (manifest["count"], manifest["dim"]) or len(docs) != manifest["count"]:
         raise IndexMismatch(
             f"{folder}: manifest says {manifest['count']} x {manifest['dim']}; "
-            f"got embeddings {embeddings.shape} and {len(docs)} documents"
+            f"got embeddings {rows.shape} and {len(docs)} documents"
         )
     compressed = None
     if manifest.get("compression"):
@@ -89,11 +128,23 @@ def load_index(folder: Path | str, query_tower_fingerprint: str) -> LoadedIndex:
     return LoadedIndex(
         compressed=compressed,
         manifest=manifest,
-        embeddings=embeddings,
+        rows=rows,
         keys=[d["key"] for d in docs],
         titles=[d["title"] for d in docs],
         texts=[d["text"] for d in docs],
     )
+
+
+def resident_bytes(manifest: dict, implementation: str) -> int:
+    """Bytes the served search keeps resident for this index: device memory for cupy and torch,
+    host memory for numpy and chunked. A compressed index keeps only its codes (and int8 scales);
+    its float16 vectors stay memory-mapped and only the candidates are read. The numpy search
+    holds float32 copies; the others float16."""
+    n, d = int(manifest["count"]), int(manifest["dim"])
+    c = manifest.get("compression")
+    if c:
+        return n * int(c["bytes_per_vector"])
+    return n * d * (4 if implementation == "numpy" else 2)
 
 
 def snippet(text: str, max_chars: int) -> str:

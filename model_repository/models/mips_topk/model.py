@@ -33,7 +33,7 @@ class TritonPythonModel:
         params = ModelParams(args["model_config"])
         self.input_names = [i["name"] for i in params.config["input"]]  # embedding, k
         self.output_names = params.output_names()
-        self.index = load_index(f"{version_folder(args)}/{params.str('index_dir')}", params.str("query_tower_fingerprint"))
+        self.index = load_index(f"{version_folder(args)}/{params.str('index_dir')}", params.str("query_tower_fingerprint"), mmap=True)
         if params.int("index_rows") != len(self.index):
             raise ValueError(f"mips_topk: config says index_rows={params.int('index_rows')}; the index has {len(self.index)}")
         implementation = params.str("implementation")
@@ -58,10 +58,11 @@ class TritonPythonModel:
             if c:  # candidates from the compressed copy, ranked exactly with the float16 vectors
                 from kernels.compressed import RescoringTopK
 
-                self.search = RescoringTopK(self.index.embeddings, c["kind"], c["codes"], c["scales"], c["rescore"], xp=self.xp)
+                self.search = RescoringTopK(self.index.rows, c["kind"], c["codes"], c["scales"], c["rescore"], xp=self.xp)
                 implementation = f"{implementation}+{c['kind']}(rescore {c['rescore']})"
             else:
-                self.search = IMPLEMENTATIONS[implementation](self.index.embeddings)
+                vectors = self.index.embeddings if implementation == "numpy" else self.index.rows.float16()  # no fp32 copy
+                self.search = IMPLEMENTATIONS[implementation](vectors)
             self.search.search(self.xp.zeros((1, self.search.dim), dtype=self.xp.float32), 1)  # warm: kernels, cuBLAS handle
         # One shard of a sharded index ("i/n"): answer with global ids, and at most the
         # shard's own rows; topk_merge checks k against the whole index.
