@@ -1,4 +1,4 @@
-"""python -m benchmarks load|plan|overload|compare|topk-cpu|compression|gpu-kernels|gpu-suite.
+"""python -m benchmarks load|plan|overload|compare|topk-cpu|compression|gpu-kernels|gpu-suite|roofline.
 
 Every call to a served model goes through ``clients/`` (gRPC) and the metrics endpoint.
 The offline benchmarks (kernels, index compression) run ``kernels/`` and the serving
@@ -259,6 +259,31 @@ def cmd_gpu_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_roofline(args: argparse.Namespace) -> int:
+    from . import roofline
+
+    result = roofline.report(tower_name=args.tower, dim=args.dim, rows=args.rows, tokens=args.tokens)
+    calibration = None
+    if args.calibrate:
+        from model_repository.runtime.encoder import OnnxEncoder
+        from model_repository.runtime.text import TextTokenizer
+
+        render = json.loads((args.repository / "render.json").read_text(encoding="utf-8"))["context"]
+        tokenizer = TextTokenizer(args.repository / "tokenizer" / "1" / render["tokenizer_file"], render["max_tokens"])
+        encoder = OnnxEncoder(args.repository / "query_encoder" / "1" / render["onnx_file"])
+        queries = read_queries(Path(args.queries))[:64]
+        calibration = roofline.calibrate_cpu(encoder, tokenizer(queries), roofline.TOWERS["minilm"], rows=args.calibration_rows)
+        result["cpu_calibration"] = calibration
+    if args.gpu_kernels:
+        result["gpu_topk_comparison"] = roofline.compare_topk(json.loads(args.gpu_kernels.read_text(encoding="utf-8")), args.device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    md = roofline.markdown(result, calibration)
+    args.out.with_suffix(".md").write_text(md, encoding="utf-8")
+    print(md)
+    return 0
+
+
 def cmd_gpu_suite(args: argparse.Namespace) -> int:
     from . import gpu_suite
 
@@ -304,6 +329,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("gpu-kernels", help="pooling and top-k on a GPU: bandwidth, eager torch, FAISS GPU (needs CUDA)")
     p.add_argument("--out", type=Path, default=Path("artifacts/benchmarks/gpu-kernels.json"))
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (kernels interpreted): checks the code, measures nothing")
+    p = sub.add_parser("roofline", help="predicted QPS and memory fit per GPU (H100, H200, A100, L4) from spec figures")
+    p.add_argument("--tower", choices=["minilm", "bert-base"], default="minilm")
+    p.add_argument("--dim", type=int, default=384, help="index width")
+    p.add_argument("--rows", type=int, default=1_000_000, help="index rows for the throughput table")
+    p.add_argument("--tokens", type=int, default=16, help="tokens per query")
+    p.add_argument("--calibrate", action="store_true", help="also predict and measure on this CPU (needs the built repository)")
+    p.add_argument("--calibration-rows", type=int, default=100_000)
+    p.add_argument("--repository", type=Path, default=Path("artifacts/model_repository"))
+    p.add_argument("--queries", default="artifacts/corpus/python-docs/queries.jsonl")
+    p.add_argument("--gpu-kernels", type=Path, default=None, help="a gpu-suite gpu-kernels.json: predicted vs measured top-k")
+    p.add_argument("--device", choices=["H100", "H200", "A100", "L4"], default="H100", help="the GPU of --gpu-kernels")
+    p.add_argument("--out", type=Path, default=Path("artifacts/benchmarks/roofline.json"))
     from . import gpu_suite
 
     gpu_suite.add_arguments(sub.add_parser("gpu-suite", help="everything a GPU session measures: env, gpu tests, kernels, served sweep"))
@@ -311,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "compare": cmd_compare,
                 "topk-cpu": cmd_topk_cpu, "compression": cmd_compression, "gpu-kernels": cmd_gpu_kernels,
-                "gpu-suite": cmd_gpu_suite}[args.command](args)
+                "gpu-suite": cmd_gpu_suite, "roofline": cmd_roofline}[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
