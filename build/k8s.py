@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jinja2
 
-from model_repository.launcher import policy_flags
+from model_repository.launcher import DEFAULT_CUDA_POOL_BYTES, policy_flags
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "scalingnote.yaml.j2"
 
@@ -28,6 +28,7 @@ class ClusterSettings:
     repository_claim: str = "scalingnote-models"  # a PVC holding the rendered model repository
     repository_mount: str = "/models"
     startup_failures: int = 60  # x 10 s: loading the index and engine may take minutes
+    cuda_pool_bytes: int = DEFAULT_CUDA_POOL_BYTES  # per GPU; launcher.cuda_pool_bytes() sizes it for a repository
 
 
 def render_manifests(settings: ClusterSettings) -> str:
@@ -35,5 +36,6 @@ def render_manifests(settings: ClusterSettings) -> str:
         raise ValueError(f"replicas must be >= 1 and gpus >= 0; got {settings.replicas}, {settings.gpus}")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
-    server_args = ["tritonserver", f"--model-repository={settings.repository_mount}", *policy_flags()]
+    pools = {gpu: settings.cuda_pool_bytes for gpu in range(settings.gpus)}
+    server_args = ["tritonserver", f"--model-repository={settings.repository_mount}", *policy_flags(cuda_pools=pools)]
     return env.get_template(TEMPLATE.name).render({**dataclasses.asdict(settings), "server_args": server_args})

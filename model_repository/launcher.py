@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -39,13 +40,43 @@ LOOPBACK = "127.0.0.1"
 _CUDA_NOISE = re.compile(r"CUDA driver version is insufficient|CudaDriverHelper has not been initialized")
 
 
-def policy_flags(model_control: str = "explicit") -> list[str]:
+MIB = 1 << 20
+
+
+def cuda_pool_bytes(max_batch_size: int, max_tokens: int, dim: int, in_flight: int = 4) -> int:
+    """Triton's CUDA memory pool for the tensors passed between GPU models (64 MiB by default).
+
+    The largest is last_hidden_state, float32 (B, T, D); with it input_ids and attention_mask
+    (int64) and the embedding. ``in_flight`` batches of each may sit between steps. A pool
+    that is too small makes Triton move them through pinned host memory instead."""
+    per_batch = max_batch_size * max_tokens * (dim * 4 + 2 * 8) + max_batch_size * dim * 4
+    return max(64 * MIB, -(-in_flight * per_batch // (64 * MIB)) * 64 * MIB)
+
+
+DEFAULT_CUDA_POOL_BYTES = cuda_pool_bytes(128, 256, 384)  # the default repository: all-MiniLM-L6-v2, 128 rows x 256 tokens
+
+
+def policy_flags(model_control: str = "explicit", cuda_pools: dict[int, int] | None = None) -> list[str]:
     """How every deployment runs tritonserver: this launcher, deploy/Dockerfile (checked by a test) and the
     k8s manifests (rendered from this list). Explicit model control lets ``python -m build deploy-index`` and
-    ``rollback`` switch index versions live; strict readiness is 200 only when every model is ready."""
+    ``rollback`` switch index versions live; strict readiness is 200 only when every model is ready.
+    ``cuda_pools``: GPU id -> bytes of its CUDA memory pool (GPU repositories; see ``cuda_pool_bytes``)."""
     control = ["--model-control-mode=explicit", "--load-model=*"] if model_control == "explicit" else []
+    pools = [f"--cuda-memory-pool-byte-size={gpu}:{size}" for gpu, size in sorted((cuda_pools or {}).items())]
     return [*control, "--strict-readiness=true", "--exit-on-error=true", "--allow-metrics=true",
-            "--metrics-config=summary_latencies=true"]
+            "--metrics-config=summary_latencies=true", *pools]
+
+
+def repository_cuda_pools(repository: Path) -> dict[int, int]:
+    """GPU id -> pool bytes for a rendered GPU repository (from its render.json); none for a CPU one."""
+    path = Path(repository) / "render.json"
+    if not path.exists():
+        return {}
+    context = json.loads(path.read_text(encoding="utf-8"))["context"]
+    if context.get("target") != "gpu":
+        return {}
+    size = cuda_pool_bytes(int(context["max_batch_size"]), int(context["max_tokens"]), int(context["dim"]))
+    return {gpu: size for gpu in range(max(1, int(context.get("shard_count", 0) or 0)))}
 
 
 class ServerStartError(RuntimeError):
@@ -159,7 +190,7 @@ class TritonServer:
             f"--metrics-address={c.host}",
             f"--metrics-port={c.metrics_port}",
             f"--log-verbose={c.log_verbose}",
-            *policy_flags(c.model_control),
+            *policy_flags(c.model_control, repository_cuda_pools(c.model_repository)),
             *c.extra_args,
         ]
 

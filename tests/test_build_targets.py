@@ -19,7 +19,7 @@ from build.render import ServingSettings, parse_model_config, render_configs, re
 from build.shards import split_index
 from build.tensorrt import EngineConfig, EngineConfigError, Profile, TensorRTUnavailable, build_engine, check_config
 from kernels.topk import NumpyTopK, merge_topk, mips_topk_reference
-from model_repository.launcher import policy_flags
+from model_repository.launcher import DEFAULT_CUDA_POOL_BYTES, policy_flags
 from model_repository.runtime.index import load_index
 from tests.conftest import ARTIFACTS, ROOT
 
@@ -115,7 +115,8 @@ def test_kubernetes_manifests_probe_readiness_and_request_gpus():
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
-    assert container["args"] == ["tritonserver", "--model-repository=/models", *policy_flags()]
+    pools = {0: DEFAULT_CUDA_POOL_BYTES, 1: DEFAULT_CUDA_POOL_BYTES}  # one pool per GPU of the replica
+    assert container["args"] == ["tritonserver", "--model-repository=/models", *policy_flags(cuda_pools=pools)]
     assert service["kind"] == "Service" and {p["port"] for p in service["spec"]["ports"]} == {8000, 8001, 8002}
     with pytest.raises(ValueError, match=r"replicas must be >= 1"):
         render_manifests(dataclasses.replace(ClusterSettings(), replicas=0))
@@ -124,7 +125,8 @@ def test_kubernetes_manifests_probe_readiness_and_request_gpus():
 def test_the_dockerfile_runs_tritonserver_with_the_launchers_flags():
     text = (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8")
     cmd = text[text.index("\nCMD ") + 5:].replace("\\\n", " ")
-    assert json.loads(cmd[: cmd.index("]") + 1]) == ["tritonserver", "--model-repository=/models", *policy_flags()]
+    expected = ["tritonserver", "--model-repository=/models", *policy_flags(cuda_pools={0: DEFAULT_CUDA_POOL_BYTES})]
+    assert json.loads(cmd[: cmd.index("]") + 1]) == expected
 
 
 def test_gpu_image_can_compile_triton_kernels_and_runs_with_room_for_shared_memory():

@@ -131,3 +131,18 @@ def test_shard_rows_gather_across_shards_in_any_order():
     ids = np.array([[22, 0, 7], [8, 6, 7]])
     np.testing.assert_array_equal(rows[ids], full[ids])
     np.testing.assert_array_equal(rows.float16(), full)
+
+
+def test_gpu_repositories_get_a_cuda_pool_sized_for_their_batches(tmp_path):
+    """Triton's 64 MiB default sends last_hidden_state through pinned host memory at 128 x 256 x 384."""
+    from model_repository.launcher import MIB, ServerConfig, TritonServer, cuda_pool_bytes
+
+    assert cuda_pool_bytes(128, 256, 384) == 256 * MIB  # 4 batches of 128 x 256 x 384 fp32 states + ids and masks
+    assert cuda_pool_bytes(128, 256, 768) == 448 * MIB and cuda_pool_bytes(1, 8, 8) == 64 * MIB
+    context = {"target": "gpu", "max_batch_size": 128, "max_tokens": 256, "dim": 768, "shard_count": 2}
+    (tmp_path / "render.json").write_text(json.dumps({"context": context}))
+    flags = TritonServer(ServerConfig(tmp_path, tmp_path)).command(tmp_path)
+    assert [f for f in flags if f.startswith("--cuda-memory-pool")] == [
+        f"--cuda-memory-pool-byte-size=0:{448 * MIB}", f"--cuda-memory-pool-byte-size=1:{448 * MIB}"]
+    (tmp_path / "render.json").write_text(json.dumps({"context": {**context, "target": "cpu"}}))
+    assert not [f for f in TritonServer(ServerConfig(tmp_path, tmp_path)).command(tmp_path) if "cuda-memory-pool" in f]
