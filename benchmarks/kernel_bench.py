@@ -136,7 +136,9 @@ def _plot_compression(result: dict, path: Path, k: int) -> None:
     plt.close(fig)
 
 
-POOL_SHAPES = ((64, 512, 768), (256, 128, 1024), (4096, 64, 8192))  # B x T x D, the targets' shapes
+# B x T x D: the targets' shapes, then serving's small batches, where a grid of B programs
+# leaves most of the SMs idle (a measured question for the GPU run, not yet answered).
+POOL_SHAPES = ((64, 512, 768), (256, 128, 1024), (4096, 64, 8192), (1, 32, 384), (8, 32, 768))
 TOPK_SIZES = {"n": 1_000_000, "d": 768, "batches": (1, 32, 1024), "ks": (10, 100, 1000, 4096)}
 DRY_POOL_SHAPES = ((4, 16, 64),)
 DRY_TOPK_SIZES = {"n": 5_000, "d": 64, "batches": (1, 4), "ks": (10, 100)}
