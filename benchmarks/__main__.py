@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import planner, report, triton_metrics
-from benchmarks.common import check_loopback, read_queries, wait_healthy
+from benchmarks.common import check_loopback, read_queries, stop_process_group, wait_healthy
 from benchmarks.options import add_load_options, locust_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,12 +201,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             fixed = run_load(argparse.Namespace(**{**common, "load_mode": "open", "steps": f"{args.fixed_rps:g}",
                                                    "out": out_dir / f"compare-{system}-fixed.json"}))
         finally:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_process_group(proc)
             log.close()
         summary["systems"][system] = {
             "closed_steps": [{k: s[k] for k in ("target", "achieved_rps", "failed", "latency_ms")} for s in closed["steps"]],

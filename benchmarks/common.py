@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import signal
 import socket
+import statistics
 import subprocess
 import time
 import urllib.error
@@ -53,3 +56,25 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGINT to a server started with ``start_new_session=True`` (tritonserver drains on it), SIGKILL if it lingers."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

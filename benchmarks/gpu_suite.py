@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from benchmarks import planner
-from benchmarks.common import free_port, wait_healthy
+from benchmarks.common import free_port, stop_process_group, wait_healthy
 from model_repository.runtime.provenance import git_commit, machine, pyplot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,12 +188,7 @@ def _serve_one(out: Path, args, s: dict, shape: str) -> dict:
                               "mean_gpu_util_pct": (sum(x["util_pct"] for x in sampler.samples) / len(sampler.samples)
                                                     if sampler.samples else None)}
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc, 60)
         log.close()
     return results
 

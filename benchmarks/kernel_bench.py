@@ -12,24 +12,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import median_seconds
 from model_repository.runtime.provenance import machine, pyplot
-
-
-def _median_s(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _unit(rng, n: int, d: int) -> np.ndarray:
@@ -58,11 +46,11 @@ def topk_cpu(out: Path, n: int = 100_000, d: int = 384, batches=(1, 64), ks=(10,
         queries = _unit(rng, b, d)
         for k in ks:
             _, ref_ids = flat.search(queries, k)  # faiss returns (scores, ids)
-            row = {"batch": b, "k": k, "faiss_ms": 1e3 * _median_s(lambda: flat.search(queries, k), repeats)}
+            row = {"batch": b, "k": k, "faiss_ms": 1e3 * median_seconds(lambda: flat.search(queries, k), repeats)}
             for name, impl in ours.items():
                 ids, _ = impl.search(queries, k)
                 agree = float(np.mean([len(set(a) & set(r)) / k for a, r in zip(ids, ref_ids)]))
-                row[f"{name}_ms"] = 1e3 * _median_s(lambda impl=impl: impl.search(queries, k), repeats)
+                row[f"{name}_ms"] = 1e3 * median_seconds(lambda impl=impl: impl.search(queries, k), repeats)
                 row[f"{name}_speedup_vs_faiss"] = row["faiss_ms"] / row[f"{name}_ms"]
                 row[f"{name}_agreement_with_faiss"] = agree
             rows.append(row)
@@ -165,7 +153,7 @@ def gpu_kernels(out: Path, repeats: int = 50, dry_run: bool = False) -> dict:
         for _ in range(2 if dry_run else 5):
             fn()
         if dry_run:
-            return 1e3 * _median_s(fn, repeats, warmup=0)
+            return 1e3 * median_seconds(fn, repeats, warmup=0)
         torch.cuda.synchronize()
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -241,7 +229,7 @@ def gpu_kernels(out: Path, repeats: int = 50, dry_run: bool = False) -> dict:
                 row[f"{name}_pct_of_floor"] = 100 * row["floor_ms"] / ms
             if flat is not None and k <= 2048:
                 qn = q.cpu().numpy()
-                row["faiss_ms"] = 1e3 * _median_s(lambda: flat.search(qn, k), 5, warmup=1)
+                row["faiss_ms"] = 1e3 * median_seconds(lambda: flat.search(qn, k), 5, warmup=1)
             result["topk"].append(row)
             print(json.dumps(row), flush=True)
     _write(out, result, "```\n" + json.dumps(result, indent=2) + "\n```\n")

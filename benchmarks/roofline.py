@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import numpy as np
+
+from benchmarks.common import median_seconds
 
 GB = 1e9
 GIB = 1024**3
@@ -135,13 +136,7 @@ def calibrate_cpu(encoder, queries_ids: tuple[np.ndarray, np.ndarray], tower: To
 
     ``encoder``: the ONNX encoder callable (ids, mask) -> hidden states; ``queries_ids``: a tokenized batch."""
     def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return float(np.median(times))
+        return median_seconds(fn, repeats, warmup=1)
 
     rng = np.random.default_rng(0)
     m = rng.standard_normal((1024, 1024), dtype=np.float32)
