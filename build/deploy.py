@@ -30,6 +30,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from model_repository.launcher import GRPC_ADMIN_HEADER  # a server off loopback restricts model control to this header
 from model_repository.runtime.files import atomic_write_text
 from model_repository.runtime.index import IndexMismatch, load_index, read_manifest, resident_bytes
 
@@ -80,9 +81,19 @@ def _query_tower(repository: Path) -> str:
 
 
 def _client(url: str):
+    import os
+
     import tritonclient.grpc as grpcclient
 
-    return grpcclient.InferenceServerClient(url)
+    root = os.environ.get("SN_TLS_ROOT_CERT")
+    return grpcclient.InferenceServerClient(url, ssl=True, root_certificates=root) if root else grpcclient.InferenceServerClient(url)
+
+
+def _admin_headers() -> dict | None:
+    import os
+
+    key = os.environ.get("SN_ADMIN_KEY")
+    return {GRPC_ADMIN_HEADER: key} if key else None
 
 
 def _load(url: str, timeout_s: float) -> None:
@@ -90,7 +101,7 @@ def _load(url: str, timeout_s: float) -> None:
 
     with _client(url) as client:
         try:
-            client.load_model(MODEL, client_timeout=timeout_s)
+            client.load_model(MODEL, headers=_admin_headers(), client_timeout=timeout_s)
         except InferenceServerException as e:
             raise DeployError(f"Triton refused to load {MODEL}: {e.message()}") from None
 
@@ -98,7 +109,7 @@ def _load(url: str, timeout_s: float) -> None:
 def serving_version(url: str) -> int:
     """The newest ready version of mips_topk on the server."""
     with _client(url) as client:
-        index = client.get_model_repository_index(as_json=True).get("models", [])
+        index = client.get_model_repository_index(headers=_admin_headers(), as_json=True).get("models", [])
     ready = [int(m["version"]) for m in index if m.get("name") == MODEL and m.get("state") == "READY" and m.get("version")]
     if not ready:
         raise DeployError(f"no version of {MODEL} is ready on {url}")

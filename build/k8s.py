@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jinja2
 
-from model_repository.launcher import DEFAULT_CUDA_POOL_BYTES, policy_flags
+from model_repository.launcher import DEFAULT_CUDA_POOL_BYTES, policy_flags, restriction_flags
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "scalingnote.yaml.j2"
 
@@ -29,6 +29,7 @@ class ClusterSettings:
     repository_mount: str = "/models"
     startup_failures: int = 60  # x 10 s: loading the index and engine may take minutes
     cuda_pool_bytes: int = DEFAULT_CUDA_POOL_BYTES  # per GPU; launcher.cuda_pool_bytes() sizes it for a repository
+    admin_secret: str = "scalingnote-admin"  # a Secret whose key 'admin-key' guards model control (pods bind beyond loopback)
 
 
 def render_manifests(settings: ClusterSettings) -> str:
@@ -37,5 +38,7 @@ def render_manifests(settings: ClusterSettings) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
     pools = {gpu: settings.cuda_pool_bytes for gpu in range(settings.gpus)}
-    server_args = ["tritonserver", f"--model-repository={settings.repository_mount}", *policy_flags(cuda_pools=pools)]
+    # $(SN_ADMIN_KEY) is expanded by Kubernetes from the container's environment (the Secret).
+    server_args = ["tritonserver", f"--model-repository={settings.repository_mount}", *policy_flags(cuda_pools=pools),
+                   *restriction_flags("$(SN_ADMIN_KEY)")]
     return env.get_template(TEMPLATE.name).render({**dataclasses.asdict(settings), "server_args": server_args})

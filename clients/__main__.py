@@ -18,10 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("-k", type=int, default=5, help="documents per query (default: 5)")
     query.add_argument("--url", default=DEFAULT_URL, help=f"gRPC address of the server (default: {DEFAULT_URL})")
     query.add_argument("--timeout", type=float, default=30.0, help="seconds before the request is abandoned")
+    query.add_argument("--tls-root-cert", default=None, help="PEM root certificate: talk to a TLS server")
     args = parser.parse_args(argv)
 
     try:
-        with RetrievalClient(args.url, args.timeout) as client:
+        with RetrievalClient(args.url, args.timeout, args.tls_root_cert) as client:
             result = client.retrieve(args.text, args.k)
     except InferenceServerException as e:
         print(f"error: {e.status() or ''} {e.message()}", file=sys.stderr)

@@ -59,8 +59,12 @@ def _strings(array: np.ndarray) -> list:
 
 
 class RetrievalClient:
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 30.0):
-        self.client = grpcclient.InferenceServerClient(url)
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 30.0, tls_root_cert: str | None = None):
+        """``tls_root_cert``: PEM file of the root that signed the server's certificate; gRPC then runs over TLS."""
+        if tls_root_cert:
+            self.client = grpcclient.InferenceServerClient(url, ssl=True, root_certificates=str(tls_root_cert))
+        else:
+            self.client = grpcclient.InferenceServerClient(url)
         self.timeout_s = timeout_s
 
     def close(self) -> None:

@@ -5,12 +5,13 @@ Binds to 127.0.0.1 unless --host says otherwise; stops cleanly on Ctrl-C or SIGT
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from .launcher import LOOPBACK, ServerConfig, ServerStartError, TritonServer
+from .launcher import ADMIN_HEADER, LOOPBACK, ServerConfig, ServerStartError, TritonServer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,12 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for all models to load")
     serve.add_argument("--log-verbose", type=int, default=0)
+    serve.add_argument("--allow-public-bind", action="store_true", help="allow --host beyond loopback (needs --admin-key)")
+    serve.add_argument("--tls-cert", type=Path, default=None, help="PEM server certificate: gRPC over TLS")
+    serve.add_argument("--tls-key", type=Path, default=None, help="PEM server key for --tls-cert")
+    serve.add_argument("--admin-key", default=os.environ.get("SN_ADMIN_KEY"),
+                       help=f"model control (load, unload, repository index) needs header {ADMIN_HEADER}=<key> "
+                            "(default: $SN_ADMIN_KEY); required off loopback")
     args = parser.parse_args(argv)
 
     config = ServerConfig(
         model_repository=args.repository.resolve(), workdir=args.workdir.resolve(), host=args.host,
         grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
-        ready_timeout_s=args.ready_timeout, log_verbose=args.log_verbose,
+        ready_timeout_s=args.ready_timeout, log_verbose=args.log_verbose, allow_public_bind=args.allow_public_bind,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, admin_key=args.admin_key,
     )
     server = TritonServer(config)
     print(f"starting tritonserver on {args.host} (log: {server.log_path}) ...", flush=True)

@@ -155,6 +155,58 @@ class ServerConfig:
     model_control: str = "explicit"
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] | None = None  # None: server_env(); tests pass a broken one on purpose
+    # Off loopback the server must be asked for explicitly, and its model control restricted.
+    allow_public_bind: bool = False
+    # gRPC over TLS: PEM files of the server's certificate and key (clients verify it with its root).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Load, unload and the repository index (gRPC model-repository, HTTP model-repository) and
+    # shared-memory registration need the header ADMIN_HEADER with this value; inference,
+    # health and metadata do not. Required whenever the server is not on loopback.
+    admin_key: str | None = None
+
+
+ADMIN_HEADER = "sn-admin-key"  # HTTP clients send it as is
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"  # Triton's gRPC front end expects this prefix
+RESTRICTED = "model-repository,shared-memory"
+
+
+def check_exposure(config: ServerConfig) -> None:
+    """Refuse a bind beyond loopback unless asked for, and unrestricted model control there."""
+    if is_loopback(config.host):
+        return
+    if not config.allow_public_bind:
+        raise ServerStartError(f"host {config.host!r} is not a loopback address: every port (gRPC inference, HTTP, "
+                               "metrics) would be reachable from the network; pass --allow-public-bind to mean it")
+    if not config.admin_key:
+        raise ServerStartError(f"host {config.host!r} is not on loopback: model control (load, unload) would be open to "
+                               "anyone who reaches the port; pass --admin-key (or SN_ADMIN_KEY) to restrict it")
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def security_flags(config: ServerConfig) -> list[str]:
+    flags = []
+    if config.tls_cert or config.tls_key:
+        if not (config.tls_cert and config.tls_key):
+            raise ServerStartError("TLS needs both --tls-cert and --tls-key")
+        flags += ["--grpc-use-ssl=true", f"--grpc-server-cert={config.tls_cert}", f"--grpc-server-key={config.tls_key}"]
+    if config.admin_key:
+        flags += restriction_flags(config.admin_key)
+    return flags
+
+
+def restriction_flags(admin_key: str) -> list[str]:
+    """Model control and shared-memory registration behind the admin header, on gRPC and HTTP."""
+    return [f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={admin_key}",
+            f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={admin_key}"]
 
 
 class TritonServer:
@@ -191,11 +243,13 @@ class TritonServer:
             f"--metrics-port={c.metrics_port}",
             f"--log-verbose={c.log_verbose}",
             *policy_flags(c.model_control, repository_cuda_pools(c.model_repository)),
+            *security_flags(c),
             *c.extra_args,
         ]
 
     def start(self) -> "TritonServer":
         c = self.config
+        check_exposure(c)
         if not (c.model_repository / ".").is_dir():
             raise ServerStartError(f"model repository {c.model_repository} does not exist; run `python -m build all`")
         c.workdir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from build.render import ServingSettings, parse_model_config, render_configs, re
 from build.shards import split_index
 from build.tensorrt import EngineConfig, EngineConfigError, Profile, TensorRTUnavailable, build_engine, check_config
 from kernels.topk import NumpyTopK, merge_topk, mips_topk_reference
-from model_repository.launcher import DEFAULT_CUDA_POOL_BYTES, policy_flags
+from model_repository.launcher import DEFAULT_CUDA_POOL_BYTES, policy_flags, restriction_flags
 from model_repository.runtime.index import load_index
 from tests.conftest import ARTIFACTS, ROOT
 
@@ -116,7 +116,9 @@ def test_kubernetes_manifests_probe_readiness_and_request_gpus():
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
     pools = {0: DEFAULT_CUDA_POOL_BYTES, 1: DEFAULT_CUDA_POOL_BYTES}  # one pool per GPU of the replica
-    assert container["args"] == ["tritonserver", "--model-repository=/models", *policy_flags(cuda_pools=pools)]
+    assert container["args"] == ["tritonserver", "--model-repository=/models", *policy_flags(cuda_pools=pools),
+                                 *restriction_flags("$(SN_ADMIN_KEY)")]  # model control needs the Secret's key
+    assert container["env"] == [{"name": "SN_ADMIN_KEY", "valueFrom": {"secretKeyRef": {"name": "scalingnote-admin", "key": "admin-key"}}}]
     assert service["kind"] == "Service" and {p["port"] for p in service["spec"]["ports"]} == {8000, 8001, 8002}
     with pytest.raises(ValueError, match=r"replicas must be >= 1"):
         render_manifests(dataclasses.replace(ClusterSettings(), replicas=0))
