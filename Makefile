@@ -11,6 +11,7 @@ HTTP_PORT ?= 8000
 METRICS_PORT ?= 8002
 BUILD_ARGS ?=
 PYTEST_ARGS ?=
+SERVE_ARGS ?=
 
 .PHONY: setup artifacts serve lint test train smollm2 clean
 
@@ -26,7 +27,7 @@ artifacts: setup
 	$(PY) -m build all $(BUILD_ARGS)
 
 serve: artifacts
-	$(PY) -m model_repository serve --host $(HOST) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
+	$(PY) -m model_repository serve --host $(HOST) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT) $(SERVE_ARGS)
 
 # The architecture contracts (pyproject.toml) and ruff run first: an upward import fails here.
 lint: setup
