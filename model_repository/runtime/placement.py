@@ -60,8 +60,8 @@ class Placement:
 
     def array(self, tensor):
         """The input as an array of this library on this instance's device; host inputs are copied over once."""
-        if self.library == "numpy":
-            return tensor.as_numpy() if tensor.is_cpu() else np.from_dlpack(tensor.to_dlpack())
+        if self.library == "numpy":  # a CPU instance: Triton hands it host tensors only
+            return tensor.as_numpy()
         if tensor.is_cpu():
             host = tensor.as_numpy()
             if self.library == "torch":
@@ -78,12 +78,9 @@ class Placement:
 
     def host(self, tensor) -> np.ndarray:
         """A small input (``k``) as a numpy array, from host or device memory."""
-        if tensor.is_cpu():
+        if tensor.is_cpu() or self.library == "numpy":
             return tensor.as_numpy()
-        value = self.xp.from_dlpack(tensor.to_dlpack())
-        if self.library == "torch":
-            return value.cpu().numpy()
-        return self.xp.asnumpy(value) if self.library == "cupy" else np.asarray(value)
+        return self.to_numpy(self.xp.from_dlpack(tensor.to_dlpack()))
 
     def to_numpy(self, value) -> np.ndarray:
         """A result of this library back on the host."""

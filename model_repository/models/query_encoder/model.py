@@ -15,6 +15,7 @@ TensorRT plan served by Triton's tensorrt backend, with no python at all
 from runtime import InvalidInput
 from runtime.adapter import execute_batched, input_array, version_folder
 from runtime.params import ModelParams
+from runtime.placement import Placement
 
 IMPLEMENTATIONS = ("onnx", "torch")
 
@@ -33,8 +34,8 @@ class TritonPythonModel:
             from runtime.torch_encoder import TorchEncoder
 
             device = params.str("device")
-            if device == "cuda":
-                device = f"cuda:{int(args.get('model_instance_device_id', 0) or 0)}"  # the GPU Triton gave this instance
+            if device == "cuda":  # the GPU Triton gave this instance
+                device = str(Placement.for_instance(args, "torch").device)
             self.encoder = TorchEncoder(f"{folder}/{params.str('encoder_dir')}", device, params.str("dtype"),
                                         params.int("cuda_graphs") == 1, [int(b) for b in params.str("batch_buckets").split(",")],
                                         params.int("seq_multiple"), self.max_tokens)
