@@ -196,7 +196,7 @@ def gpu_kernels(out: Path, repeats: int = 50, dry_run: bool = False) -> dict:
     index_t = torch.nn.functional.normalize(torch.randn(n, d, device=device, generator=gen), dim=1).half()
     index_bytes = index_t.numel() * 2
     copy_gbps = result["pooling"][0]["copy_GBps"]
-    searchers = {"torch": TorchTopK(index_t.cpu().numpy(), device=device)}
+    searchers = {"torch": TorchTopK(index_t, device=device)}
     try:  # CuPy 14 needs numpy >= 2; where the stub's numpy 1.x is installed it cannot load
         import cupy
 

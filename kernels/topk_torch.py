@@ -19,7 +19,8 @@ from kernels.topk import TopK
 
 class TorchTopK(TopK):
     def __init__(self, index, device: str = "cuda", tile_bytes: int = 256 << 20):
-        """``device`` 'cuda' means the current CUDA device (the instance's, under its placement scope)."""
+        """``index``: (N, D) numpy or torch. ``device`` 'cuda' means the current CUDA device (the instance's,
+        under its placement scope)."""
         import torch
 
         super().__init__(index)
@@ -27,7 +28,10 @@ class TorchTopK(TopK):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("top-k implementation 'torch' needs a CUDA device here; use numpy on the CPU")
-        self.index = torch.from_numpy(np.ascontiguousarray(index, dtype=np.float16)).to(self.device)
+        if isinstance(index, torch.Tensor):  # already on a device: no round trip through the host
+            self.index = index.to(self.device, torch.float16).contiguous()
+        else:
+            self.index = torch.from_numpy(np.ascontiguousarray(index, dtype=np.float16)).to(self.device)
         self.tile_bytes = tile_bytes
 
     def search(self, queries, k: int):
