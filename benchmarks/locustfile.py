@@ -201,7 +201,7 @@ class TritonUser(MeasuredUser):
         """Runs in a real OS thread: the blocking gRPC call and its exact duration."""
         start = time.perf_counter()
         try:
-            self.client.infer(self.options.model, texts, self.options.k if self.options.model == "retrieve" else None)
+            self.client.infer(self.options.model, texts, self.options.k)  # embed takes no k; request_inputs drops it
             return time.perf_counter() - start, None
         except Exception as e:  # noqa: BLE001 - every failure is reported, with its type
             return time.perf_counter() - start, e
