@@ -33,6 +33,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from . import supervisor
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -164,9 +166,11 @@ class ServerConfig:
     # shared-memory registration need the header ADMIN_HEADER with this value; inference,
     # health and metadata do not. Required whenever the server is not on loopback.
     admin_key: str | None = None
+    # Reload a model whose python-backend stub died; stop the server when that fails (supervisor.py).
+    supervise: bool = True
 
 
-ADMIN_HEADER = "sn-admin-key"  # HTTP clients send it as is
+ADMIN_HEADER = supervisor.ADMIN_HEADER  # "sn-admin-key"; HTTP clients send it as is
 GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"  # Triton's gRPC front end expects this prefix
 RESTRICTED = "model-repository,shared-memory"
 
@@ -215,6 +219,7 @@ class TritonServer:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.process: subprocess.Popen | None = None
+        self.supervisor: supervisor.StubSupervisor | None = None
         self.log_path = config.workdir / f"tritonserver-{config.grpc_port}.log"
 
     @property
@@ -264,6 +269,9 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        if c.supervise:
+            self.supervisor = supervisor.StubSupervisor(self.process, supervisor.Repository(self.http_url, c.admin_key))
+            self.supervisor.start()
         return self
 
     def is_ready(self) -> bool:
@@ -298,6 +306,9 @@ class TritonServer:
         )
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor.join()
         p = self.process
         if p is None or p.poll() is not None:
             return

@@ -1,0 +1,226 @@
+"""Bring back a python-backend stub that died, or take the server down so that it gets restarted.
+
+Triton 2.51's python backend never restarts a stub that dies (SIGKILL, the OOM killer, a segfault
+in a native library). Every later request to that model fails with ``Stub process '<instance>' is
+not healthy`` while ``/v2/health/live``, ``/v2/health/ready`` and the model's own ready endpoint
+all keep answering 200: an orchestrator's probes never notice, and the outage is silent and
+permanent (``tests/test_faults.py`` shows it with the supervisor off).
+
+The supervisor watches the server's child processes. Triton reaps a stub only when it unloads the
+stub's model, so a stub that exited on its own stays a zombie child. When an instance has no
+living stub for ``grace_s`` and its model is still READY, the supervisor reloads that model
+through the repository API with a config override that differs in one parameter
+(``RESTART_PARAMETER``): an unchanged config would be a no-op, a changed one makes Triton build
+fresh instances, swap them in and unload the dead ones (about 2 s for the default index).
+When ``max_attempts`` reloads in a row fail, it stops the server (SIGTERM, then SIGKILL): liveness
+fails and the orchestrator restarts the pod, instead of routing traffic to a server that answers
+only errors.
+
+Standard library only: the serving image runs it as ``python3 supervisor.py [options] -- tritonserver ...``
+(deploy/Dockerfile, the k8s manifests); ``python -m model_repository serve`` runs it as a thread.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+STUB = "triton_python_backend_stub"
+RESTART_PARAMETER = "sn_supervisor_restart"  # the one config field a restart changes
+ADMIN_HEADER = "sn-admin-key"  # the launcher's; a restricted repository API needs it
+IMAGE_PATH = "/opt/scalingnote/supervisor.py"  # where deploy/Dockerfile puts this file
+IMAGE_COMMAND = ["python3", IMAGE_PATH, "--"]  # what the image and the k8s manifests put before tritonserver
+
+
+@dataclasses.dataclass(frozen=True)
+class Stub:
+    pid: int
+    model: str
+    instance: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """What the supervisor did, for logs and tests: kind is crashed, restarted, failed or gave_up."""
+    at: float  # time.monotonic()
+    kind: str
+    model: str
+    detail: str = ""
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of a process, or None when it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
+    return fields[0], int(fields[1])
+
+
+def living_stubs(server_pid: int) -> dict[int, Stub]:
+    """The server's stub children that are running (not zombies), by pid."""
+    stubs = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        stat = _stat(pid)
+        if stat is None or stat[1] != server_pid or stat[0] in ("Z", "X"):
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        # stub  MODEL_DIR/VERSION/model.py  shm-region  shm-size  shm-growth  parent-pid  backend-dir  ipc  INSTANCE  ...
+        if len(args) > 8 and Path(args[0]).name == STUB:
+            model = Path(args[1]).parent.parent.name
+            if args[8] != model:  # named after the model itself: the short-lived stub a load runs its config through
+                stubs[pid] = Stub(pid, model, args[8])
+    return stubs
+
+
+class Repository:
+    """The few HTTP calls the supervisor makes to tritonserver."""
+
+    def __init__(self, http_url: str, admin_key: str | None = None, timeout_s: float = 120.0):
+        self.url = http_url.rstrip("/")
+        self.headers = {"Content-Type": "application/json", **({ADMIN_HEADER: admin_key} if admin_key else {})}
+        self.timeout_s = timeout_s
+
+    def _call(self, path: str, body: dict | None = None) -> bytes:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, headers=self.headers, method="GET" if body is None else "POST")
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            return response.read()
+
+    def ready_models(self) -> set[str]:
+        return {m["name"] for m in json.loads(self._call("/v2/repository/index", {"ready": True}))
+                if m.get("state") == "READY"}
+
+    def reload(self, model: str, generation: int) -> None:
+        """Rebuild every instance of ``model`` from the config it serves with now."""
+        config = json.loads(self._call(f"/v2/models/{model}/config"))
+        config.setdefault("parameters", {})[RESTART_PARAMETER] = {"string_value": str(generation)}
+        self._call(f"/v2/repository/models/{model}/load", {"parameters": {"config": json.dumps(config)}})
+
+
+class StubSupervisor(threading.Thread):
+    """Watches ``server``'s stubs every ``interval_s`` until stop() or the server exits."""
+
+    def __init__(self, server: subprocess.Popen, repository: Repository, *, interval_s: float = 0.25,
+                 grace_s: float = 0.5, max_attempts: int = 3, log=print):
+        super().__init__(name="stub-supervisor", daemon=True)
+        self.server, self.repository = server, repository
+        self.interval_s, self.grace_s, self.max_attempts = interval_s, grace_s, max_attempts
+        self.log = log
+        self.events: list[Event] = []
+        self._known: dict[str, str] = {}  # instance -> model, for every instance ever seen alive
+        self._missing_since: dict[str, float] = {}  # instance -> when it was first seen without a stub
+        self._generation = 0
+        self._failures: dict[str, int] = {}
+        self._next_try: dict[str, float] = {}  # model -> not before (backoff after a failed reload)
+        self._halt = threading.Event()
+        # Seen now, while the server is ready: a stub that dies before the first check still counts.
+        self._known.update({stub.instance: stub.model for stub in living_stubs(server.pid).values()})
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def _event(self, kind: str, model: str, detail: str = "") -> None:
+        self.events.append(Event(time.monotonic(), kind, model, detail))
+        self.log(f"supervisor: {kind} {model}{': ' + detail if detail else ''}", flush=True)
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval_s) and self.server.poll() is None:
+            try:
+                self.check()
+            except Exception as e:  # a probe that failed once must not end the supervision
+                self.log(f"supervisor: check failed: {e!r}", flush=True)
+
+    def check(self) -> None:
+        alive = {stub.instance: stub.model for stub in living_stubs(self.server.pid).values()}
+        self._known.update(alive)
+        now = time.monotonic()
+        for instance in list(self._missing_since):
+            if instance in alive:
+                del self._missing_since[instance]
+        lost = {}
+        for instance, model in self._known.items():
+            if instance not in alive:
+                since = self._missing_since.setdefault(instance, now)
+                if now - since >= self.grace_s:
+                    lost.setdefault(model, []).append(instance)
+        if not lost:
+            return
+        ready = self.repository.ready_models()
+        for model, instances in lost.items():
+            if model not in ready:  # unloaded on purpose: its instances are gone for good
+                for instance in instances:
+                    self._known.pop(instance, None)
+                    self._missing_since.pop(instance, None)
+                continue
+            if now >= self._next_try.get(model, 0.0):
+                self._restart(model, instances)
+
+    def _restart(self, model: str, instances: list[str]) -> None:
+        self._event("crashed", model, f"no living stub for {', '.join(sorted(instances))}")
+        self._generation += 1
+        try:
+            self.repository.reload(model, self._generation)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            detail = e.read().decode(errors="replace") if isinstance(e, urllib.error.HTTPError) else repr(e)
+            self._failures[model] = self._failures.get(model, 0) + 1
+            self._event("failed", model, f"reload {self._failures[model]}/{self.max_attempts}: {detail}")
+            self._next_try[model] = time.monotonic() + self.grace_s * 2 ** self._failures[model]
+            if self._failures[model] >= self.max_attempts:
+                self._event("gave_up", model, "stopping the server so that liveness fails and it is restarted")
+                terminate(self.server)
+            return
+        self._failures.pop(model, None)
+        self._next_try.pop(model, None)
+        for instance in instances:  # the new stubs bring their names back on the next check
+            self._known.pop(instance, None)
+            self._missing_since.pop(instance, None)
+        self._event("restarted", model)
+
+
+def terminate(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a tritonserver command line under supervision; exit with its exit code."""
+    parser = argparse.ArgumentParser(prog="supervisor.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--http-url", default="http://127.0.0.1:8000", help="the server's HTTP endpoint (the pod's loopback)")
+    parser.add_argument("--admin-key", default=os.environ.get("SN_ADMIN_KEY"), help="header value for a restricted repository API")
+    parser.add_argument("--max-attempts", type=int, default=3)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- tritonserver ARGS...")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give the server's command line after --")
+    server = subprocess.Popen(command)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the orchestrator's stop reaches the server, which drains
+        signal.signal(sig, lambda s, _: server.send_signal(s))
+    StubSupervisor(server, Repository(args.http_url, args.admin_key), max_attempts=args.max_attempts).start()
+    return server.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Faults under load, against a real tritonserver: a python-backend stub killed, a stub that cannot
+come back, a server restart. Each test runs 8 clients, counts the failed requests and the time back
+to service, and writes them to artifacts/faults/<test>.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from clients.retrieval import RetrievalClient, RetryPolicy
+from model_repository.launcher import TritonServer
+from model_repository.supervisor import living_stubs
+from tests.conftest import ROOT, start_server
+from tests.traffic import Traffic, write_result
+
+STUB_MODELS = ("tokenizer", "query_encoder", "pool_normalize", "mips_topk")
+K = 5
+
+
+@pytest.fixture(scope="module")
+def supervised(repository, tmp_path_factory):
+    server = start_server(repository, tmp_path_factory.mktemp("faults"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def baseline(supervised, queries) -> dict[str, tuple[list[str], list[float]]]:
+    """Each query's answer before any fault: text -> (keys, scores)."""
+    with RetrievalClient(supervised.grpc_url) as c:
+        return {t: ([h.key for h in r], [h.score for h in r]) for t in queries[:16] for r in c.retrieve([t], k=K).hits}
+
+
+def _answer(texts):
+    def call(client, i):
+        text = texts[i % len(texts)]
+        hits = client.retrieve([text], k=K).hits[0]
+        return text, [h.key for h in hits], [h.score for h in hits]
+    return call
+
+
+def _same(keys, scores, want_keys, want_scores) -> bool:
+    """Same documents in the same order; two documents within 1e-4 may swap (batch padding noise)."""
+    return all(k == wk or abs(s - ws) < 1e-4 for k, s, wk, ws in zip(keys, scores, want_keys, want_scores))
+
+
+def _kill_stub(server: TritonServer, model: str) -> float:
+    stubs = [s for s in living_stubs(server.process.pid).values() if s.model == model]
+    assert stubs, f"no stub of {model} under tritonserver {server.process.pid}"
+    os.kill(stubs[0].pid, signal.SIGKILL)
+    return time.monotonic()
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout_s} s"
+        time.sleep(0.05)
+
+
+def _health(server: TritonServer, path: str) -> int | str:
+    try:
+        with urllib.request.urlopen(f"{server.http_url}{path}", timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        return type(e).__name__
+
+
+@pytest.mark.parametrize("model", STUB_MODELS)
+def test_a_killed_stub_is_back_within_seconds(supervised, baseline, model):
+    texts = list(baseline)
+    with Traffic(supervised.grpc_url, _answer(texts)) as traffic:
+        time.sleep(1.0)
+        fault_at = _kill_stub(supervised, model)
+        _wait_for(lambda: any(e.kind == "restarted" and e.model == model and e.at > fault_at
+                              for e in supervised.supervisor.events), 30, f"the restart of {model}")
+        time.sleep(2.0)
+    result = traffic.summary(fault_at)
+    result["supervisor"] = [{**dataclasses.asdict(e), "at": round(e.at - fault_at, 3)}
+                            for e in supervised.supervisor.events if e.at > fault_at]
+    write_result(f"stub-killed-{model}", result)
+    assert result["recovery_s"] is not None and result["recovery_s"] <= 10.0, result
+    late = [c for c in traffic.failures if c.start > fault_at + result["recovery_s"]]
+    assert not late, f"calls failed after the recovery: {late[:3]}"
+    wrong = [c.value for c in traffic.calls if not c.error and not _same(*c.value[1:], *baseline[c.value[0]])]
+    assert not wrong, f"{len(wrong)} answers differ from before the fault: {wrong[:2]}"
+    assert supervised.is_ready() and _health(supervised, "/v2/health/live") == 200
+    assert sum(1 for c in traffic.calls if not c.error and c.start > fault_at + result["recovery_s"]) > 20
+
+
+def test_without_the_supervisor_a_killed_stub_is_a_silent_outage(repository, tmp_path):
+    """Why the supervisor exists: Triton 2.51 never restarts a dead stub, and all its health endpoints stay 200.
+    If a later Triton fixes this, this test fails and the supervisor may go."""
+    server = start_server(repository, tmp_path, supervise=False, extra_args=("--exit-timeout-secs=3",))
+    try:
+        _kill_stub(server, "mips_topk")
+        time.sleep(1.0)
+        with RetrievalClient(server.grpc_url) as c:
+            for _ in range(3):
+                with pytest.raises(Exception, match="Stub process 'mips_topk_0_0' is not healthy"):
+                    c.retrieve(["how do I copy a file"], k=K)
+        assert [_health(server, p) for p in ("/v2/health/live", "/v2/health/ready", "/v2/models/mips_topk/ready")] == [200] * 3
+    finally:
+        server.stop(timeout_s=10)
+
+
+def test_a_stub_that_cannot_come_back_takes_the_server_down(repository, tmp_path):
+    """When the reload fails (here: model.py broken after start), liveness must fail so that the pod restarts."""
+    repo = tmp_path / "repo"
+    shutil.copytree(repository, repo, copy_function=os.link)
+    server = start_server(repo, tmp_path / "work", extra_args=("--exit-timeout-secs=3",))
+    try:
+        model_py = repo / "mips_topk" / "1" / "model.py"
+        model_py.unlink()  # a hard link: never write through it into the shared repository
+        model_py.write_text("raise RuntimeError('broken on purpose by test_faults')\n", encoding="utf-8")
+        fault_at = _kill_stub(server, "mips_topk")
+        server.process.wait(timeout=60)
+        down_s = time.monotonic() - fault_at
+        events = [(e.kind, e.model) for e in server.supervisor.events]
+        write_result("stub-cannot-restart", {"server_exit_s": round(down_s, 2), "events": events,
+                                             "exit_code": server.process.returncode})
+        assert events[0] == ("crashed", "mips_topk") and events[-1] == ("gave_up", "mips_topk")
+        assert [kind for kind, _ in events].count("failed") == 3
+        assert _health(server, "/v2/health/live") != 200
+    finally:
+        server.stop(timeout_s=10)
+
+
+def test_a_server_restart_under_load_fails_no_call_that_could_wait(repository, tmp_path, queries):
+    """Clients retry UNAVAILABLE with capped, jittered backoff under a 60 s deadline: a restart costs
+    latency, never a failed call; the retries are counted."""
+    first = start_server(repository, tmp_path)
+    config = dataclasses.replace(first.config)
+    texts = queries[:16]
+    retry = RetryPolicy(deadline_s=60.0, initial_backoff_s=0.05, max_backoff_s=1.0)
+    second = None
+    try:
+        with Traffic(first.grpc_url, _answer(texts), retry=retry) as traffic:
+            time.sleep(1.0)
+            fault_at = time.monotonic()
+            first.stop()
+            second = TritonServer(config).start()
+            back_at = time.monotonic()
+            time.sleep(2.0)
+        result = traffic.summary(fault_at, window_s=back_at - fault_at)
+        result.update(restart_s=round(back_at - fault_at, 2), retry_policy=dataclasses.asdict(retry) | {"retry_on": sorted(retry.retry_on)})
+        write_result("server-restart", result)
+        assert not traffic.failures, f"{len(traffic.failures)} calls failed: {sorted({c.error for c in traffic.failures})[:3]}"
+        assert max(c.end for c in traffic.calls) > back_at, "no call was served by the restarted server"
+        assert traffic.retries > 0
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_the_client_raises_every_other_error_at_once(server):
+    """Retries are for a server coming and going: a bad request or a model this client never reached fails at once."""
+    from tritonclient.utils import InferenceServerException
+
+    with RetrievalClient(server.grpc_url, retry=RetryPolicy(deadline_s=30.0)) as c:
+        for call, status in ((lambda: c.retrieve(["a query"], k=0), "StatusCode.INVALID_ARGUMENT"),
+                             (lambda: c._infer("retreive", ["a query"]), "StatusCode.NOT_FOUND")):
+            start = time.monotonic()
+            with pytest.raises(InferenceServerException) as raised:
+                call()
+            assert raised.value.status() == status and time.monotonic() - start < 2.0
+        assert c.retries == 0
+
+
+def test_the_image_entrypoint_supervises_a_server_it_starts(repository, tmp_path):
+    """deploy/Dockerfile and the k8s pods run `python3 supervisor.py -- tritonserver ...`: run that very
+    command line (stdlib only, as a script), kill a stub, see it come back; SIGTERM stops both."""
+    import subprocess
+    import sys
+
+    from model_repository.launcher import ServerConfig, free_port, prepare_backends, server_env
+    from model_repository.supervisor import IMAGE_COMMAND
+
+    config = ServerConfig(model_repository=repository, workdir=tmp_path, grpc_port=free_port(), http_port=free_port(),
+                          metrics_port=free_port(), extra_args=("--exit-timeout-secs=3",))
+    server = TritonServer(config)
+    command = [sys.executable, str(ROOT / "model_repository" / "supervisor.py"), "--http-url", server.http_url,
+               *IMAGE_COMMAND[2:], *server.command(prepare_backends(tmp_path))]
+    log = open(tmp_path / "supervisor.log", "wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
+    try:
+        _wait_for(server.is_ready, 120, "the supervised server's readiness")
+        tritonserver = [int(p) for p in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()]
+        assert len(tritonserver) == 1
+        server.process = type("P", (), {"pid": tritonserver[0]})()
+        _kill_stub(server, "query_encoder")
+        _wait_for(lambda: b"restarted query_encoder" in (tmp_path / "supervisor.log").read_bytes(), 30, "the restart")
+        with RetrievalClient(server.grpc_url) as c:
+            assert len(c.retrieve(["how do I copy a file"], k=K).hits[0]) == K
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0  # the server drained and exited cleanly; the supervisor passed its code on
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()

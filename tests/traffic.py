@@ -1,0 +1,112 @@
+"""Steady client traffic for fault tests: every call's start, end, answer and error, and what they add up to.
+
+``Traffic`` runs N threads, each with its own ``RetrievalClient``, calling ``call(client, i)`` in a
+loop until stopped. ``summary`` counts failures and measures the recovery after a fault; the fault
+tests write it to ``artifacts/faults/<name>.json`` (``write_result``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from clients.retrieval import NO_RETRY, RetrievalClient, RetryPolicy
+from tests.conftest import ARTIFACTS
+
+RESULTS = ARTIFACTS / "faults"
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    start: float  # time.monotonic()
+    end: float
+    value: Any = None
+    error: str | None = None
+
+    @property
+    def ms(self) -> float:
+        return (self.end - self.start) * 1e3
+
+
+class Traffic:
+    def __init__(self, url: str, call: Callable[[RetrievalClient, int], Any], clients: int = 8,
+                 retry: RetryPolicy = NO_RETRY, timeout_s: float = 30.0):
+        self.url, self.call, self.clients, self.retry, self.timeout_s = url, call, clients, retry, timeout_s
+        self.calls: list[Call] = []
+        self.retries = 0  # attempts the clients repeated (RetryPolicy)
+        self._halt = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(clients)]
+
+    def _run(self, n: int) -> None:
+        with RetrievalClient(self.url, timeout_s=self.timeout_s, retry=self.retry, seed=n) as client:
+            i = n
+            while not self._halt.is_set():
+                start = time.monotonic()
+                try:
+                    value = self.call(client, i)
+                    self.calls.append(Call(start, time.monotonic(), value))
+                except Exception as e:  # noqa: BLE001 - every failure is counted and reported
+                    self.calls.append(Call(start, time.monotonic(), error=f"{type(e).__name__}: {e}"[:300]))
+                i += self.clients
+            self.retries += client.retries
+
+    def __enter__(self) -> "Traffic":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._halt.set()
+        for t in self._threads:
+            t.join(timeout=self.timeout_s + 30)
+
+    @property
+    def failures(self) -> list[Call]:
+        return [c for c in self.calls if c.error]
+
+    def summary(self, fault_at: float | None = None, window_s: float = 2.0) -> dict:
+        """Counts and latencies; with ``fault_at``: failures after it, the time back to service
+        (from the fault to the start of the first call from which on every call succeeded) and the
+        latencies of the calls that started within ``window_s`` of it."""
+        calls = sorted(self.calls, key=lambda c: c.start)
+        ms = np.array([c.ms for c in calls if not c.error]) if calls else np.zeros(0)
+        out = {"clients": self.clients, "requests": len(calls), "failed": len(self.failures), "retries": self.retries,
+               "errors": sorted({c.error for c in self.failures})[:5],
+               "latency_ms": _percentiles(ms)}
+        if fault_at is not None:
+            after = [c for c in calls if c.end >= fault_at]
+            last_bad = max((i for i, c in enumerate(after) if c.error), default=None)
+            back = after[last_bad + 1].start if last_bad is not None and last_bad + 1 < len(after) else None
+            near = np.array([c.ms for c in calls if abs(c.start - fault_at) <= window_s and not c.error])
+            if last_bad is None:
+                recovery = 0.0
+            else:  # None: never back within the run
+                recovery = None if back is None else round(max(0.0, back - fault_at), 3)
+            out.update({
+                "failed_after_fault": sum(1 for c in after if c.error),
+                "recovery_s": recovery,
+                f"latency_ms_within_{window_s:g}s_of_fault": _percentiles(near),
+            })
+        return out
+
+
+def _percentiles(ms: np.ndarray) -> dict:
+    if not len(ms):
+        return {"n": 0}
+    return {"n": int(len(ms)), "p50": round(float(np.percentile(ms, 50)), 2), "p99": round(float(np.percentile(ms, 99)), 2),
+            "max": round(float(ms.max()), 2)}
+
+
+def write_result(name: str, result: dict) -> Path:
+    """artifacts/faults/<name>.json: what a fault cost, for the closing note and benchmarks/results."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"test": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}, indent=2) + "\n",
+                    encoding="utf-8")
+    print(f"{name}: {json.dumps(result)}")
+    return path
