@@ -7,10 +7,15 @@ version next to the old one, switches to it once it is ready, and unloads the ol
 after its in-flight requests. If the new version fails to load (a manifest that pairs
 with another query tower, a failed checksum), the old version keeps serving and the
 failed folder is moved out of the repository. The tool checks both before it touches
-the repository; the server's own refusal is the backstop. Triton 2.51 keeps a record
-of a version that failed to load, so under ``--strict-readiness`` the server reports
-not-ready (while still answering with the old version) until the next successful
-deployment or a restart.
+the repository; the server's own refusal is the backstop.
+
+Triton 2.51 keeps the record of a version that failed to load, and under
+``--strict-readiness`` that record alone makes ``/v2/health/ready`` fail although the old
+version answers every request: on k8s, a bad upload would take every pod out of service.
+Reloading does not clear it; only a successful load of that version number does. So after
+a refusal the tool republishes the serving version's files (hard links) under the failed
+version's number and loads it: the server swaps to identical content and is ready again
+(``tests/test_deploy.py``). ``deployments.jsonl`` records both.
 
 Rollback retires the newest version folder and loads the model again, so the
 previous version serves. Both need the server started with
@@ -144,9 +149,38 @@ def deploy_index(repository: Path, index_dir: Path, url: str, verify: bool = Tru
         (repository / MODEL / str(new)).rename(failed)
         atomic_write_text(repository / MODEL / "config.pbtxt", old_config)
         _log(repository, {"event": "deploy-failed", "version": new, "index": manifest.get("index_version"), "error": str(e)})
-        raise DeployError(f"{e}\nversion {current[-1]} keeps serving; the failed version was moved to {failed}") from None
+        serving = _republish(repository, current[-1], new, url, timeout_s)
+        raise DeployError(f"{e}\nversion {current[-1]} kept serving and the failed version was moved to {failed}; {serving}") from None
     _log(repository, {"event": "deploy", "version": new, "index": manifest["index_version"], "from": str(index_dir)})
     return new
+
+
+def _republish(repository: Path, serving: int, failed: int, url: str, timeout_s: float) -> str:
+    """Load a copy of version ``serving`` as version ``failed``: clears Triton's failure record (see the module doc)."""
+    staging = _bookkeeping(repository) / "staging" / f"{MODEL}-{failed}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(repository / MODEL / str(serving), staging, ignore=shutil.ignore_patterns("__pycache__"), copy_function=os.link)
+    staging.rename(repository / MODEL / str(failed))
+    try:
+        _write_config_for(repository, failed)
+        _load(url, timeout_s)
+        _wait_ready(url, timeout_s)
+    except (DeployError, OSError) as e:
+        _log(repository, {"event": "republish-failed", "version": failed, "copy_of": serving, "error": str(e)})
+        return f"republishing it as version {failed} to clear the server's failure record failed too ({e}): readiness may stay false"
+    _log(repository, {"event": "republish", "version": failed, "copy_of": serving, "index": index_of_version(repository, serving)})
+    return f"version {failed} now serves a copy of version {serving}, and the server reports ready"
+
+
+def _wait_ready(url: str, timeout_s: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    with _client(url) as client:
+        while not client.is_server_ready():
+            if time.monotonic() > deadline:
+                raise DeployError(f"the server at {url} did not report ready within {timeout_s:.0f} s")
+            time.sleep(0.1)
 
 
 def rollback(repository: Path, url: str, timeout_s: float = 300.0) -> int:
