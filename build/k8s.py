@@ -12,6 +12,7 @@ from pathlib import Path
 import jinja2
 
 from model_repository.launcher import DEFAULT_CUDA_POOL_BYTES, policy_flags, restriction_flags
+from model_repository.supervisor import IMAGE_COMMAND
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "scalingnote.yaml.j2"
 
@@ -39,6 +40,8 @@ def render_manifests(settings: ClusterSettings) -> str:
                              keep_trailing_newline=True)
     pools = {gpu: settings.cuda_pool_bytes for gpu in range(settings.gpus)}
     # $(SN_ADMIN_KEY) is expanded by Kubernetes from the container's environment (the Secret).
-    server_args = ["tritonserver", f"--model-repository={settings.repository_mount}", *policy_flags(cuda_pools=pools),
+    # Under the stub supervisor (model_repository/supervisor.py): a dead python-backend stub is brought back, or
+    # the container exits and the kubelet restarts it; the pod never keeps answering errors while probes pass.
+    server_args = [*IMAGE_COMMAND, "tritonserver", f"--model-repository={settings.repository_mount}", *policy_flags(cuda_pools=pools),
                    *restriction_flags("$(SN_ADMIN_KEY)")]
     return env.get_template(TEMPLATE.name).render({**dataclasses.asdict(settings), "server_args": server_args})

@@ -20,6 +20,7 @@ from build.shards import split_index
 from build.tensorrt import EngineConfig, EngineConfigError, Profile, TensorRTUnavailable, build_engine, check_config
 from kernels.topk import NumpyTopK, merge_topk, mips_topk_reference
 from model_repository.launcher import DEFAULT_CUDA_POOL_BYTES, policy_flags, restriction_flags
+from model_repository.supervisor import IMAGE_COMMAND, IMAGE_PATH
 from model_repository.runtime.index import load_index
 from tests.conftest import ARTIFACTS, ROOT
 
@@ -114,9 +115,10 @@ def test_kubernetes_manifests_probe_readiness_and_request_gpus():
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
     pools = {0: DEFAULT_CUDA_POOL_BYTES, 1: DEFAULT_CUDA_POOL_BYTES}  # one pool per GPU of the replica
-    assert container["args"] == ["tritonserver", "--model-repository=/models", *policy_flags(cuda_pools=pools),
+    assert container["args"] == [*IMAGE_COMMAND, "tritonserver", "--model-repository=/models", *policy_flags(cuda_pools=pools),
                                  *restriction_flags("$(SN_ADMIN_KEY)")]  # model control needs the Secret's key
     assert container["env"] == [{"name": "SN_ADMIN_KEY", "valueFrom": {"secretKeyRef": {"name": "scalingnote-admin", "key": "admin-key"}}}]
     assert service["kind"] == "Service" and {p["port"] for p in service["spec"]["ports"]} == {8000, 8001, 8002}
@@ -127,8 +129,9 @@ def test_kubernetes_manifests_probe_readiness_and_request_gpus():
 def test_the_dockerfile_runs_tritonserver_with_the_launchers_flags():
     text = (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8")
     cmd = text[text.index("\nCMD ") + 5:].replace("\\\n", " ")
-    expected = ["tritonserver", "--model-repository=/models", *policy_flags(cuda_pools={0: DEFAULT_CUDA_POOL_BYTES})]
+    expected = [*IMAGE_COMMAND, "tritonserver", "--model-repository=/models", *policy_flags(cuda_pools={0: DEFAULT_CUDA_POOL_BYTES})]
     assert json.loads(cmd[: cmd.index("]") + 1]) == expected
+    assert f"COPY model_repository/supervisor.py {IMAGE_PATH}\n" in text
 
 
 def test_gpu_image_can_compile_triton_kernels_and_runs_with_room_for_shared_memory():
