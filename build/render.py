@@ -20,7 +20,7 @@ import jinja2
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from model_repository.runtime.files import atomic_folder
+from model_repository.runtime.files import atomic_folder, write_artifacts_manifest
 from model_repository.runtime.index import resident_bytes
 
 from .export import ExportedTower
@@ -28,6 +28,7 @@ from .export import ExportedTower
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "model_repository" / "models"
 SHIPPED_PACKAGES = (ROOT / "model_repository" / "runtime", ROOT / "kernels")
+SHIPPED_FOLDERS = {p.name for p in SHIPPED_PACKAGES} | {"__pycache__"}
 PYTHON_MODELS = ("tokenizer", "query_encoder", "pool_normalize", "mips_topk")
 TARGETS = ("cpu", "gpu")
 ENCODERS = ("onnx", "torch", "tensorrt")
@@ -249,5 +250,10 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
         for model, folder in ([(f"mips_topk_{i}", f) for i, f in enumerate(shards)] if len(shards) > 1 else [("mips_topk", index_dir)]):
             for f in sorted(folder.iterdir()):
                 _link_or_copy(f, tmp / model / "1" / "index" / f.name)
+        # What each model loads, checked against these before it loads (the index has its own manifest).
+        write_artifacts_manifest(tmp / "tokenizer" / "1", [tmp / "tokenizer" / "1" / "tokenizer.json"])
+        encoder_folder = tmp / "query_encoder" / "1"
+        write_artifacts_manifest(encoder_folder, [f for f in encoder_folder.rglob("*") if f.is_file() and f.name != "model.py"
+                                                  and f.relative_to(encoder_folder).parts[0] not in SHIPPED_FOLDERS])
         (tmp / "render.json").write_text(rendered, encoding="utf-8")
     return resolved

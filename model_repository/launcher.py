@@ -34,6 +34,8 @@ import urllib.request
 from pathlib import Path
 
 from . import supervisor
+from .runtime.files import ARTIFACTS_MANIFEST, ArtifactMismatch, verify_artifacts
+from .runtime.index import IndexMismatch, verify_index_files
 
 LOOPBACK = "127.0.0.1"
 
@@ -83,6 +85,21 @@ def repository_cuda_pools(repository: Path) -> dict[int, int]:
 
 class ServerStartError(RuntimeError):
     """tritonserver exited or did not become ready in time."""
+
+
+def verify_repository(repository: Path) -> int:
+    """Check every file of every model version against its sha256 manifest before the server starts;
+    -> the number of files checked. Each python model checks its own files again whenever it loads (a
+    reload, a deploy); this pass also covers what no python code loads (a TensorRT plan)."""
+    checked = 0
+    try:
+        for manifest in sorted(Path(repository).glob(f"*/[0-9]*/{ARTIFACTS_MANIFEST}")):
+            checked += len(verify_artifacts(manifest.parent))
+        for index in sorted(Path(repository).glob("*/[0-9]*/index")):
+            checked += len(verify_index_files(index))
+    except (ArtifactMismatch, IndexMismatch) as e:
+        raise ServerStartError(f"refusing to start on a repository whose files changed since they were rendered: {e}") from None
+    return checked
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -257,6 +274,7 @@ class TritonServer:
         check_exposure(c)
         if not (c.model_repository / ".").is_dir():
             raise ServerStartError(f"model repository {c.model_repository} does not exist; run `python -m build all`")
+        verify_repository(c.model_repository)
         c.workdir.mkdir(parents=True, exist_ok=True)
         cmd = self.command(prepare_backends(c.workdir))
         log = open(self.log_path, "wb")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -53,3 +54,35 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+ARTIFACTS_MANIFEST = "artifacts.json"  # in a model's version folder: sha256 of every data file it loads
+
+
+class ArtifactMismatch(RuntimeError):
+    """A file a model loads is missing or differs from the sha256 recorded when the repository was rendered."""
+
+
+def write_artifacts_manifest(folder: Path, files: list[Path]) -> None:
+    """Record the sha256 of ``files`` (paths inside ``folder``) in ``folder/artifacts.json``."""
+    folder = Path(folder)
+    entries = {f.relative_to(folder).as_posix(): sha256_file(f) for f in sorted(files)}
+    (folder / ARTIFACTS_MANIFEST).write_text(json.dumps({"sha256": entries}, indent=2) + "\n", encoding="utf-8")
+
+
+def verify_artifacts(folder: Path | str) -> list[Path]:
+    """Check every file ``folder/artifacts.json`` lists against its sha256; -> the files checked.
+
+    A version folder without the manifest is refused: every rendered repository has one."""
+    folder = Path(folder)
+    manifest = folder / ARTIFACTS_MANIFEST
+    if not manifest.exists():
+        raise ArtifactMismatch(f"{folder}: no {ARTIFACTS_MANIFEST}; render the repository again (python -m build all)")
+    checked = []
+    for name, expected in json.loads(manifest.read_text(encoding="utf-8"))["sha256"].items():
+        path = folder / name
+        actual = sha256_file(path) if path.exists() else "missing"
+        if actual != expected:
+            raise ArtifactMismatch(f"{path}: sha256 must be {expected}; got {actual}")
+        checked.append(path)
+    return checked

@@ -96,6 +96,14 @@ def _verified(folder: Path, entry: dict) -> Path:
     return path
 
 
+def verify_index_files(folder: Path | str) -> list[Path]:
+    """Check every file the manifest lists (shards, documents, compressed codes) against its sha256."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    entries = [*manifest["shards"], manifest["docs"], *(manifest.get("compression") or {}).get("files", {}).values()]
+    return [_verified(folder, entry) for entry in entries]
+
+
 def load_index(folder: Path | str, query_tower_fingerprint: str, mmap: bool = False) -> LoadedIndex:
     """Load and verify an index; refuse one that pairs with another query tower.
 

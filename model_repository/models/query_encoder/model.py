@@ -14,6 +14,7 @@ TensorRT plan served by Triton's tensorrt backend, with no python at all
 """
 from runtime import InvalidInput
 from runtime.adapter import execute_batched, input_array, version_folder
+from runtime.files import verify_artifacts
 from runtime.params import ModelParams
 from runtime.placement import Placement
 
@@ -30,6 +31,7 @@ class TritonPythonModel:
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"query_encoder: implementation must be one of {list(IMPLEMENTATIONS)}; got {implementation!r}")
         folder = version_folder(args)
+        verify_artifacts(folder)  # the ONNX graph or the tower's weights, against the sha256 rendered with them
         if implementation == "torch":
             from runtime.torch_encoder import TorchEncoder
 

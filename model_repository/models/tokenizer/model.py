@@ -1,6 +1,7 @@
 """tokenizer: TEXT (BYTES) -> input_ids, attention_mask (INT64). Thin adapter over runtime.text."""
 from runtime import InvalidInput
 from runtime.adapter import execute_batched, input_array, version_folder
+from runtime.files import verify_artifacts
 from runtime.params import ModelParams
 from runtime.text import TextTokenizer, decode_texts
 
@@ -13,6 +14,7 @@ class TritonPythonModel:
         self.max_chars = params.int("max_chars")
         self.max_rows = params.int("max_rows_per_request")
         eos = params.str("eos_id")
+        verify_artifacts(version_folder(args))  # tokenizer.json against the sha256 rendered with it
         self.tokenizer = TextTokenizer(f"{version_folder(args)}/{params.str('tokenizer_file')}", params.int("max_tokens"),
                                        params.int("pad_to_multiple"), params.str("prefix"), int(eos) if eos else None)
 
