@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--supervisor-metrics-port", type=int, default=8003,
+                       help="the stub supervisor's /metrics (instances per model, restarts); 0: none")
     serve.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for all models to load")
     serve.add_argument("--log-verbose", type=int, default=0)
     serve.add_argument("--allow-public-bind", action="store_true", help="allow --host beyond loopback (needs --admin-key)")
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
         ready_timeout_s=args.ready_timeout, log_verbose=args.log_verbose, allow_public_bind=args.allow_public_bind,
         tls_cert=args.tls_cert, tls_key=args.tls_key, admin_key=args.admin_key,
+        supervisor_metrics_port=args.supervisor_metrics_port or None,
     )
     server = TritonServer(config)
     print(f"starting tritonserver on {args.host} (log: {server.log_path}) ...", flush=True)

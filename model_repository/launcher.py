@@ -185,6 +185,7 @@ class ServerConfig:
     admin_key: str | None = None
     # Reload a model whose python-backend stub died; stop the server when that fails (supervisor.py).
     supervise: bool = True
+    supervisor_metrics_port: int | None = None  # its /metrics (sn_stub_instances, sn_stub_events_total) on host:port
 
 
 ADMIN_HEADER = supervisor.ADMIN_HEADER  # "sn-admin-key"; HTTP clients send it as is
@@ -237,6 +238,7 @@ class TritonServer:
         self.config = config
         self.process: subprocess.Popen | None = None
         self.supervisor: supervisor.StubSupervisor | None = None
+        self._metrics_server = None
         self.log_path = config.workdir / f"tritonserver-{config.grpc_port}.log"
 
     @property
@@ -290,6 +292,8 @@ class TritonServer:
         if c.supervise:
             self.supervisor = supervisor.StubSupervisor(self.process, supervisor.Repository(self.http_url, c.admin_key))
             self.supervisor.start()
+            if c.supervisor_metrics_port:
+                self._metrics_server = self.supervisor.serve_metrics(c.host, c.supervisor_metrics_port)
         return self
 
     def is_ready(self) -> bool:
@@ -327,6 +331,10 @@ class TritonServer:
         if self.supervisor is not None:
             self.supervisor.stop()
             self.supervisor.join()
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
+                self._metrics_server = None
         p = self.process
         if p is None or p.poll() is not None:
             return

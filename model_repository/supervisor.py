@@ -22,7 +22,9 @@ Standard library only: the serving image runs it as ``python3 supervisor.py [opt
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
+import http.server
 import json
 import os
 import signal
@@ -38,7 +40,8 @@ STUB = "triton_python_backend_stub"
 RESTART_PARAMETER = "sn_supervisor_restart"  # the one config field a restart changes
 ADMIN_HEADER = "sn-admin-key"  # the launcher's; a restricted repository API needs it
 IMAGE_PATH = "/opt/scalingnote/supervisor.py"  # where deploy/Dockerfile puts this file
-IMAGE_COMMAND = ["python3", IMAGE_PATH, "--"]  # what the image and the k8s manifests put before tritonserver
+# What the image and the k8s manifests put before tritonserver; in a pod, /metrics (port 8003) is scraped from outside.
+IMAGE_COMMAND = ["python3", IMAGE_PATH, "--metrics-address=0.0.0.0", "--"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,14 +133,18 @@ class StubSupervisor(threading.Thread):
         self._failures: dict[str, int] = {}
         self._next_try: dict[str, float] = {}  # model -> not before (backoff after a failed reload)
         self._halt = threading.Event()
+        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (model, event kind) -> times
+        self.instances: dict[str, int] = {}  # model -> living stubs at the last check
         # Seen now, while the server is ready: a stub that dies before the first check still counts.
         self._known.update({stub.instance: stub.model for stub in living_stubs(server.pid).values()})
+        self.instances = dict(collections.Counter(self._known.values()))
 
     def stop(self) -> None:
         self._halt.set()
 
     def _event(self, kind: str, model: str, detail: str = "") -> None:
         self.events.append(Event(time.monotonic(), kind, model, detail))
+        self.counts[(model, kind)] += 1
         self.log(f"supervisor: {kind} {model}{': ' + detail if detail else ''}", flush=True)
 
     def run(self) -> None:
@@ -150,6 +157,7 @@ class StubSupervisor(threading.Thread):
     def check(self) -> None:
         alive = {stub.instance: stub.model for stub in living_stubs(self.server.pid).values()}
         self._known.update(alive)
+        self.instances = dict(collections.Counter(alive.values()))
         now = time.monotonic()
         for instance in list(self._missing_since):
             if instance in alive:
@@ -194,6 +202,39 @@ class StubSupervisor(threading.Thread):
         self._event("restarted", model)
 
 
+    def metrics(self) -> str:
+        """Prometheus text: the instances Triton 2.51 does not export, and what the supervisor did."""
+        lines = ["# HELP sn_stub_instances Living python-backend stubs (model instances) per model.",
+                 "# TYPE sn_stub_instances gauge"]
+        lines += [f'sn_stub_instances{{model="{m}"}} {n}' for m, n in sorted(self.instances.items())]
+        lines += ["# HELP sn_stub_events_total Stub crashes seen, reloads that restarted or failed, and give-ups.",
+                  "# TYPE sn_stub_events_total counter"]
+        models = sorted({m for m in self._known.values()} | {m for m, _ in self.counts})
+        lines += [f'sn_stub_events_total{{model="{m}",event="{k}"}} {self.counts[(m, k)]}'
+                  for m in models for k in ("crashed", "restarted", "failed", "gave_up")]
+        return "\n".join(lines) + "\n"
+
+    def serve_metrics(self, host: str, port: int) -> http.server.ThreadingHTTPServer:
+        """GET /metrics on host:port, from a daemon thread; -> the server (shutdown() stops it)."""
+        supervisor = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the http.server API
+                body = supervisor.metrics().encode() if self.path == "/metrics" else b"not found\n"
+                self.send_response(200 if self.path == "/metrics" else 404)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=server.serve_forever, name="supervisor-metrics", daemon=True).start()
+        return server
+
+
 def terminate(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
     if process.poll() is not None:
         return
@@ -210,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-url", default="http://127.0.0.1:8000", help="the server's HTTP endpoint (the pod's loopback)")
     parser.add_argument("--admin-key", default=os.environ.get("SN_ADMIN_KEY"), help="header value for a restricted repository API")
     parser.add_argument("--max-attempts", type=int, default=3)
+    parser.add_argument("--metrics-address", default="127.0.0.1", help="where /metrics of the supervisor listens")
+    parser.add_argument("--metrics-port", type=int, default=8003, help="0: no metrics endpoint")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- tritonserver ARGS...")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -218,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     server = subprocess.Popen(command)
     for sig in (signal.SIGINT, signal.SIGTERM):  # the orchestrator's stop reaches the server, which drains
         signal.signal(sig, lambda s, _: server.send_signal(s))
-    StubSupervisor(server, Repository(args.http_url, args.admin_key), max_attempts=args.max_attempts).start()
+    supervisor = StubSupervisor(server, Repository(args.http_url, args.admin_key), max_attempts=args.max_attempts)
+    supervisor.start()
+    if args.metrics_port:
+        supervisor.serve_metrics(args.metrics_address, args.metrics_port)
     return server.wait()
 
 

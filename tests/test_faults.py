@@ -189,8 +189,10 @@ def test_the_image_entrypoint_supervises_a_server_it_starts(repository, tmp_path
     config = ServerConfig(model_repository=repository, workdir=tmp_path, grpc_port=free_port(), http_port=free_port(),
                           metrics_port=free_port(), extra_args=("--exit-timeout-secs=3",))
     server = TritonServer(config)
+    metrics = free_port()  # the image listens on 0.0.0.0:8003; tests stay on loopback
     command = [sys.executable, str(ROOT / "model_repository" / "supervisor.py"), "--http-url", server.http_url,
-               *IMAGE_COMMAND[2:], *server.command(prepare_backends(tmp_path))]
+               *IMAGE_COMMAND[2:-1], "--metrics-address=127.0.0.1", f"--metrics-port={metrics}", "--",
+               *server.command(prepare_backends(tmp_path))]
     log = open(tmp_path / "supervisor.log", "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
     try:
@@ -202,6 +204,11 @@ def test_the_image_entrypoint_supervises_a_server_it_starts(repository, tmp_path
         _wait_for(lambda: b"restarted query_encoder" in (tmp_path / "supervisor.log").read_bytes(), 30, "the restart")
         with RetrievalClient(server.grpc_url) as c:
             assert len(c.retrieve(["how do I copy a file"], k=K).hits[0]) == K
+        def scrape() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
+
+        assert 'sn_stub_events_total{model="query_encoder",event="restarted"} 1' in scrape()
+        _wait_for(lambda: 'sn_stub_instances{model="query_encoder"} 1' in scrape(), 5, "the instance count back at 1")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0  # the server drained and exited cleanly; the supervisor passed its code on
     finally:
