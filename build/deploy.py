@@ -24,6 +24,14 @@ previous version serves. Both need the server started with
 Bookkeeping lives next to the repository, never inside it (Triton would take any
 folder there for a model): ``<repository>.deploy/{staging,failed,retired}`` and
 ``<repository>.deploy/deployments.jsonl``.
+
+The commit point is one atomic write of ``config.pbtxt``, which pins the version to serve
+(``version_policy { specific }``) together with its index's parameters: a version folder the
+config does not name is never loaded, not even by a restart. A deploy that dies midway (killed,
+a full disk) leaves ``<repository>.deploy/pending.json``, written before the repository changes;
+the next deploy or rollback first settles it: if the server serves the pending version the deploy
+is recorded as done, otherwise its folder moves to ``failed/`` and the previous config comes back
+(tests/test_deploy.py kills the tool at each step and fills the disk).
 """
 from __future__ import annotations
 
@@ -78,6 +86,7 @@ def _write_config_for(repository: Path, version: int) -> None:
         if key not in config.parameters:
             raise DeployError(f"{MODEL}/config.pbtxt has no parameter '{key}'")
         config.parameters[key].string_value = value
+    config.version_policy.specific.versions[:] = [version]  # the commit point: no other folder loads
     atomic_write_text(path, text_format.MessageToString(config))
 
 
@@ -111,6 +120,13 @@ def _load(url: str, timeout_s: float) -> None:
             raise DeployError(f"Triton refused to load {MODEL}: {e.message()}") from None
 
 
+def _serves(url: str, version: int) -> bool:
+    try:
+        return serving_version(url) == version
+    except DeployError:
+        return False
+
+
 def serving_version(url: str) -> int:
     """The newest ready version of mips_topk on the server."""
     with _client(url) as client:
@@ -121,9 +137,41 @@ def serving_version(url: str) -> int:
     return max(ready)
 
 
+def _pending(repository: Path) -> Path:
+    return _bookkeeping(repository) / "pending.json"
+
+
+def recover(repository: Path, url: str) -> int | None:
+    """Settle a deploy that died midway (see the module doc); -> the version it removed, or None."""
+    marker = _pending(repository)
+    if not marker.exists():
+        return None
+    try:
+        pending = json.loads(marker.read_text(encoding="utf-8"))
+    except ValueError:  # died while writing the marker: nothing in the repository changed yet
+        marker.unlink()
+        return None
+    version = int(pending["version"])
+    folder = repository / MODEL / str(version)
+    if folder.exists() and _serves(url, version):  # died after the switch: only the record was missing
+        _log(repository, {"event": "deploy", "version": version, "index": index_of_version(repository, version),
+                          "recovered": True})
+        marker.unlink()
+        return None
+    if folder.exists():
+        failed = _bookkeeping(repository) / "failed" / f"{MODEL}-{version}-interrupted-{datetime.datetime.now():%Y%m%dT%H%M%S}"
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        folder.rename(failed)
+    atomic_write_text(repository / MODEL / "config.pbtxt", pending["config"])
+    _log(repository, {"event": "deploy-interrupted", "version": version, "undone": True})
+    marker.unlink()
+    return version
+
+
 def deploy_index(repository: Path, index_dir: Path, url: str, verify: bool = True, timeout_s: float = 300.0) -> int:
     """Copy ``index_dir`` in as a new version of mips_topk and switch the server to it; -> the version."""
     repository, index_dir = Path(repository), Path(index_dir)
+    recover(repository, url)
     manifest = read_manifest(index_dir)
     expected = _query_tower(repository)
     if manifest["query_tower_fingerprint"] != expected:
@@ -139,6 +187,7 @@ def deploy_index(repository: Path, index_dir: Path, url: str, verify: bool = Tru
     shutil.copytree(latest, staging, ignore=shutil.ignore_patterns("index", "__pycache__"), copy_function=os.link)
     shutil.copytree(index_dir, staging / "index", copy_function=os.link)
     old_config = (repository / MODEL / "config.pbtxt").read_text(encoding="utf-8")
+    atomic_write_text(_pending(repository), json.dumps({"version": new, "config": old_config}))
     staging.rename(repository / MODEL / str(new))
     try:
         _write_config_for(repository, new)
@@ -149,8 +198,11 @@ def deploy_index(repository: Path, index_dir: Path, url: str, verify: bool = Tru
         (repository / MODEL / str(new)).rename(failed)
         atomic_write_text(repository / MODEL / "config.pbtxt", old_config)
         _log(repository, {"event": "deploy-failed", "version": new, "index": manifest.get("index_version"), "error": str(e)})
+        _pending(repository).unlink()
         serving = _republish(repository, current[-1], new, url, timeout_s)
         raise DeployError(f"{e}\nversion {current[-1]} kept serving and the failed version was moved to {failed}; {serving}") from None
+    _pending(repository).unlink()
+    _wait_ready(url, timeout_s)  # the old version unloads after its in-flight requests; readiness waits for that
     _log(repository, {"event": "deploy", "version": new, "index": manifest["index_version"], "from": str(index_dir)})
     return new
 
@@ -186,6 +238,7 @@ def _wait_ready(url: str, timeout_s: float) -> None:
 def rollback(repository: Path, url: str, timeout_s: float = 300.0) -> int:
     """Retire the newest version of mips_topk; the one before it serves again. -> the version now serving."""
     repository = Path(repository)
+    recover(repository, url)
     current = versions(repository)
     if len(current) < 2:
         raise DeployError(f"{MODEL} has only version {current[0]}; there is nothing to roll back to")
@@ -195,6 +248,7 @@ def rollback(repository: Path, url: str, timeout_s: float = 300.0) -> int:
     (repository / MODEL / str(newest)).rename(retired)
     _write_config_for(repository, previous)
     _load(url, timeout_s)
+    _wait_ready(url, timeout_s)
     _log(repository, {"event": "rollback", "version": previous, "index": index_of_version(repository, previous),
                       "retired": str(retired)})
     return previous

@@ -151,3 +151,82 @@ def test_rollback_is_one_command(deployment, indexes):
         assert c.retrieve(["how do I copy a file"], k=3).index_version == previous
     log = [json.loads(line) for line in (repo.parent / "repo.deploy" / "deployments.jsonl").read_text().splitlines()]
     assert [e["event"] for e in log][-1] == "rollback"
+
+
+# A deploy run in a child process that dies at one step: SIGKILL, or the disk full from then on (writes
+# fail with EFBIG under RLIMIT_FSIZE, which needs no root, unlike a small tmpfs).
+_INTERRUPTED = r"""
+import os, resource, signal, sys
+from pathlib import Path
+from build import deploy
+
+step, repo, index, url = sys.argv[1:]
+def die():
+    if step.startswith("full-disk"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+    else:
+        os.kill(os.getpid(), signal.SIGKILL)
+def before(name, at):
+    real = getattr(deploy, name)
+    def wrapped(*a, **k):
+        if at == "before":
+            die()
+        out = real(*a, **k)
+        if at == "after" and (name != "atomic_write_text" or Path(a[0]).name == "pending.json"):
+            die()
+        return out
+    setattr(deploy, name, wrapped)
+where = {"marker": ("atomic_write_text", "after"), "config": ("_write_config_for", "before"),
+         "load": ("_load", "before"), "switched": ("_load", "after"), "full-disk-config": ("_write_config_for", "before")}
+before(*where[step])
+deploy.deploy_index(Path(repo), Path(index), url)
+"""
+
+
+def _restart_would_load(repo) -> int:
+    """The version a restarted server loads: the one config.pbtxt pins, checked against its folder's index."""
+    from build.render import parse_model_config
+
+    config = parse_model_config((repo / deploy.MODEL / "config.pbtxt").read_text(encoding="utf-8"))
+    (version,) = config.version_policy.specific.versions
+    manifest = json.loads((repo / deploy.MODEL / str(version) / "index" / "manifest.json").read_text(encoding="utf-8"))
+    assert config.parameters["index_rows"].string_value == str(manifest["count"])
+    return version
+
+
+@pytest.mark.parametrize("step", ["marker", "config", "load", "switched", "full-disk-config"])
+def test_a_deploy_interrupted_midway_changes_nothing_served_and_the_next_one_succeeds(deployment, indexes, step):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    repo, server = deployment
+    serving = deploy.serving_version(server.grpc_url)
+    target = "B" if deploy.index_of_version(repo, serving) == load_index_version(indexes["A"]) else "A"
+    child = subprocess.run([sys.executable, "-c", _INTERRUPTED, step, str(repo), str(indexes[target]), server.grpc_url],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert child.returncode != 0, child.stdout + child.stderr
+    if step.startswith("full-disk"):
+        assert "File too large" in child.stderr, child.stderr[-2000:]  # the write failed, as a full disk's would
+    else:
+        assert child.returncode == -9, child.stderr[-2000:]
+    died_after_switch = step == "switched"
+    assert deploy.serving_version(server.grpc_url) == (serving + 1 if died_after_switch else serving)
+    deploy._wait_ready(server.grpc_url, 30)  # died right after a switch: the old version may still be unloading
+    if not died_after_switch:
+        assert _restart_would_load(repo) in (serving, serving + 1)  # consistent either way: never half a version
+    # The next deploy settles the interrupted one first, then succeeds.
+    version = deploy.deploy_index(repo, indexes[target], server.grpc_url)
+    assert deploy.serving_version(server.grpc_url) == version and _restart_would_load(repo) == version
+    assert server.is_ready()
+    assert not (repo.parent / "repo.deploy" / "pending.json").exists()
+    with RetrievalClient(server.grpc_url) as c:
+        assert c.retrieve(["how do I copy a file"], k=3).index_version == deploy.index_of_version(repo, version)
+    events = [json.loads(line)["event"] for line in (repo.parent / "repo.deploy" / "deployments.jsonl").read_text().splitlines()]
+    assert events[-1] == "deploy" and events[-2] == ("deploy" if died_after_switch else "deploy-interrupted")
+
+
+def load_index_version(folder) -> str:
+    return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["index_version"]
