@@ -1,4 +1,4 @@
-"""python -m benchmarks load|plan|overload|compare|topk-cpu|compression|gpu-kernels|gpu-suite|roofline.
+"""python -m benchmarks load|plan|overload|soak|compare|topk-cpu|compression|gpu-kernels|gpu-suite|roofline.
 
 Every call to a served model goes through ``clients/`` (gRPC) and the metrics endpoint.
 The offline benchmarks (kernels, index compression) run ``kernels/`` and the serving
@@ -149,6 +149,19 @@ def cmd_overload(args: argparse.Namespace) -> int:
     print(report.format_steps(result))
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    """Half the measured capacity, open loop, for --windows x --window-s: failures, p99 drift, RSS growth."""
+    from benchmarks import soak
+
+    result = soak.run(args, run_load)
+    for w, rss in zip(result["windows"], result["rss_per_window"]):
+        mib = ", ".join(f"{name} {(b or 0) / 2**20:.0f}" for name, b in rss.items())
+        print(f"window {w['index']}: {w['succeeded']} ok, {w['failed']} failed, p99 {w['latency_ms'].get('p99')} ms; RSS MiB: {mib}")
+    print(json.dumps(result["verdict"], indent=2))
+    print(f"results: {args.out}\nplot:    {args.out.with_suffix('.png')}")
+    return 0 if result["verdict"]["passed"] else 1
 
 
 PEER_VENV = ROOT / "artifacts" / "peers" / "infinity-venv"
@@ -309,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--factor", type=float, default=3.0)
     p.add_argument("--slo-p99-ms", type=float, required=True)
     p.set_defaults(out=Path("artifacts/benchmarks/overload.json"))
+    p = sub.add_parser("soak", help="hold half the measured capacity, open loop: failures, p99 drift, RSS of server and stubs")
+    add_load_arguments(p)
+    from benchmarks import soak
+
+    soak.add_arguments(p)
+    p.set_defaults(model="retrieve", warmup=10.0, out=Path("artifacts/benchmarks/soak.json"))
     p = sub.add_parser("compare", help="our ensemble against Infinity and a sentence-transformers (+ faiss) HTTP server")
     add_load_arguments(p)
     p.add_argument("--systems", default="triton,infinity,st")
@@ -341,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu_suite.add_arguments(sub.add_parser("gpu-suite", help="everything a GPU session measures: env, gpu tests, kernels, served sweep"))
     args = parser.parse_args(argv)
     try:
-        return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "compare": cmd_compare,
+        return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "soak": cmd_soak, "compare": cmd_compare,
                 "topk-cpu": cmd_topk_cpu, "compression": cmd_compression, "gpu-kernels": cmd_gpu_kernels,
                 "gpu-suite": cmd_gpu_suite, "roofline": cmd_roofline}[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
