@@ -134,10 +134,9 @@ class StubSupervisor(threading.Thread):
         self._next_try: dict[str, float] = {}  # model -> not before (backoff after a failed reload)
         self._halt = threading.Event()
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (model, event kind) -> times
-        self.instances: dict[str, int] = {}  # model -> living stubs at the last check
         # Seen now, while the server is ready: a stub that dies before the first check still counts.
         self._known.update({stub.instance: stub.model for stub in living_stubs(server.pid).values()})
-        self.instances = dict(collections.Counter(self._known.values()))
+        self.instances: dict[str, int] = dict(collections.Counter(self._known.values()))  # model -> living stubs
 
     def stop(self) -> None:
         self._halt.set()
