@@ -6,6 +6,8 @@ message that says why, never fall back.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -15,20 +17,35 @@ from model_repository.launcher import ServerStartError
 from tests.conftest import ARTIFACTS, start_server
 
 
-def _repository(tmp_path_factory, name: str, *flags: str):
+def _artifacts(tmp_path_factory, name: str):
+    """A fresh artifacts folder whose inputs are the built ones: only the rendered configs differ."""
     artifacts = tmp_path_factory.mktemp(name)
-    for reused in ("towers", "index", "corpus"):  # same inputs: only the rendered configs differ
+    for reused in ("towers", "index", "corpus"):
         (artifacts / reused).symlink_to(ARTIFACTS / reused)
+    return artifacts
+
+
+def _repository(tmp_path_factory, name: str, *flags: str):
+    artifacts = _artifacts(tmp_path_factory, name)
     assert build_main(["all", "--artifacts", str(artifacts), *flags]) == 0
     return artifacts / "model_repository"
 
 
+@contextlib.contextmanager
+def _serving(tmp_path_factory, name: str, *flags: str):
+    """(server, repository) for a repository rendered with ``flags``; stopped on exit."""
+    repo = _repository(tmp_path_factory, name, *flags)
+    server = start_server(repo, tmp_path_factory.mktemp(f"{name}-server"))
+    try:
+        yield server, repo
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def chunked_server(tmp_path_factory, repository):
-    repo = _repository(tmp_path_factory, "chunked", "--topk-implementation", "chunked")
-    server = start_server(repo, tmp_path_factory.mktemp("chunked-server"))
-    yield server
-    server.stop()
+    with _serving(tmp_path_factory, "chunked", "--topk-implementation", "chunked") as (server, _):
+        yield server
 
 
 def test_chunked_topk_served_equals_numpy_served(chunked_server, server, queries):
@@ -62,10 +79,8 @@ def test_a_gpu_or_unknown_implementation_refuses_to_load_here(tmp_path_factory, 
 
 @pytest.fixture(scope="module")
 def int8_server(tmp_path_factory, repository):
-    repo = _repository(tmp_path_factory, "int8", "--index-compression", "int8", "--rescore", "100")
-    server = start_server(repo, tmp_path_factory.mktemp("int8-server"))
-    yield server
-    server.stop()
+    with _serving(tmp_path_factory, "int8", "--index-compression", "int8", "--rescore", "100") as (server, _):
+        yield server
 
 
 def test_int8_index_with_rescoring_serves_the_exact_answers(int8_server, server, queries, render_info):
@@ -82,19 +97,15 @@ def test_int8_index_with_rescoring_serves_the_exact_answers(int8_server, server,
 
 
 def test_compression_is_checked(tmp_path_factory, repository, capsys):
-    artifacts = tmp_path_factory.mktemp("bad-compression")
-    for reused in ("towers", "index", "corpus"):
-        (artifacts / reused).symlink_to(ARTIFACTS / reused)
+    artifacts = _artifacts(tmp_path_factory, "bad-compression")
     assert build_main(["all", "--artifacts", str(artifacts), "--index-compression", "int4"]) == 2
     assert "index compression must be 'none', 'int8' or 'matryoshka:<dim>'; got 'int4'" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
 def sharded_server(tmp_path_factory, repository):
-    repo = _repository(tmp_path_factory, "sharded", "--shards", "3")
-    server = start_server(repo, tmp_path_factory.mktemp("sharded-server"))
-    yield server, repo
-    server.stop()
+    with _serving(tmp_path_factory, "sharded", "--shards", "3") as served:
+        yield served
 
 
 def test_sharded_index_served_equals_the_whole_index(sharded_server, server, queries, render_info):
@@ -139,10 +150,8 @@ def test_load_breakdown_follows_the_ensemble_the_server_runs(sharded_server, ser
 
 @pytest.fixture(scope="module")
 def torch_encoder_server(tmp_path_factory, repository):
-    repo = _repository(tmp_path_factory, "torch-encoder", "--encoder-implementation", "torch")
-    server = start_server(repo, tmp_path_factory.mktemp("torch-encoder-server"))
-    yield server, repo
-    server.stop()
+    with _serving(tmp_path_factory, "torch-encoder", "--encoder-implementation", "torch") as served:
+        yield served
 
 
 def test_torch_encoder_served_equals_the_onnx_encoder(torch_encoder_server, server, queries):
