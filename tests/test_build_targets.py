@@ -172,17 +172,23 @@ def test_merge_breaks_ties_across_shards_to_the_lower_id():
     assert ids.tolist() == [[0, 1, 2, 3]]
 
 
-def test_shards_of_a_compressed_index_load_and_search_exactly(render_info, tmp_path, repository):
-    """Shards carry the fp16 vectors only; a compressed index's manifest must not promise them its codes."""
-    from training.corpus import read_corpus
+def _plain_and_int8(render_info, tmp_path, documents: int):
+    """(query tower fingerprint, fp16 index, int8 index) of the corpus's first ``documents``, built by the doc tower."""
     from build.export import ExportedTower
     from build.index import build_index
+    from training.corpus import read_corpus
 
-    docs = read_corpus(ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl")[:200]
+    docs = read_corpus(ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl")[:documents]
     tower = ExportedTower(ARTIFACTS / "towers" / render_info["index"]["doc_tower_fingerprint"])
     fingerprint = render_info["query_tower"]["fingerprint"]
-    plain = build_index(docs, "first-200", tower, fingerprint, tmp_path / "index")
-    compressed = build_index(docs, "first-200", tower, fingerprint, tmp_path / "index", compression="int8")
+    name = f"first-{documents}"
+    return (fingerprint, build_index(docs, name, tower, fingerprint, tmp_path / "index"),
+            build_index(docs, name, tower, fingerprint, tmp_path / "index", compression="int8"))
+
+
+def test_shards_of_a_compressed_index_load_and_search_exactly(render_info, tmp_path, repository):
+    """Shards carry the fp16 vectors only; a compressed index's manifest must not promise them its codes."""
+    fingerprint, plain, compressed = _plain_and_int8(render_info, tmp_path, 200)
     assert json.loads((compressed / "manifest.json").read_text())["compression"]["kind"] == "int8"
     shards = [load_index(f, fingerprint) for f in split_index(compressed, 2, tmp_path / "shards")]
     assert all(s.compressed is None for s in shards)
@@ -212,21 +218,15 @@ def test_int8_calibration_batches_have_the_profiles_opt_shape(repository, render
 
 def test_compressed_index_keeps_only_its_codes_resident(render_info, tmp_path, repository):
     """int8 costs about half of fp16, not 1.5x: the fp16 vectors stay memory-mapped and only candidates are read."""
-    from build.export import ExportedTower
-    from build.index import build_index
     from kernels.compressed import RescoringTopK
     from model_repository.runtime.index import resident_bytes
-    from training.corpus import read_corpus
 
-    docs = read_corpus(ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl")[:300]
-    tower = ExportedTower(ARTIFACTS / "towers" / render_info["index"]["doc_tower_fingerprint"])
-    fingerprint = render_info["query_tower"]["fingerprint"]
-    plain = build_index(docs, "first-300", tower, fingerprint, tmp_path / "index")
-    int8 = build_index(docs, "first-300", tower, fingerprint, tmp_path / "index", compression="int8")
+    fingerprint, plain, int8 = _plain_and_int8(render_info, tmp_path, 300)
     index = load_index(int8, fingerprint, mmap=True)
     assert all(isinstance(s, np.memmap) for s in index.rows.shards)
     manifest = json.loads((int8 / "manifest.json").read_text())
-    n, d = len(docs), manifest["dim"]
+    n, d = manifest["count"], manifest["dim"]
+    assert n == 300
     assert resident_bytes(manifest, "cupy") == n * (d + 4) and resident_bytes(manifest, "numpy") == n * (d + 4)
     plain_manifest = json.loads((plain / "manifest.json").read_text())
     assert resident_bytes(plain_manifest, "cupy") == n * d * 2 and resident_bytes(plain_manifest, "numpy") == n * d * 4
