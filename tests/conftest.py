@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -67,6 +68,14 @@ def pipeline(repository, render_info):
         OnnxEncoder(repository / "query_encoder" / "1" / ctx["onnx_file"]),
         Pooling.parse(ctx["pooling"]),
     )
+
+
+def linked_copy(repository: Path, folder: Path) -> Path:
+    """``folder/repo``: the repository with every file hard-linked, for tests that change it. Replace a file
+    (unlink, then write) rather than write through the link, which would change the shared repository."""
+    repo = folder / "repo"
+    shutil.copytree(repository, repo, copy_function=os.link)
+    return repo
 
 
 def start_server(repository: Path, workdir: Path, **overrides) -> TritonServer:

@@ -4,8 +4,6 @@ by the launcher before tritonserver starts, and by each python model whenever it
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import urllib.error
 
 import pytest
@@ -14,18 +12,12 @@ from clients.retrieval import RetrievalClient
 from model_repository.launcher import ServerConfig, ServerStartError, TritonServer, free_port
 from model_repository.runtime.files import ARTIFACTS_MANIFEST, ArtifactMismatch, verify_artifacts
 from model_repository.supervisor import Repository
-from tests.conftest import start_server
+from tests.conftest import linked_copy, start_server
 from tests.test_implementations import _repository
 
 # One file of each kind a model loads: the tokenizer, the ONNX graph, the index's vectors and its documents.
 TAMPERED = ("tokenizer/1/tokenizer.json", "query_encoder/1/model.onnx", "mips_topk/1/index/shard-00000.npy",
             "mips_topk/1/index/docs.jsonl")
-
-
-def _copy(repository, folder):
-    repo = folder / "repo"
-    shutil.copytree(repository, repo, copy_function=os.link)
-    return repo
 
 
 def _tamper(path) -> None:
@@ -43,7 +35,7 @@ def _config(repo, folder) -> ServerConfig:
 
 @pytest.mark.parametrize("relative", TAMPERED)
 def test_the_launcher_refuses_a_changed_file_before_the_server_starts(repository, tmp_path, relative):
-    repo = _copy(repository, tmp_path)
+    repo = linked_copy(repository, tmp_path)
     _tamper(repo / relative)
     server = TritonServer(_config(repo, tmp_path))
     with pytest.raises(ServerStartError, match=rf"{relative.split('/')[-1]}: sha256 must be [0-9a-f]{{64}}; got [0-9a-f]{{64}}"):
@@ -52,7 +44,7 @@ def test_the_launcher_refuses_a_changed_file_before_the_server_starts(repository
 
 
 def test_a_missing_file_or_manifest_is_refused(repository, tmp_path):
-    repo = _copy(repository, tmp_path)
+    repo = linked_copy(repository, tmp_path)
     (repo / "tokenizer" / "1" / "tokenizer.json").unlink()
     with pytest.raises(ServerStartError, match=r"tokenizer.json: sha256 must be [0-9a-f]{64}; got missing"):
         TritonServer(_config(repo, tmp_path)).start()
@@ -73,7 +65,7 @@ def test_the_torch_encoders_tower_files_are_covered(tmp_path_factory):
 
 
 def test_a_model_reloaded_on_a_changed_file_is_refused_and_the_old_instance_serves(repository, tmp_path):
-    repo = _copy(repository, tmp_path)
+    repo = linked_copy(repository, tmp_path)
     server = start_server(repo, tmp_path / "work")
     try:
         _tamper(repo / "query_encoder" / "1" / "model.onnx")

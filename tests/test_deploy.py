@@ -7,7 +7,6 @@ query tower, encoded from the first 300 documents of the corpus.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 
@@ -21,7 +20,7 @@ from build.index import build_index
 from clients.retrieval import RetrievalClient
 from kernels.topk import NumpyTopK
 from model_repository.runtime.index import IndexMismatch, load_index
-from tests.conftest import ARTIFACTS, start_server
+from tests.conftest import ARTIFACTS, linked_copy, start_server
 from tests.traffic import Traffic, write_result
 
 K = 5
@@ -44,8 +43,7 @@ def indexes(repository, render_info, tmp_path_factory) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def deployment(repository, tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
-    repo = root / "repo"
-    shutil.copytree(repository, repo, copy_function=os.link)
+    repo = linked_copy(repository, root)
     server = start_server(repo, root / "work")
     yield repo, server
     server.stop()

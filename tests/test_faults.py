@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import signal
 import time
 import urllib.error
@@ -17,7 +16,7 @@ import pytest
 from clients.retrieval import RetrievalClient, RetryPolicy
 from model_repository.launcher import TritonServer
 from model_repository.supervisor import living_stubs
-from tests.conftest import ROOT, start_server
+from tests.conftest import ROOT, linked_copy, start_server
 from tests.traffic import Traffic, write_result
 
 STUB_MODELS = ("tokenizer", "query_encoder", "pool_normalize", "mips_topk")
@@ -115,8 +114,7 @@ def test_without_the_supervisor_a_killed_stub_is_a_silent_outage(repository, tmp
 
 def test_a_stub_that_cannot_come_back_takes_the_server_down(repository, tmp_path):
     """When the reload fails (here: model.py broken after start), liveness must fail so that the pod restarts."""
-    repo = tmp_path / "repo"
-    shutil.copytree(repository, repo, copy_function=os.link)
+    repo = linked_copy(repository, tmp_path)
     server = start_server(repo, tmp_path / "work", extra_args=("--exit-timeout-secs=3",))
     try:
         model_py = repo / "mips_topk" / "1" / "model.py"
