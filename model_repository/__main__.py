@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from .launcher import ADMIN_HEADER, LOOPBACK, ServerConfig, ServerStartError, TritonServer
+from .runtime.cpus import parse_cpus
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="the stub supervisor's /metrics (instances per model, restarts); 0: none")
     serve.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for all models to load")
     serve.add_argument("--log-verbose", type=int, default=0)
+    serve.add_argument("--cpus", default="", help="pin the server and its backend stubs to these CPUs, e.g. 1 or 2-7 "
+                                                 "(default: all); keeps a load generator on the others")
     serve.add_argument("--allow-public-bind", action="store_true", help="allow --host beyond loopback (needs --admin-key)")
     serve.add_argument("--tls-cert", type=Path, default=None, help="PEM server certificate: gRPC over TLS")
     serve.add_argument("--tls-key", type=Path, default=None, help="PEM server key for --tls-cert")
@@ -36,12 +39,17 @@ def main(argv: list[str] | None = None) -> int:
                             "(default: $SN_ADMIN_KEY); required off loopback")
     args = parser.parse_args(argv)
 
+    try:
+        cpus = parse_cpus(args.cpus)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     config = ServerConfig(
         model_repository=args.repository.resolve(), workdir=args.workdir.resolve(), host=args.host,
         grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
         ready_timeout_s=args.ready_timeout, log_verbose=args.log_verbose, allow_public_bind=args.allow_public_bind,
         tls_cert=args.tls_cert, tls_key=args.tls_key, admin_key=args.admin_key,
-        supervisor_metrics_port=args.supervisor_metrics_port or None,
+        supervisor_metrics_port=args.supervisor_metrics_port or None, cpus=cpus,
     )
     server = TritonServer(config)
     print(f"starting tritonserver on {args.host} (log: {server.log_path}) ...", flush=True)

@@ -186,6 +186,9 @@ class ServerConfig:
     # Reload a model whose python-backend stub died; stop the server when that fails (supervisor.py).
     supervise: bool = True
     supervisor_metrics_port: int | None = None  # its /metrics (sn_stub_instances, sn_stub_events_total) on host:port
+    # Pin the server and every backend stub it starts to these CPUs (None: all), e.g. to keep a
+    # load generator on the others; the stubs inherit the affinity.
+    cpus: tuple[int, ...] | None = None
 
 
 ADMIN_HEADER = supervisor.ADMIN_HEADER  # "sn-admin-key"; HTTP clients send it as is
@@ -281,7 +284,8 @@ class TritonServer:
         cmd = self.command(prepare_backends(c.workdir))
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=c.env if c.env is not None else server_env(), start_new_session=True
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=c.env if c.env is not None else server_env(), start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, c.cpus)) if c.cpus else None,
         )
         log.close()
         try:
