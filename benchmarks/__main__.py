@@ -138,6 +138,19 @@ def cmd_overload(args: argparse.Namespace) -> int:
     return 0 if result["verdict"]["passed"] else 1
 
 
+def cmd_overload_compare(args: argparse.Namespace) -> int:
+    from benchmarks import overload
+
+    results = {}
+    for item in args.results:
+        name, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"overload-compare: give NAME=path, got {item!r}")
+        results[name] = json.loads(Path(path).read_text(encoding="utf-8"))
+    print(f"plot: {overload.plot_policies(results, args.out)}")
+    return 0
+
+
 def cmd_soak(args: argparse.Namespace) -> int:
     """Half the measured capacity, open loop, for --windows x --window-s: failures, p99 drift, RSS growth."""
     from benchmarks import soak
@@ -307,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import overload
 
     overload.add_arguments(p)
+    p = sub.add_parser("overload-compare", help="one plot of several overload runs (e.g. one per queue policy)")
+    p.add_argument("results", nargs="+", help="NAME=path/to/overload.json")
+    p.add_argument("--out", type=Path, required=True, help="PNG")
     p = sub.add_parser("soak", help="hold half the measured capacity, open loop: failures, p99 drift, RSS of server and stubs")
     add_load_arguments(p)
     from benchmarks import soak
@@ -345,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu_suite.add_arguments(sub.add_parser("gpu-suite", help="everything a GPU session measures: env, gpu tests, kernels, served sweep"))
     args = parser.parse_args(argv)
     try:
-        return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "soak": cmd_soak, "compare": cmd_compare,
+        return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "overload-compare": cmd_overload_compare, "soak": cmd_soak, "compare": cmd_compare,
                 "topk-cpu": cmd_topk_cpu, "compression": cmd_compression, "gpu-kernels": cmd_gpu_kernels,
                 "gpu-suite": cmd_gpu_suite, "roofline": cmd_roofline}[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -105,6 +105,29 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
+def plot_policies(results: dict[str, dict], path: Path) -> Path:
+    """Admitted p99 and admitted rate per window over time, one line per queue policy (name -> result)."""
+    from benchmarks.report import _axes
+
+    fig, (ax, ax2) = _axes(nrows=2, sharex=True, figsize=(8, 7))
+    for name, r in results.items():
+        xs = [w["start_s"] + r["window_s"] / 2 for w in r["windows"]]
+        ax.plot(xs, [w["admitted_ms"]["p99"] for w in r["windows"]], "o-", label=name)
+        ax2.plot(xs, [w["admitted_rps"] / r["capacity_rps"] for w in r["windows"]], "o-", label=name)
+    first = next(iter(results.values()))
+    ax.axhline(first["verdict"]["admitted_p99_limit_ms"], color="red", lw=0.8, ls=":", label="2x SLO")
+    ax.set_yscale("log")
+    ax.set_ylabel("admitted p99 per window (ms)")
+    ax.legend(fontsize=8)
+    ax2.set_ylabel("admitted / capacity")
+    ax2.set_xlabel(f"seconds into the run (storm: {first['phases'][1]['rps'] / first['capacity_rps']:g}x capacity "
+                   f"from {first['phases'][0]['seconds']:g} s to {first['phases'][0]['seconds'] + first['phases'][1]['seconds']:g} s)")
+    ax.set_title(f"overload, {first['model']}: queue policies side by side")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def run(args: argparse.Namespace) -> dict:
     check_loopback(args.grpc_url)
     if args.generator_cpus:

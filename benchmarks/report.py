@@ -82,8 +82,8 @@ def format_steps(result: dict) -> str:
     return "\n".join(rows)
 
 
-def _axes():
-    return pyplot().subplots(figsize=(7, 4.5))
+def _axes(nrows: int = 1, figsize=(7, 4.5), **kwargs):
+    return pyplot().subplots(nrows=nrows, figsize=figsize, **kwargs)
 
 
 def _finish(fig, ax, path: Path, *, title: str, xlabel: str, ylabel: str, slo_p99_ms: float | None) -> Path:

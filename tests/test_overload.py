@@ -86,6 +86,8 @@ def test_overload_benchmark_writes_windows_verdicts_and_plot(server, tmp_path):
     assert set(result["queue_policy"]) == {"tokenizer", "query_encoder", "pool_normalize", "mips_topk"}
     assert result["queue_policy"]["query_encoder"]["dynamic_batching"]["default_queue_policy"]["max_queue_size"] > 0
     assert result["pinning"]["server_cpus"]
+    png = overload.plot_policies({"a": result, "b": result}, tmp_path / "policies.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_parse_cpus_names_the_bad_value():
