@@ -203,16 +203,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         port = 27001
         cmd, health = peer_commands(system, model_path, port, args.model)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
-        log = open(out_dir / f"compare-{system}-server.log", "wb")
+        log = open(out_dir / f"compare-{args.model}-{system}-server.log", "wb")
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_healthy(health, proc, args.start_timeout)
             common = dict(vars(args), target=system, grpc_url=f"127.0.0.1:{port}",
                           metrics_url=f"http://127.0.0.1:{port + 2}/metrics" if system == "triton" else "http://127.0.0.1:1/none",
                           http_url=f"http://127.0.0.1:{port}", peer_model="minilm")
-            closed = run_load(argparse.Namespace(**{**common, "load_mode": "closed", "out": out_dir / f"compare-{system}-closed.json"}))
+            closed = run_load(argparse.Namespace(**{**common, "load_mode": "closed", "out": out_dir / f"compare-{args.model}-{system}-closed.json"}))
             fixed = run_load(argparse.Namespace(**{**common, "load_mode": "open", "steps": f"{args.fixed_rps:g}",
-                                                   "out": out_dir / f"compare-{system}-fixed.json"}))
+                                                   "out": out_dir / f"compare-{args.model}-{system}-fixed.json"}))
         finally:
             stop_process_group(proc)
             log.close()
