@@ -27,6 +27,12 @@ def check_loopback(url: str) -> list[str]:
     return sorted(addresses)
 
 
+def error_kind(error: Exception) -> str:
+    """How a failed call is counted: its gRPC status (tritonclient's exceptions) or its type name."""
+    status = getattr(error, "status", None)
+    return str((status() if callable(status) else None) or type(error).__name__)
+
+
 def read_queries(path: Path) -> list[str]:
     if not path.exists():
         raise FileNotFoundError(f"query file {path} does not exist; build the default corpus with `make` or pass --queries")

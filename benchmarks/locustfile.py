@@ -28,7 +28,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from tritonclient.utils import InferenceServerException
 
 from benchmarks import report, triton_metrics
-from benchmarks.common import check_loopback, read_queries
+from benchmarks.common import check_loopback, error_kind, read_queries
 from benchmarks.options import add_load_options
 from benchmarks.recorder import Recorder
 from clients.retrieval import RetrievalClient
@@ -88,7 +88,7 @@ def _receive(client_id, data):
 
 
 def metrics_url(options) -> str:
-    return options.metrics_url or f"http://{options.grpc_url.rsplit(':', 1)[0]}:8002/metrics"
+    return triton_metrics.url_for(options.grpc_url, options.metrics_url)
 
 
 def start_step(environment, step: int) -> None:
@@ -169,12 +169,9 @@ class MeasuredUser(User):
         step = recorder.step
         recorder.issued[step] += 1
         elapsed, error = self.send(self.texts_for_request())
-        kind = None
+        kind = None if error is None else error_kind(error)
         if isinstance(error, InferenceServerException):
-            kind = error.status() or type(error).__name__
             error.args = (f"{kind}: {error.message()}",)  # the real exception, readable in Locust's error report
-        elif error is not None:
-            kind = type(error).__name__
         recorder.record(step, int(elapsed * 1e6), kind)
         events.request.fire(
             request_type=self.request_type, name=self.options.model, response_time=elapsed * 1e3,

@@ -13,6 +13,7 @@ capacity probe (``users`` back-to-back callers).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -21,6 +22,7 @@ import time
 
 import numpy as np
 
+from benchmarks.common import error_kind
 from clients.retrieval import request_inputs
 
 OK = "OK"
@@ -52,10 +54,8 @@ def arrivals(phases: list[tuple[float, float]], seed: int) -> list[float]:
 
 
 def _status(error: Exception) -> tuple[str, str]:
-    status = getattr(error, "status", None)
-    code = (status() if callable(status) else None) or type(error).__name__
-    message = error.message() if hasattr(error, "message") and callable(error.message) else str(error)
-    return str(code), str(message)[:300]
+    message = error.message() if callable(getattr(error, "message", None)) else str(error)
+    return error_kind(error), str(message)[:300]
 
 
 class Generator:
@@ -66,9 +66,15 @@ class Generator:
         self.texts = itertools.cycle(texts)
         self.unrecorded_ok = 0  # successful calls that are no sample (connection warm-ups), for reconciling counts
 
-    async def _connect(self, client) -> None:
-        if (await self._one(client, 0.0, time.perf_counter())).status == OK:
-            self.unrecorded_ok += 1
+    @contextlib.asynccontextmanager
+    async def _connected(self):
+        """The channel, opened with one call before any clock starts (counted in ``unrecorded_ok``)."""
+        from tritonclient.grpc.aio import InferenceServerClient
+
+        async with InferenceServerClient(self.url) as client:
+            if (await self._one(client, 0.0, time.perf_counter())).status == OK:
+                self.unrecorded_ok += 1
+            yield client
 
     async def _one(self, client, scheduled: float, t0: float) -> Sample:
         sent = time.perf_counter()
@@ -81,10 +87,7 @@ class Generator:
             return Sample(scheduled, sent - t0 - scheduled, time.perf_counter() - sent, code, message)
 
     async def _open(self, times: list[float], progress) -> list[Sample]:
-        from tritonclient.grpc.aio import InferenceServerClient
-
-        async with InferenceServerClient(self.url) as client:
-            await self._connect(client)  # before the clock starts
+        async with self._connected() as client:
             tasks = []
             t0 = time.perf_counter()
             next_report = 5.0
@@ -103,10 +106,7 @@ class Generator:
         return asyncio.run(self._open(arrivals(phases, seed), progress))
 
     async def _closed(self, users: int, seconds: float) -> tuple[int, float]:
-        from tritonclient.grpc.aio import InferenceServerClient
-
-        async with InferenceServerClient(self.url) as client:
-            await self._connect(client)
+        async with self._connected() as client:
             t0 = time.perf_counter()
             done = 0
 

@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> dict:
               (args.calm_fraction * capacity, args.calm_s)]
     print(f"overload: {phases[0][0]:.0f} req/s for {args.calm_s:g} s, {phases[1][0]:.0f} for {args.storm_s:g} s, "
           f"{phases[2][0]:.0f} for {args.calm_s:g} s", flush=True)
-    metrics_url = args.metrics_url or f"http://{args.grpc_url.rsplit(':', 1)[0]}:8002/metrics"
+    metrics_url = triton_metrics.url_for(args.grpc_url, args.metrics_url)
     before, warm = triton_metrics.scrape(metrics_url), generator.unrecorded_ok
     samples = generator.open_loop(phases, seed=args.seed,
                                   progress=lambda t, n: print(f"  {t:5.0f} s: {n} requests sent", flush=True))

@@ -34,6 +34,11 @@ def parse(text: str) -> Snapshot:
     return dict(out)
 
 
+def url_for(grpc_url: str, metrics_url: str = "") -> str:
+    """``metrics_url``, or Triton's default metrics port on the host of ``grpc_url``."""
+    return metrics_url or f"http://{grpc_url.rsplit(':', 1)[0]}:8002/metrics"
+
+
 def scrape(url: str, timeout_s: float = 5.0) -> Snapshot:
     with urllib.request.urlopen(url, timeout=timeout_s) as response:
         return parse(response.read().decode())
