@@ -145,10 +145,10 @@ def run(args: argparse.Namespace) -> dict:
     print(f"overload: {phases[0][0]:.0f} req/s for {args.calm_s:g} s, {phases[1][0]:.0f} for {args.storm_s:g} s, "
           f"{phases[2][0]:.0f} for {args.calm_s:g} s", flush=True)
     metrics_url = triton_metrics.url_for(args.grpc_url, args.metrics_url)
-    before, warm = triton_metrics.scrape(metrics_url), generator.unrecorded_ok
+    before, warm = triton_metrics.scrape_settled(metrics_url, args.model), generator.unrecorded_ok
     samples = generator.open_loop(phases, seed=args.seed,
                                   progress=lambda t, n: print(f"  {t:5.0f} s: {n} requests sent", flush=True))
-    counts = reconcile(samples, before, triton_metrics.scrape(metrics_url), args.model,
+    counts = reconcile(samples, before, triton_metrics.scrape_settled(metrics_url, args.model), args.model,
                        generator.unrecorded_ok - warm, args.max_count_mismatch)
     windows = openloop.windows(samples, args.window_s)
     storm_start, storm_end = args.calm_s, args.calm_s + args.storm_s

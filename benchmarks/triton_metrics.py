@@ -8,6 +8,7 @@ overhead is its end-to-end request time minus the sum of its steps' request time
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from collections import defaultdict
 
@@ -42,6 +43,22 @@ def url_for(grpc_url: str, metrics_url: str = "") -> str:
 def scrape(url: str, timeout_s: float = 5.0) -> Snapshot:
     with urllib.request.urlopen(url, timeout=timeout_s) as response:
         return parse(response.read().decode())
+
+
+def scrape_settled(url: str, model: str, interval_s: float = 0.1, timeout_s: float = 3.0) -> Snapshot:
+    """A scrape once ``model``'s success count has stopped moving.
+
+    Triton counts an ensemble's success just after its answer leaves, so a scrape taken the
+    moment the client has every answer can miss the last one (seen: 194 counted of 195)."""
+    snapshot = scrape(url)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(interval_s)
+        again = scrape(url)
+        if again.get(model, {}).get("requests") == snapshot.get(model, {}).get("requests"):
+            return again
+        snapshot = again
+    return snapshot
 
 
 def breakdown(before: Snapshot, after: Snapshot, ensemble: str, steps: list[str]) -> dict:

@@ -57,9 +57,9 @@ def test_open_loop_sends_on_schedule_while_answers_are_outstanding(server, queri
     """Arrivals keep their schedule: calls overlap, every one is counted, and Triton counts the same."""
     generator = openloop.Generator(server.grpc_url, "retrieve", queries, k=5)
     phases = [(60.0, 3.0)]
-    before = triton_metrics.scrape(server.metrics_url)
+    before = triton_metrics.scrape_settled(server.metrics_url, "retrieve")
     samples = generator.open_loop(phases, seed=7)
-    after = triton_metrics.scrape(server.metrics_url)
+    after = triton_metrics.scrape_settled(server.metrics_url, "retrieve")
     assert len(samples) == len(openloop.arrivals(phases, seed=7))
     assert all(s.status == OK for s in samples), openloop.summary(samples)
     counts = overload.reconcile(samples, before, after, "retrieve", generator.unrecorded_ok, 0.0)
