@@ -192,6 +192,25 @@ def test_triton_pooling_kernel_trains_like_the_torch_reference(tiny_bert):
     torch.testing.assert_close(grads["triton"][1], grads["torch"][1], atol=1e-5, rtol=1e-4)
 
 
+def test_l2sp_keeps_the_towers_near_their_start(tiny_bert, faq_pairs, tmp_path):
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    anchor = stage1.L2SP([w], 0.5)
+    assert float(anchor()) == 0.0
+    with torch.no_grad():
+        w += torch.tensor([0.1, -0.2])
+    anchor().backward()
+    assert torch.allclose(w.grad, torch.tensor([0.1, -0.2]))  # d/dw 0.5 * d^2 = d
+
+    def drift(l2sp: float) -> float:
+        c = Stage1Config(model=str(tiny_bert), steps=8, batch_size=8, lr=1e-3, warmup_steps=0, l2sp=l2sp)
+        stage1.train(c, faq_pairs, tmp_path / f"s1-{l2sp}")
+        start = stage1.load_towers(Stage1Config(model=str(tiny_bert))).query.state_dict()
+        end = Tower.load(tmp_path / f"s1-{l2sp}" / "query").state_dict()
+        return sum(float(((end[k].float() - start[k].float()) ** 2).sum()) for k in start if k in end)
+
+    assert drift(10.0) < 0.5 * drift(0.0)
+
+
 def test_stage2_mse_falls_and_projection_is_saved(tiny_bert, tmp_path, faq_pairs):
     teacher = _tiny(tmp_path / "teacher", "bert", hidden=64, seed=1)
     Tower.load(teacher, spec=TowerSpec(max_tokens=24)).save(tmp_path / "teacher-tower")

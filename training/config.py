@@ -36,6 +36,7 @@ class Stage1Config:
     hard_negatives: int = 0  # per query, mined with the current towers every mine_every steps
     mine_every: int = 0  # 0: mine once, before the first step
     mine_pool: int = 4096  # pairs whose documents form the mining pool
+    l2sp: float = 0.0  # L2-SP: weight of sum((w - w_start)^2), which keeps the towers near their start
     lora_r: int = 0  # 0: full fine-tuning; > 0: LoRA adapters, merged on save
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -54,7 +55,8 @@ class Stage2Config:
     w_mse: float = 1.0
     w_cos: float = 1.0
     max_query_tokens: int = 32
-    max_queries: int = 20000  # distillation texts taken from the training pairs' queries
+    queries: str = ""  # distillation text, JSONL {"query", "source"}; '' takes the training pairs' queries
+    max_queries: int = 20000  # every source but the largest is taken whole; the largest fills the rest
     batch_size: int = 128
     steps: int = 500
     lr: float = 1e-4
@@ -68,6 +70,7 @@ class EvalSet:
     name: str
     corpus: str
     queries: str
+    split: str = "test"  # 'dev' (for choosing settings) or 'test' (scored once, at the end)
 
 
 @dataclasses.dataclass
@@ -76,6 +79,8 @@ class EvalConfig:
     batch_size: int = 64
     latency_queries: int = 200
     baseline: str = "minilm"  # the off-the-shelf row
+    split: str = "test"  # which sets to score: 'dev' while choosing settings, 'test' once at the end
+    latency: bool = True  # measure query-encoding speed too
 
 
 @dataclasses.dataclass
@@ -86,6 +91,7 @@ class DataConfig:
     corpus_size: int = 5000
     test_queries: int = 1000
     faq_distractors: int = 1500
+    wordnet_queries: int = 1000
 
 
 @dataclasses.dataclass
@@ -168,6 +174,14 @@ def validate(c: RunConfig) -> None:
         raise ConfigError(f"stage2.projection must be 'auto' or 'none'; got {c.stage2.projection!r}")
     if c.stage2.w_mse < 0 or c.stage2.w_cos < 0 or c.stage2.w_mse + c.stage2.w_cos == 0:
         raise ConfigError(f"stage2.w_mse and stage2.w_cos must be >= 0, not both 0; got {c.stage2.w_mse}, {c.stage2.w_cos}")
+    if c.stage1.l2sp < 0:
+        raise ConfigError(f"stage1.l2sp must be >= 0; got {c.stage1.l2sp}")
+    splits = ("dev", "test")
+    if c.eval.split not in splits:
+        raise ConfigError(f"eval.split must be one of {splits}; got {c.eval.split!r}")
+    for n, s in enumerate(c.eval.sets):
+        if s.split not in splits:
+            raise ConfigError(f"eval.sets[{n}].split must be one of {splits}; got {s.split!r}")
     if c.data.build not in ("", "debian"):
         raise ConfigError(f"data.build must be '' or 'debian'; got {c.data.build!r}")
     if not c.data.train and not c.data.build:

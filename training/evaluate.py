@@ -8,6 +8,8 @@ per-query time in batches of 64.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import statistics
 import time
@@ -19,6 +21,7 @@ import torch
 from ir_measures import RR, R, nDCG
 
 from kernels.topk import NumpyTopK
+from model_repository.runtime.files import sha256_file
 from model_repository.runtime.provenance import pyplot
 
 from .config import EvalSet
@@ -37,12 +40,28 @@ class Row:
     doc_tower: str
 
 
+BOOTSTRAP = 2000
+
+
+def bootstrap_interval(per_query: np.ndarray, seed: int = 0, rounds: int = BOOTSTRAP) -> list[float]:
+    """95% percentile bootstrap interval of the mean over queries."""
+    rng = np.random.default_rng(seed)
+    means = per_query[rng.integers(0, len(per_query), size=(rounds, len(per_query)))].mean(axis=1)
+    return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
+
+
 def retrieval_metrics(query_emb: np.ndarray, doc_emb: np.ndarray, doc_ids: list[str], queries: list[dict]) -> dict:
+    """The measures, unrounded, plus the 95% bootstrap interval of nDCG@10 over queries."""
     ids, scores = NumpyTopK(doc_emb).search(query_emb, min(DEPTH, len(doc_ids)))
     qrels = [ir_measures.Qrel(q["id"], d, g) for q in queries for d, g in q["relevance"].items()]
     run = [ir_measures.ScoredDoc(q["id"], doc_ids[j], float(s)) for q, row, srow in zip(queries, ids, scores) for j, s in zip(row, srow)]
     got = ir_measures.calc_aggregate(MEASURES, qrels, run)
-    return {NAMES[str(m)]: round(float(v), 4) for m, v in got.items()}
+    out = {NAMES[str(m)]: float(v) for m, v in got.items()}
+    ndcg = {q["id"]: 0.0 for q in queries}  # a query with nothing relevant in the run scores 0
+    for m in ir_measures.iter_calc([nDCG @ 10], qrels, run):
+        ndcg[m.query_id] = float(m.value)
+    out["nDCG@10_ci95"] = bootstrap_interval(np.array(list(ndcg.values())))
+    return out
 
 
 def query_latency(tower: Tower, texts: list[str]) -> dict:
@@ -59,11 +78,30 @@ def query_latency(tower: Tower, texts: list[str]) -> dict:
         for i in range(0, len(texts), 64):
             tower(**tower.tokenize(texts[i : i + 64]))
         batched = (time.perf_counter() - start) / len(texts)
-    return {"batch1_median_ms": round(statistics.median(single) * 1e3, 3), "batch64_ms_per_query": round(batched * 1e3, 3),
+    return {"batch1_median_ms": statistics.median(single) * 1e3, "batch64_ms_per_query": batched * 1e3,
             "parameters": sum(p.numel() for p in tower.parameters()), "threads": torch.get_num_threads()}
 
 
-def evaluate(rows: list[Row], sets: list[EvalSet], batch_size: int = 64, latency_queries: int = 200) -> dict:
+def _cached_docs(cache: Path | None, tower_path: str, corpus: str, encode) -> np.ndarray:
+    """Document embeddings, kept under ``cache`` by (tower weights, corpus) checksums: a sweep
+    scores many students against one stage-1 doc tower without encoding its corpus again."""
+    if cache is None:
+        return encode()
+    weights = sorted(Path(tower_path).glob("*.safetensors")) + sorted(Path(tower_path).glob("*.json"))
+    key = hashlib.sha256("".join(sha256_file(p) for p in weights + [Path(corpus)]).encode()).hexdigest()[:20]
+    path = cache / f"{key}.npy"
+    if path.exists():
+        return np.load(path)
+    emb = encode()
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(path, emb)
+    return emb
+
+
+def evaluate(rows: list[Row], sets: list[EvalSet], batch_size: int = 64, latency_queries: int = 200,
+             cache: Path | None = None) -> dict:
+    """``latency_queries = 0`` skips the speed measurement (dev runs that only choose settings);
+    ``cache``: a folder that keeps document embeddings between calls."""
     towers: dict[str, Tower] = {}
 
     def tower(path: str, role: str) -> Tower:
@@ -80,27 +118,56 @@ def evaluate(rows: list[Row], sets: list[EvalSet], batch_size: int = 64, latency
         results["sets"][s.name] = {"documents": len(docs), "queries": len(queries), "rows": {}}
         for row in rows:
             if row.doc_tower not in doc_cache:
-                doc_cache[row.doc_tower] = tower(row.doc_tower, "doc").encode(texts, batch_size, desc=f"{s.name}: {row.name} docs")
+                doc_cache[row.doc_tower] = _cached_docs(cache, row.doc_tower, s.corpus, functools.partial(
+                    tower(row.doc_tower, "doc").encode, texts, batch_size, desc=f"{s.name}: {row.name} docs"))
             q = tower(row.query_tower, "query").encode([x["query"] for x in queries], batch_size)
             results["sets"][s.name]["rows"][row.name] = retrieval_metrics(q, doc_cache[row.doc_tower], [d["id"] for d in docs], queries)
-    sample_set = sets[0]
-    docs = read_eval_corpus(sample_set.corpus)
-    sample = [x["query"] for x in read_eval_queries(sample_set.queries, {d["id"] for d in docs})][:latency_queries]
-    for row in rows:
-        results["latency"][row.name] = query_latency(tower(row.query_tower, "query"), sample)
+    if latency_queries:
+        sample_set = sets[0]
+        docs = read_eval_corpus(sample_set.corpus)
+        sample = [x["query"] for x in read_eval_queries(sample_set.queries, {d["id"] for d in docs})][:latency_queries]
+        for row in rows:
+            results["latency"][row.name] = query_latency(tower(row.query_tower, "query"), sample)
     results["rows"] = [dataclasses.asdict(r) for r in rows]
+    results["ratios"] = ratios(results)
     return results
+
+
+STUDENT, STAGE1, BASELINE = "student -> stage-1 doc index", "stage-1 towers", "off-the-shelf all-MiniLM-L6-v2"
+
+
+def ratios(results: dict) -> dict:
+    """Exact ratios from unrounded values: student / stage 1 nDCG@10 per set, stage-1 speed / student speed."""
+    out: dict = {"ndcg10_student_over_stage1": {}, "ndcg10_stage1_minus_start": {}}
+    for name, s in results["sets"].items():
+        r = s["rows"]
+        if STUDENT in r and STAGE1 in r and r[STAGE1]["nDCG@10"]:
+            out["ndcg10_student_over_stage1"][name] = r[STUDENT]["nDCG@10"] / r[STAGE1]["nDCG@10"]
+        if STAGE1 in r and BASELINE in r:
+            out["ndcg10_stage1_minus_start"][name] = r[STAGE1]["nDCG@10"] - r[BASELINE]["nDCG@10"]
+    lat = results["latency"]
+    if STUDENT in lat and STAGE1 in lat:
+        out["speedup_batch1"] = lat[STAGE1]["batch1_median_ms"] / lat[STUDENT]["batch1_median_ms"]
+        out["speedup_batch64"] = lat[STAGE1]["batch64_ms_per_query"] / lat[STUDENT]["batch64_ms_per_query"]
+    return out
 
 
 def markdown(results: dict) -> str:
     lines = []
     for name, s in results["sets"].items():
         lines += [f"**{name}** ({s['queries']} queries, {s['documents']} documents)", "",
-                  "| row | R@1 | R@10 | R@100 | nDCG@10 | MRR@10 |", "|---|---|---|---|---|---|"]
+                  "| row | R@1 | R@10 | R@100 | nDCG@10 [95% CI] | MRR@10 |", "|---|---|---|---|---|---|"]
         for row, m in s["rows"].items():
-            lines.append(f"| {row} | {m['R@1']:.3f} | {m['R@10']:.3f} | {m['R@100']:.3f} | {m['nDCG@10']:.3f} | {m['MRR@10']:.3f} |")
+            lo, hi = m["nDCG@10_ci95"]
+            lines.append(f"| {row} | {m['R@1']:.3f} | {m['R@10']:.3f} | {m['R@100']:.3f} | {m['nDCG@10']:.3f} [{lo:.3f}, {hi:.3f}] "
+                         f"| {m['MRR@10']:.3f} |")
+        ratio = results.get("ratios", {}).get("ndcg10_student_over_stage1", {}).get(name)
+        if ratio is not None:
+            lines.append(f"\nstudent / stage 1, nDCG@10: {ratio:.4f}")
         lines.append("")
-    lines += ["**query encoding on the CPU** (torch, tokenization included)", "",
+    if not results["latency"]:
+        return "\n".join(lines) + "\n"
+    lines += ["**query encoding on the CPU** (torch, in-process, tokenization included; not served)", "",
               "| query tower | parameters | batch 1, median ms | batch 64, ms per query |", "|---|---|---|---|"]
     for row, lat in results["latency"].items():
         lines.append(f"| {row} | {lat['parameters'] / 1e6:.1f} M | {lat['batch1_median_ms']:.2f} | {lat['batch64_ms_per_query']:.3f} |")
@@ -110,18 +177,23 @@ def markdown(results: dict) -> str:
 def plot(results: dict, path: Path) -> None:
     plt = pyplot()
     sets = list(results["sets"])
-    rows = list(results["latency"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    rows = list(next(iter(results["sets"].values()))["rows"])
+    fig, axes = plt.subplots(1, 2 if results["latency"] else 1, figsize=(11, 3.8), squeeze=False)
+    axes = axes[0]
     width = 0.8 / len(rows)
     for n, row in enumerate(rows):
         values = [results["sets"][s]["rows"][row]["nDCG@10"] for s in sets]
-        axes[0].bar(np.arange(len(sets)) + n * width, values, width, label=row)
+        ci = np.array([results["sets"][s]["rows"][row]["nDCG@10_ci95"] for s in sets]).T
+        axes[0].bar(np.arange(len(sets)) + n * width, values, width, label=row,
+                    yerr=np.abs(ci - np.array(values)), capsize=3)
     axes[0].set_xticks(np.arange(len(sets)) + width * (len(rows) - 1) / 2, sets)
     axes[0].set_ylabel("nDCG@10")
     axes[0].legend(fontsize=8)
-    axes[1].bar(rows, [results["latency"][r]["batch1_median_ms"] for r in rows], color=["C0", "C1", "C2", "C3"][: len(rows)])
-    axes[1].set_ylabel("query encoding, batch 1, median ms (CPU)")
-    axes[1].tick_params(axis="x", labelsize=7)
+    axes[0].set_title("nDCG@10 with 95% bootstrap intervals", fontsize=9)
+    if results["latency"]:
+        axes[1].bar(rows, [results["latency"][r]["batch1_median_ms"] for r in rows], color=["C0", "C1", "C2", "C3"][: len(rows)])
+        axes[1].set_ylabel("query encoding, batch 1, median ms (CPU)")
+        axes[1].tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -88,6 +88,21 @@ def compute_loss(model, towers: DualTowers, pairs, rows, negatives, c: Stage1Con
     return info_nce(q_emb, d_emb, c.temperature)
 
 
+class L2SP:
+    """``weight * sum((w - w_start)^2)`` over the trainable weights (Li et al., 2018, "L2-SP"): the
+    towers may move as far as the contrastive loss pays for, and no further, so that what
+    the start knew out of domain is not traded away for in-domain gains."""
+
+    def __init__(self, params: list[torch.nn.Parameter], weight: float):
+        self.params, self.weight = params, weight
+        self.start = [p.detach().clone() for p in params] if weight else []
+
+    def __call__(self) -> torch.Tensor:
+        if not self.weight:
+            return torch.zeros(())
+        return self.weight * sum(((p - p0) ** 2).sum() for p, p0 in zip(self.params, self.start))
+
+
 def wrap_ddp(towers: DualTowers, ctx: Dist) -> torch.nn.Module:
     """DDP over both towers. ``find_unused_parameters``: an AutoModel may own parameters the
     loss never reaches (BERT's pooler); without it DDP silently skips reducing their
@@ -117,11 +132,13 @@ def train(c: Stage1Config, train_file: Path, out: Path) -> dict:
     towers = load_towers(c).to(ctx.device)
     model = wrap_ddp(towers, ctx)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+    anchor = L2SP(params, c.l2sp)
+    optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=0.0 if c.l2sp else c.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c.warmup_steps, c.steps))
     batches = group_batches(pairs, c.batch_size * ctx.world, c.seed)
     negatives = None
     losses: list[float] = []
+    penalties: list[float] = []
     towers.train()
     bar = tqdm(range(c.steps), desc="stage 1", unit="step", disable=not ctx.main, mininterval=2.0)
     for step in bar:
@@ -137,8 +154,10 @@ def train(c: Stage1Config, train_file: Path, out: Path) -> dict:
             sync = model.no_sync() if (ctx.world > 1 and micro < c.grad_accum - 1) else contextlib.nullcontext()
             with sync:
                 loss = compute_loss(model, towers, pairs, rows, negatives, c, ctx) / c.grad_accum
-                (loss * world_size()).backward()  # DDP averages over ranks; see losses.gather_with_grad
+                penalty = anchor() / c.grad_accum  # the same on every rank: DDP's average keeps it
+                (loss * world_size() + penalty).backward()  # DDP averages over ranks; see losses.gather_with_grad
             total += float(loss.detach())
+        penalties.append(float(penalty.detach()) * c.grad_accum)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
@@ -147,13 +166,15 @@ def train(c: Stage1Config, train_file: Path, out: Path) -> dict:
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
     metrics = {"loss_first": losses[0], "loss_last": losses[-1],
                "loss_first10_mean": float(np.mean(losses[:10])), "loss_last10_mean": float(np.mean(losses[-10:])),
-               "steps": c.steps, "global_batch": c.batch_size * ctx.world * c.grad_accum, "processes": ctx.world}
+               "steps": c.steps, "global_batch": c.batch_size * ctx.world * c.grad_accum, "processes": ctx.world,
+               "l2sp_last": penalties[-1]}
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         towers.query.save(out / "query")
         towers.doc.save(out / "doc")
         (out / "losses.json").write_text(json.dumps(losses) + "\n", encoding="utf-8")
-        plot_curves(out / "loss.png", f"stage 1: InfoNCE (global batch {metrics['global_batch']})", {"InfoNCE loss": losses})
+        curves = {"InfoNCE loss": losses} | ({"L2-SP penalty": penalties} if c.l2sp else {})
+        plot_curves(out / "loss.png", f"stage 1: InfoNCE (global batch {metrics['global_batch']}, l2sp {c.l2sp:g})", curves)
         write_run_card(out, "stage1", c, metrics, {"train": train_file}, started)
     if dist.is_initialized():
         dist.barrier()

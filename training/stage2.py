@@ -19,16 +19,37 @@ from tqdm import tqdm
 
 from .common import lr_lambda, plot_curves, setup_distributed, write_run_card
 from .config import Stage2Config
+from .corpus import read_jsonl
 from .data import read_pairs
 from .losses import distill_loss
 from .tower_format import SPEC_FILE, TowerSpec
 from .towers import Tower, TowerError
 
 
-def distillation_queries(train_file: Path, limit: int, seed: int) -> list[str]:
-    queries = sorted({p.query for p in read_pairs(train_file)})
-    random.Random(seed).shuffle(queries)
-    return queries[:limit]
+def distillation_queries(train_file: Path, limit: int, seed: int, queries_file: Path | None = None) -> tuple[list[str], dict[str, int]]:
+    """-> (texts, count per source). Without ``queries_file``: the training pairs' queries.
+
+    With it (JSONL ``{"query", "source"}``): every source but the largest is taken whole
+    (in a seeded random order, while the budget lasts) and the largest fills what is
+    left, so that a small out-of-domain source is never crowded out by a big one.
+    """
+    if queries_file is None:
+        by_source = {"training pairs": sorted({p.query for p in read_pairs(train_file)})}
+    else:
+        by_source = {}
+        for row in read_jsonl(queries_file, {"query": str, "source": str}):
+            by_source.setdefault(row["source"], []).append(row["query"])
+    rng = random.Random(seed)
+    texts: list[str] = []
+    counts: dict[str, int] = {}
+    for source in sorted(by_source, key=lambda s: (len(by_source[s]), s)):
+        rows = sorted(set(by_source[source]))
+        rng.shuffle(rows)
+        take = rows[: max(0, limit - len(texts))]
+        texts += take
+        counts[source] = len(take)
+    rng.shuffle(texts)
+    return texts, counts
 
 
 def load_student(c: Stage2Config, teacher: Tower, teacher_dir: Path | None = None) -> Tower:
@@ -69,7 +90,7 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path) -> Distilled:
     teacher = Tower.load(teacher_dir, "stage2.teacher").to(ctx.device)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    queries = distillation_queries(train_file, c.max_queries, c.seed)
+    queries, sources = distillation_queries(train_file, c.max_queries, c.seed, Path(c.queries) if c.queries else None)
     targets = torch.from_numpy(teacher.encode(queries, 128, desc="teacher: query embeddings"))
     student = load_student(c, teacher, teacher_dir).to(ctx.device)
     student.train()
@@ -93,7 +114,7 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path) -> Distilled:
     metrics = {"loss_first": curves["loss"][0], "loss_last": curves["loss"][-1],
                "mse_first10_mean": float(np.mean(curves["mse"][:10])), "mse_last10_mean": float(np.mean(curves["mse"][-10:])),
                "cos_last10_mean": float(1 - np.mean(curves["1 - cos"][-10:])),
-               "distillation_queries": len(queries), "student_dim": student.dim,
+               "distillation_queries": len(queries), "distillation_sources": sources, "student_dim": student.dim,
                "projection": list(student.spec.projection) if student.spec.projection else None,
                "student_parameters": sum(p.numel() for p in student.parameters()),
                "teacher_parameters": sum(p.numel() for p in teacher.parameters())}
@@ -108,6 +129,7 @@ def save(run: Distilled, c: Stage2Config, teacher_dir: Path, train_file: Path, o
     run.student.save(out / "student")
     (out / "losses.json").write_text(json.dumps(run.curves) + "\n", encoding="utf-8")
     plot_curves(out / "loss.png", f"stage 2: distillation (w_mse={c.w_mse}, w_cos={c.w_cos})", run.curves)
-    write_run_card(out, "stage2", c, run.metrics, {"train": train_file, "teacher_spec": teacher_dir / SPEC_FILE}, run.started,
+    inputs = {"train": train_file, "teacher_spec": teacher_dir / SPEC_FILE} | ({"queries": Path(c.queries)} if c.queries else {})
+    write_run_card(out, "stage2", c, run.metrics, inputs, run.started,
                    {"teacher": str(teacher_dir)})
     return run.metrics

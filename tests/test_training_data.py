@@ -1,0 +1,107 @@
+"""Training data that keeps its held-out sets held out.
+
+The leak test builds the real data (Debian descriptions, the Python FAQ, WordNet,
+FOLDOC) and checks the files that training and distillation read: no query or
+relevant document of any dev or test set appears in them, after normalisation.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+from training import debian, lexicons, stage2
+from training.evaluate import bootstrap_interval
+from training.leaks import held_out_texts, normalise, read_rows
+
+DATA = ROOT / "artifacts" / "data" / "debian"
+SIZES = (5000, 1000, 1500, 1000)  # the cpu-small recipe's: corpus, Debian queries, FAQ distractors, WordNet queries
+HELD_OUT = {"debian": ("corpus", ""), "python-faq": ("faq_corpus", "faq_"), "wordnet": ("wordnet_corpus", "wordnet_")}
+
+
+@pytest.fixture(scope="module")
+def data() -> Path:
+    if not debian.is_current(DATA, *SIZES):
+        debian.build_all(DATA, ROOT / "artifacts" / "cache", *SIZES)
+    return DATA
+
+
+def test_no_held_out_query_or_document_in_training_or_distillation(data):
+    train = read_rows(data / "train.jsonl")
+    inputs = {"training queries": [r["query"] for r in train], "training documents": [r["positive"] for r in train],
+              "distillation text": [r["query"] for r in read_rows(data / "distill_queries.jsonl")]}
+    normalised = {name: {normalise(t) for t in texts} for name, texts in inputs.items()}
+    raw = {name: set(texts) for name, texts in inputs.items()}
+    for held_name, (corpus, prefix) in HELD_OUT.items():
+        for split in ("dev", "test"):
+            queries = data / f"{prefix}{split}_queries.jsonl"
+            held = held_out_texts(data / f"{corpus}.jsonl", [queries])
+            assert len(held) > 50, f"{held_name}-{split}: too few held-out texts to mean anything"
+            for name in inputs:
+                leaked = held & normalised[name]
+                assert not leaked, f"{held_name}-{split}: {len(leaked)} texts in {name}, e.g. {sorted(leaked)[:3]}"
+            # An independent check without normalisation: not one query verbatim.
+            verbatim = {q["query"] for q in read_rows(queries)} & (raw["training queries"] | raw["distillation text"])
+            assert not verbatim, f"{held_name}-{split}: {sorted(verbatim)[:3]}"
+
+
+def test_dev_and_test_share_no_query_and_the_splits_are_real(data):
+    for _, prefix in HELD_OUT.values():
+        dev = {normalise(q["query"]) for q in read_rows(data / f"{prefix}dev_queries.jsonl")}
+        test = {normalise(q["query"]) for q in read_rows(data / f"{prefix}test_queries.jsonl")}
+        assert dev and test and not dev & test
+    manifest = json.loads((data / "manifest.json").read_text())
+    counts = manifest["distillation_sources"]["counts"]
+    assert set(counts) == {"debian-short", "python-doc-title", "python-doc-question", "python-doc-index-term",
+                           "foldoc-headword"}
+    assert min(counts.values()) >= 20 and sum(counts.values()) - counts["debian-short"] > 10_000, counts
+
+
+def test_clusters_join_packages_that_share_a_description():
+    rows = [{"package": "linux-image-amd64", "source": "linux-signed-amd64", "short": "Linux for 64-bit PCs (signed)", "long": "x"},
+            {"package": "linux-image-amd64-unsigned", "source": "linux", "short": "Linux for 64-bit PCs, signed", "long": "y"},
+            {"package": "linux-doc", "source": "linux", "short": "Linux docs", "long": "z"},
+            {"package": "foo", "source": "foo", "short": "frobnicate", "long": "Foo frobnicates"},
+            {"package": "bar", "source": "bar", "short": "barify", "long": "FOO frobnicates!"},
+            {"package": "baz", "source": "baz", "short": "bazify", "long": "baz"}]
+    c = debian.clusters(rows)
+    assert c["linux-image-amd64"] == c["linux-image-amd64-unsigned"] == c["linux-doc"] == "linux"
+    assert c["foo"] == c["bar"] == "bar"
+    assert c["baz"] == "baz"
+
+
+def test_wordnet_parse_and_held_out_set():
+    text = ("  1 This software and database is being provided to you\n"
+            "00001740 03 n 01 entity 0 003 ~ 00001930 n 0000 | that which is perceived or known to exist  \n"
+            "00002137 03 n 02 abstraction 0 abstract_entity 0 000 | a general concept; \"the abstraction of a face\"  \n"
+            "00003000 03 a 01 big(a) 0 000 | above average in size  \n")
+    synsets = lexicons.parse_wordnet_data(text, "noun")
+    assert [s["lemmas"] for s in synsets] == [["entity"], ["abstraction", "abstract entity"], ["big"]]
+    assert synsets[1]["gloss"] == "a general concept"
+    many = [{"id": f"noun/{i}", "lemmas": [f"word{i % 80}"], "gloss": f"gloss {i}"} for i in range(200)]
+    corpus, split = lexicons.wordnet_set(many, queries=30, corpus_size=100)
+    ids = {d["id"] for d in corpus}
+    queries = split["dev"] + split["test"]
+    assert len(queries) == 30 and split["dev"] and split["test"] and len(corpus) == 100
+    for q in queries:  # every sense of the lemma is relevant and in the corpus
+        assert set(q["relevance"]) == {s["id"] for s in many if s["lemmas"][0] == q["query"]} <= ids
+
+
+def test_distillation_mix_keeps_small_sources_whole(tmp_path):
+    path = tmp_path / "q.jsonl"
+    rows = [{"query": f"{s}-{i}", "source": s} for s, n in (("big", 100), ("small", 5), ("mid", 10)) for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts, counts = stage2.distillation_queries(Path("unused"), 50, 0, path)
+    assert counts == {"small": 5, "mid": 10, "big": 35} and len(set(texts)) == 50
+    again, _ = stage2.distillation_queries(Path("unused"), 50, 0, path)
+    assert again == texts
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    values = np.random.default_rng(1).random(300)
+    lo, hi = bootstrap_interval(values)
+    assert lo < values.mean() < hi and hi - lo < 0.15
+    assert bootstrap_interval(np.full(50, 0.7)) == [0.7, 0.7]

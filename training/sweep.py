@@ -1,0 +1,131 @@
+"""Choose a setting on the dev splits only: train each candidate, score it on every dev set.
+
+    python -m training sweep --stage stage1 --try "plain:stage1.l2sp=0" --try "l2sp:stage1.l2sp=0.1"
+    python -m training sweep --stage stage2 --teacher RUN/stage1 --try "debian:stage2.queries=''" ...
+
+A candidate is a label and ``;``-separated ``--set`` overrides of the recipe. Stage 1
+candidates are scored next to the off-the-shelf start; stage 2 candidates distil a
+student from one stage-1 run and are scored against its document index. Nothing here
+reads a test split. ``sweep.json`` records every candidate, its dev metrics, the rule
+and the pick; ``sweep.png`` plots them.
+
+The rules (the issue's targets, applied to dev):
+- stage 1: among candidates at or above the start on every dev set and above it on
+  Debian, the highest mean nDCG@10; if none qualifies, the largest worst-set margin.
+- stage 2: the smallest student whose worst-set nDCG@10 ratio to stage 1 is >= 0.95;
+  if none qualifies, the highest worst-set ratio.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import evaluate
+from .config import RunConfig, load
+from .towers import resolve_model
+
+KEEP = 0.95
+
+
+def parse_candidate(text: str) -> tuple[str, list[str]]:
+    label, sep, rest = text.partition(":")
+    if not sep or not label.strip():
+        raise ValueError(f"--try takes LABEL:section.field=value[;...]; got {text!r}")
+    return label.strip(), [o.strip() for o in rest.split(";") if o.strip()]
+
+
+def _dev_sets(c: RunConfig):
+    sets = [s for s in c.eval.sets if s.split == "dev"]
+    if not sets:
+        raise ValueError("eval.sets has no set with split = 'dev'; a sweep scores dev sets only")
+    return sets
+
+
+def pick_stage1(scores: dict[str, dict]) -> tuple[str, str]:
+    def margins(label):
+        return scores[label]["minus_start"]
+
+    ok = [lab for lab in scores if min(margins(lab).values()) >= 0 and max(v for k, v in margins(lab).items() if "debian" in k) > 0]
+    if ok:
+        best = max(ok, key=lambda lab: np.mean(list(scores[lab]["ndcg10"].values())))
+        return best, "at or above the start on every dev set and above it on Debian; highest mean nDCG@10"
+    best = max(scores, key=lambda lab: min(margins(lab).values()))
+    return best, "no candidate reached the start on every dev set; largest worst-set margin"
+
+
+def pick_stage2(scores: dict[str, dict]) -> tuple[str, str]:
+    ok = [lab for lab in scores if min(scores[lab]["ratio"].values()) >= KEEP]
+    if ok:
+        best = min(ok, key=lambda lab: (scores[lab]["parameters"], -min(scores[lab]["ratio"].values())))
+        return best, f"smallest student keeping >= {KEEP:.0%} of stage 1 on every dev set"
+    best = max(scores, key=lambda lab: min(scores[lab]["ratio"].values()))
+    return best, f"no student kept {KEEP:.0%} on every dev set; highest worst-set ratio"
+
+
+def run(recipe: str, base_overrides: list[str], stage: str, candidates: list[str], out: Path, teacher: Path | None = None) -> dict:
+    from . import stage1, stage2
+    from .__main__ import data_step, log
+
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "doc-embeddings"
+    scores: dict[str, dict] = {}
+    for text in candidates:
+        label, overrides = parse_candidate(text)
+        c = load(recipe, base_overrides + overrides)
+        sets = _dev_sets(c)
+        folder = out / label
+        started = time.monotonic()
+        if stage == "stage1":
+            stage1.train(c.stage1, data_step(c), folder / "stage1")
+            baseline = str(resolve_model(c.eval.baseline, "eval.baseline"))
+            rows = [evaluate.Row(evaluate.BASELINE, baseline, baseline),
+                    evaluate.Row(evaluate.STAGE1, str(folder / "stage1" / "query"), str(folder / "stage1" / "doc"))]
+        else:
+            if teacher is None:
+                raise ValueError("--teacher: a stage-2 sweep needs the stage-1 run folder (holding query/ and doc/)")
+            stage2.train(c.stage2, teacher / "query", data_step(c), folder / "stage2")
+            rows = [evaluate.Row(evaluate.STAGE1, str(teacher / "query"), str(teacher / "doc")),
+                    evaluate.Row(evaluate.STUDENT, str(folder / "stage2" / "student"), str(teacher / "doc"))]
+        results = evaluate.evaluate(rows, sets, c.eval.batch_size, 0, cache)
+        evaluate.write(results, folder / "eval-dev")
+        per_set = {name: s["rows"] for name, s in results["sets"].items()}
+        entry = {"overrides": overrides, "wall_s": round(time.monotonic() - started, 1), "metrics": per_set}
+        if stage == "stage1":
+            entry["ndcg10"] = {n: r[evaluate.STAGE1]["nDCG@10"] for n, r in per_set.items()}
+            entry["minus_start"] = results["ratios"]["ndcg10_stage1_minus_start"]
+        else:
+            entry["ndcg10"] = {n: r[evaluate.STUDENT]["nDCG@10"] for n, r in per_set.items()}
+            entry["ratio"] = results["ratios"]["ndcg10_student_over_stage1"]
+            card = json.loads((folder / "stage2" / "run_card.json").read_text())
+            entry["parameters"] = card["metrics"]["student_parameters"]
+        scores[label] = entry
+        log(f"sweep {stage} {label}: dev nDCG@10 {({k: round(v, 4) for k, v in entry['ndcg10'].items()})}")
+    best, rule = (pick_stage1 if stage == "stage1" else pick_stage2)(scores)
+    summary = {"stage": stage, "recipe": recipe, "base_overrides": base_overrides, "teacher": str(teacher) if teacher else None,
+               "split": "dev", "candidates": scores, "pick": best, "rule": rule}
+    (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    plot(summary, out / "sweep.png")
+    log(f"sweep {stage}: pick {best!r} ({rule}) -> {out / 'sweep.json'}")
+    return summary
+
+
+def plot(summary: dict, path: Path) -> None:
+    from model_repository.runtime.provenance import pyplot
+
+    plt = pyplot()
+    labels = list(summary["candidates"])
+    sets = list(summary["candidates"][labels[0]]["ndcg10"])
+    fig, ax = plt.subplots(figsize=(1.6 + 1.6 * len(labels), 3.6))
+    width = 0.8 / len(sets)
+    for n, name in enumerate(sets):
+        ax.bar(np.arange(len(labels)) + n * width, [summary["candidates"][lab]["ndcg10"][name] for lab in labels], width, label=name)
+    ax.set_xticks(np.arange(len(labels)) + width * (len(sets) - 1) / 2, [lab + (" (pick)" if lab == summary["pick"] else "") for lab in labels])
+    ax.set_ylabel("dev nDCG@10")
+    ax.set_title(f"{summary['stage']} candidates on the dev splits", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
