@@ -103,12 +103,17 @@ def run(recipe: str, base_overrides: list[str], stage: str, candidates: list[str
             entry["parameters"] = card["metrics"]["student_parameters"]
         scores[label] = entry
         log(f"sweep {stage} {label}: dev nDCG@10 {({k: round(v, 4) for k, v in entry['ndcg10'].items()})}")
+        summary = write(out, stage, recipe, base_overrides, teacher, scores)  # after every candidate: a long sweep can stop early
+    log(f"sweep {stage}: pick {summary['pick']!r} ({summary['rule']}) -> {out / 'sweep.json'}")
+    return summary
+
+
+def write(out: Path, stage: str, recipe: str, base_overrides: list[str], teacher: Path | None, scores: dict) -> dict:
     best, rule = (pick_stage1 if stage == "stage1" else pick_stage2)(scores)
     summary = {"stage": stage, "recipe": recipe, "base_overrides": base_overrides, "teacher": str(teacher) if teacher else None,
                "split": "dev", "candidates": scores, "pick": best, "rule": rule}
     (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     plot(summary, out / "sweep.png")
-    log(f"sweep {stage}: pick {best!r} ({rule}) -> {out / 'sweep.json'}")
     return summary
 
 
