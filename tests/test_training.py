@@ -229,6 +229,33 @@ def test_stage2_mse_falls_and_projection_is_saved(tiny_bert, tmp_path, faq_pairs
     np.testing.assert_allclose(reloaded.encode(texts), trained, atol=1e-6)
 
 
+def test_matryoshka_distillation_makes_the_prefix_agree_with_the_teacher(tmp_path, faq_pairs):
+    """Distilled on nested prefixes, the student's first 16 of 64 dimensions (renormalised) match
+    the teacher's prefix better than a student distilled at full width only."""
+    from training.losses import distill_loss, matryoshka, prefix
+
+    a, b = torch.nn.functional.normalize(torch.randn(4, 8), dim=1), torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    assert torch.equal(matryoshka(distill_loss, a, b, [], 1.0, 1.0)[0], distill_loss(a, b, 1.0, 1.0)[0])
+    both = (distill_loss(a, b, 1.0, 1.0)[0] + distill_loss(prefix(a, 4), prefix(b, 4), 1.0, 1.0)[0]) / 2
+    assert torch.allclose(matryoshka(distill_loss, a, b, [4, 99], 1.0, 1.0)[0], both)
+    teacher = _tiny(tmp_path / "teacher", "bert", hidden=64, seed=1)
+    Tower.load(teacher, spec=TowerSpec(max_tokens=24)).save(tmp_path / "teacher-tower")
+    texts = [json.loads(line)["query"] for line in faq_pairs.read_text().splitlines()][:64]
+    student = _tiny(tmp_path / "student", "bert", hidden=64, seed=2)
+    target = Tower.load(tmp_path / "teacher-tower").encode(texts)[:, :16]
+    target /= np.linalg.norm(target, axis=1, keepdims=True)
+
+    def prefix_cos(dims: list[int]) -> float:
+        c = Stage2Config(student=str(student), steps=40, batch_size=32, lr=3e-3, warmup_steps=2, max_query_tokens=24,
+                         matryoshka=dims)
+        got = stage2.distill(c, tmp_path / "teacher-tower", faq_pairs).student.encode(texts)[:, :16]
+        got /= np.linalg.norm(got, axis=1, keepdims=True)
+        return float((got * target).sum(axis=1).mean())
+
+    nested, plain = prefix_cos([16]), prefix_cos([])
+    assert 1 - nested < 0.8 * (1 - plain), (nested, plain)
+
+
 def test_stage2_writes_from_rank_0_only(tiny_bert, tmp_path, faq_pairs, monkeypatch):
     from training.common import Dist
 

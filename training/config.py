@@ -37,6 +37,7 @@ class Stage1Config:
     mine_every: int = 0  # 0: mine once, before the first step
     mine_pool: int = 4096  # pairs whose documents form the mining pool
     l2sp: float = 0.0  # L2-SP: weight of sum((w - w_start)^2), which keeps the towers near their start
+    matryoshka: list[int] = dataclasses.field(default_factory=list)  # nested prefix widths trained too, e.g. [128, 256]
     lora_r: int = 0  # 0: full fine-tuning; > 0: LoRA adapters, merged on save
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -54,6 +55,7 @@ class Stage2Config:
     projection: str = "auto"  # auto: add a linear map when dims differ; none: a mismatch is an error
     w_mse: float = 1.0
     w_cos: float = 1.0
+    matryoshka: list[int] = dataclasses.field(default_factory=list)  # nested prefix widths distilled too
     max_query_tokens: int = 32
     queries: str = ""  # distillation text, JSONL {"query", "source"}; '' takes the training pairs' queries
     max_queries: int = 20000  # every source but the largest is taken whole; the largest fills the rest
@@ -174,6 +176,9 @@ def validate(c: RunConfig) -> None:
         raise ConfigError(f"stage2.projection must be 'auto' or 'none'; got {c.stage2.projection!r}")
     if c.stage2.w_mse < 0 or c.stage2.w_cos < 0 or c.stage2.w_mse + c.stage2.w_cos == 0:
         raise ConfigError(f"stage2.w_mse and stage2.w_cos must be >= 0, not both 0; got {c.stage2.w_mse}, {c.stage2.w_cos}")
+    for field, dims in (("stage1.matryoshka", c.stage1.matryoshka), ("stage2.matryoshka", c.stage2.matryoshka)):
+        if any(d < 1 for d in dims):
+            raise ConfigError(f"{field} must list widths >= 1; got {dims}")
     if c.stage1.l2sp < 0:
         raise ConfigError(f"stage1.l2sp must be >= 0; got {c.stage1.l2sp}")
     splits = ("dev", "test")

@@ -7,6 +7,11 @@ batch (all ranks' positives and hard negatives); its own positive is the target.
 embeddings. MSE is torch's mean over elements; on unit vectors it equals
 ``2 (1 - cos) / D``, so with normalised towers it acts as a rescaled cosine term.
 The weights stay separate, as the method specifies.
+
+``matryoshka``: the same loss summed over nested prefixes of the embedding (the first
+d dimensions, renormalised), full width included (Kusupati et al., 2022), so that an
+index truncated to d dimensions (``kernels.compressed``, ``matryoshka:<d>``) keeps
+its quality.
 """
 from __future__ import annotations
 
@@ -57,3 +62,20 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, w_mse: float, w_c
     mse = F.mse_loss(student, teacher)
     cos = (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
     return w_mse * mse + w_cos * cos, {"mse": float(mse.detach()), "cos": float(cos.detach())}
+
+
+def prefix(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The first ``dim`` dimensions, renormalised (the whole vector when dim >= its width)."""
+    return x if dim >= x.shape[-1] else F.normalize(x[..., :dim], dim=-1)
+
+
+def matryoshka(loss_fn, a: torch.Tensor, b: torch.Tensor, dims: list[int], *args):
+    """``loss_fn(a, b, *args)`` at full width plus at every prefix in ``dims``, averaged.
+
+    ``loss_fn`` returns a tensor or (tensor, parts); the parts returned are the full width's.
+    """
+    widths = [a.shape[-1]] + sorted({d for d in dims if d < a.shape[-1]}, reverse=True)
+    outs = [loss_fn(prefix(a, d), prefix(b, d), *args) for d in widths]
+    if isinstance(outs[0], tuple):
+        return sum(o[0] for o in outs) / len(outs), outs[0][1]
+    return sum(outs) / len(outs)

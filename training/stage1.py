@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .common import Dist, lr_lambda, plot_curves, setup_distributed, write_run_card
 from .config import Stage1Config
 from .data import DataError, Pair, group_batches, read_pairs
-from .losses import info_nce, world_size
+from .losses import info_nce, matryoshka, world_size
 from .tower_format import TowerSpec
 from .towers import Tower, apply_lora
 
@@ -85,7 +85,7 @@ def compute_loss(model, towers: DualTowers, pairs, rows, negatives, c: Stage1Con
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (c.bf16 and ctx.device.type == "cuda") else contextlib.nullcontext()
     with autocast:
         q_emb, d_emb = model(q, d)
-    return info_nce(q_emb, d_emb, c.temperature)
+    return matryoshka(info_nce, q_emb, d_emb, c.matryoshka, c.temperature)
 
 
 class L2SP:

@@ -8,6 +8,7 @@ the student's queries search the stage-1 doc tower's index.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import time
@@ -21,8 +22,9 @@ from .common import lr_lambda, plot_curves, setup_distributed, write_run_card
 from .config import Stage2Config
 from .corpus import read_jsonl
 from .data import read_pairs
-from .losses import distill_loss
+from .losses import distill_loss, matryoshka
 from .tower_format import SPEC_FILE, TowerSpec
+from model_repository.runtime.files import sha256_file
 from .towers import Tower, TowerError
 
 
@@ -78,12 +80,29 @@ class Distilled:
     main: bool = True  # rank 0 (or a single process): the one that writes
 
 
-def train(c: Stage2Config, teacher_dir: Path, train_file: Path, out: Path) -> dict:
+def train(c: Stage2Config, teacher_dir: Path, train_file: Path, out: Path, cache: Path | None = None) -> dict:
     """Distil, then write the student, its loss curves and its run card under ``out``; -> the metrics."""
-    return save(distill(c, teacher_dir, train_file), c, teacher_dir, train_file, out)
+    return save(distill(c, teacher_dir, train_file, cache), c, teacher_dir, train_file, out)
 
 
-def distill(c: Stage2Config, teacher_dir: Path, train_file: Path) -> Distilled:
+def teacher_targets(teacher: Tower, teacher_dir: Path, queries: list[str], cache: Path | None) -> torch.Tensor:
+    """The teacher's embeddings of ``queries``; with ``cache``, kept by (teacher weights, texts)
+    checksums, so that students distilled from one teacher on one text set share them."""
+    if cache is not None:
+        files = sorted(Path(teacher_dir).glob("*.safetensors")) + sorted(Path(teacher_dir).glob("*.json"))
+        digest = hashlib.sha256("".join(sha256_file(f) for f in files).encode())
+        digest.update("\x00".join(queries).encode())
+        path = cache / f"{digest.hexdigest()[:20]}.npy"
+        if path.exists():
+            return torch.from_numpy(np.load(path))
+    emb = teacher.encode(queries, 128, desc="teacher: query embeddings")
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(path, emb)
+    return torch.from_numpy(emb)
+
+
+def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | None = None) -> Distilled:
     started = time.monotonic()
     ctx = setup_distributed()
     torch.manual_seed(c.seed)
@@ -91,7 +110,7 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path) -> Distilled:
     for p in teacher.parameters():
         p.requires_grad_(False)
     queries, sources = distillation_queries(train_file, c.max_queries, c.seed, Path(c.queries) if c.queries else None)
-    targets = torch.from_numpy(teacher.encode(queries, 128, desc="teacher: query embeddings"))
+    targets = teacher_targets(teacher, teacher_dir, queries, cache)
     student = load_student(c, teacher, teacher_dir).to(ctx.device)
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=c.lr, weight_decay=0.01)
@@ -102,7 +121,7 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path) -> Distilled:
     for _ in bar:
         rows = rng.choice(len(queries), size=min(c.batch_size, len(queries)), replace=False)
         batch = {k: v.to(ctx.device) for k, v in student.tokenize([queries[i] for i in rows]).items()}
-        loss, parts = distill_loss(student(**batch), targets[rows].to(ctx.device), c.w_mse, c.w_cos)
+        loss, parts = matryoshka(distill_loss, student(**batch), targets[rows].to(ctx.device), c.matryoshka, c.w_mse, c.w_cos)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()

@@ -86,7 +86,7 @@ def run(recipe: str, base_overrides: list[str], stage: str, candidates: list[str
         else:
             if teacher is None:
                 raise ValueError("--teacher: a stage-2 sweep needs the stage-1 run folder (holding query/ and doc/)")
-            stage2.train(c.stage2, teacher / "query", data_step(c), folder / "stage2")
+            stage2.train(c.stage2, teacher / "query", data_step(c), folder / "stage2", out / "teacher-embeddings")
             rows = [evaluate.Row(evaluate.STAGE1, str(teacher / "query"), str(teacher / "doc")),
                     evaluate.Row(evaluate.STUDENT, str(folder / "stage2" / "student"), str(teacher / "doc"))]
         results = evaluate.evaluate(rows, sets, c.eval.batch_size, 0, cache)
