@@ -77,7 +77,8 @@ def eval_step(c: RunConfig, out: Path) -> dict:
             evaluate.Row("stage-1 towers", s1q, s1d),
             evaluate.Row("student -> stage-1 doc index", student, s1d)]
     rows = [r for r in rows if Path(r.query_tower).exists() and Path(r.doc_tower).exists()]
-    results = evaluate.evaluate(rows, sets, c.eval.batch_size, c.eval.latency_queries if c.eval.latency else 0)
+    results = evaluate.evaluate(rows, sets, c.eval.batch_size, c.eval.latency_queries if c.eval.latency else 0,
+                                evaluate.EMBEDDING_CACHE)
     results["split"] = c.eval.split
     evaluate.write(results, out / ("eval" if c.eval.split == "test" else f"eval-{c.eval.split}"))
     print(evaluate.markdown(results))

@@ -28,6 +28,7 @@ from .config import EvalSet
 from .data import document_text, read_eval_corpus, read_eval_queries
 from .towers import Tower
 
+EMBEDDING_CACHE = Path("artifacts/cache/doc-embeddings")  # keyed by tower-weight and corpus checksums
 MEASURES = [R @ 1, R @ 10, R @ 100, nDCG @ 10, RR @ 10]
 NAMES = {str(R @ 1): "R@1", str(R @ 10): "R@10", str(R @ 100): "R@100", str(nDCG @ 10): "nDCG@10", str(RR @ 10): "MRR@10"}
 DEPTH = 100

@@ -70,7 +70,7 @@ def run(recipe: str, base_overrides: list[str], stage: str, candidates: list[str
     from .__main__ import data_step, log
 
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / "doc-embeddings"
+    cache = evaluate.EMBEDDING_CACHE
     scores: dict[str, dict] = {}
     for text in candidates:
         label, overrides = parse_candidate(text)
