@@ -26,7 +26,7 @@ from model_repository.runtime.provenance import pyplot
 
 from .config import EvalSet
 from .data import document_text, read_eval_corpus, read_eval_queries
-from .towers import Tower
+from .towers import Tower, weight_files
 
 EMBEDDING_CACHE = Path("artifacts/cache/doc-embeddings")  # keyed by tower-weight and corpus checksums
 MEASURES = [R @ 1, R @ 10, R @ 100, nDCG @ 10, RR @ 10]
@@ -88,8 +88,7 @@ def _cached_docs(cache: Path | None, tower_path: str, corpus: str, encode) -> np
     scores many students against one stage-1 doc tower without encoding its corpus again."""
     if cache is None:
         return encode()
-    weights = sorted(Path(tower_path).glob("*.safetensors")) + sorted(Path(tower_path).glob("*.json"))
-    key = hashlib.sha256("".join(sha256_file(p) for p in weights + [Path(corpus)]).encode()).hexdigest()[:20]
+    key = hashlib.sha256("".join(sha256_file(p) for p in weight_files(tower_path) + [Path(corpus)]).encode()).hexdigest()[:20]
     path = cache / f"{key}.npy"
     if path.exists():
         return np.load(path)

@@ -25,7 +25,7 @@ from .data import read_pairs
 from .losses import distill_loss, matryoshka
 from .tower_format import SPEC_FILE, TowerSpec
 from model_repository.runtime.files import sha256_file
-from .towers import Tower, TowerError
+from .towers import Tower, TowerError, weight_files
 
 
 def distillation_queries(train_file: Path, limit: int, seed: int, queries_file: Path | None = None) -> tuple[list[str], dict[str, int]]:
@@ -89,8 +89,7 @@ def teacher_targets(teacher: Tower, teacher_dir: Path, queries: list[str], cache
     """The teacher's embeddings of ``queries``; with ``cache``, kept by (teacher weights, texts)
     checksums, so that students distilled from one teacher on one text set share them."""
     if cache is not None:
-        files = sorted(Path(teacher_dir).glob("*.safetensors")) + sorted(Path(teacher_dir).glob("*.json"))
-        digest = hashlib.sha256("".join(sha256_file(f) for f in files).encode())
+        digest = hashlib.sha256("".join(sha256_file(f) for f in weight_files(teacher_dir)).encode())
         digest.update("\x00".join(queries).encode())
         path = cache / f"{digest.hexdigest()[:20]}.npy"
         if path.exists():

@@ -186,3 +186,12 @@ def apply_lora(tower: Tower, r: int, alpha: int, dropout: float) -> None:
 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear")
     tower.model = get_peft_model(tower.model, config)
+
+
+def weight_files(folder: Path | str) -> list[Path]:
+    """A tower folder's weight and config files, in a fixed order: what a cache key must cover."""
+    folder = Path(folder)
+    files = [p for pattern in ("*.safetensors", "*.bin", "*.json") for p in sorted(folder.glob(pattern))]
+    if not files:
+        raise TowerError(f"{folder}: no weight or config files to take a checksum of")
+    return files
