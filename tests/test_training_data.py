@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import ROOT
 from training import debian, lexicons, stage2
-from training.evaluate import bootstrap_interval
+from training.evaluate import bootstrap_interval, truncation_recall
 from training.leaks import held_out_texts, normalise, read_rows
 
 DATA = ROOT / "artifacts" / "data" / "debian"
@@ -105,3 +105,14 @@ def test_bootstrap_interval_brackets_the_mean():
     lo, hi = bootstrap_interval(values)
     assert lo < values.mean() < hi and hi - lo < 0.15
     assert bootstrap_interval(np.full(50, 0.7)) == [0.7, 0.7]
+
+
+def test_truncation_recall_is_one_when_the_prefix_holds_everything():
+    rng = np.random.default_rng(0)
+    docs, queries = rng.normal(size=(300, 384)), rng.normal(size=(40, 384))
+    docs[:, 128:], queries[:, 128:] = 0, 0  # all of the signal in the first 128 dimensions
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    assert truncation_recall(queries, docs) == {"matryoshka:128": 1.0, "matryoshka:256": 1.0}
+    spread = rng.normal(size=(300, 384))
+    got = truncation_recall(queries + rng.normal(size=(40, 384)), spread / np.linalg.norm(spread, axis=1, keepdims=True))
+    assert got["matryoshka:128"] < got["matryoshka:256"] < 1.0

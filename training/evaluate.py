@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from ir_measures import RR, R, nDCG
 
+from kernels.compressed import truncate
 from kernels.topk import NumpyTopK
 from model_repository.runtime.files import sha256_file
 from model_repository.runtime.provenance import pyplot
@@ -51,6 +52,23 @@ def bootstrap_interval(per_query: np.ndarray, seed: int = 0, rounds: int = BOOTS
     return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
 
 
+TRUNCATIONS = (128, 256)
+
+
+def truncation_recall(query_emb: np.ndarray, doc_emb: np.ndarray, dims=TRUNCATIONS, k: int = 10) -> dict:
+    """Recall@k of a ``matryoshka:<d>`` index searched alone (no rescoring) against the exact
+    full-width top k: how much of the answer survives truncating both sides to d dimensions."""
+    k = min(k, len(doc_emb))
+    exact, _ = NumpyTopK(doc_emb).search(query_emb, k)
+    out = {}
+    for d in dims:
+        if d >= doc_emb.shape[1]:
+            continue
+        got, _ = NumpyTopK(truncate(doc_emb, d)).search(truncate(query_emb, d), k)
+        out[f"matryoshka:{d}"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(exact, got)]))
+    return out
+
+
 def retrieval_metrics(query_emb: np.ndarray, doc_emb: np.ndarray, doc_ids: list[str], queries: list[dict]) -> dict:
     """The measures, unrounded, plus the 95% bootstrap interval of nDCG@10 over queries."""
     ids, scores = NumpyTopK(doc_emb).search(query_emb, min(DEPTH, len(doc_ids)))
@@ -62,6 +80,7 @@ def retrieval_metrics(query_emb: np.ndarray, doc_emb: np.ndarray, doc_ids: list[
     for m in ir_measures.iter_calc([nDCG @ 10], qrels, run):
         ndcg[m.query_id] = float(m.value)
     out["nDCG@10_ci95"] = bootstrap_interval(np.array(list(ndcg.values())))
+    out["R@10_vs_exact"] = truncation_recall(query_emb, doc_emb)
     return out
 
 
@@ -161,6 +180,10 @@ def markdown(results: dict) -> str:
             lo, hi = m["nDCG@10_ci95"]
             lines.append(f"| {row} | {m['R@1']:.3f} | {m['R@10']:.3f} | {m['R@100']:.3f} | {m['nDCG@10']:.3f} [{lo:.3f}, {hi:.3f}] "
                          f"| {m['MRR@10']:.3f} |")
+        dims = sorted({d for m in s["rows"].values() for d in m.get("R@10_vs_exact", {})}, key=lambda d: int(d.split(":")[1]))
+        if dims:
+            lines += ["", "truncated index searched alone, recall@10 against the exact full-width top 10: "
+                      + "; ".join(f"{row}: " + ", ".join(f"{d} {m['R@10_vs_exact'][d]:.3f}" for d in dims) for row, m in s["rows"].items())]
         ratio = results.get("ratios", {}).get("ndcg10_student_over_stage1", {}).get(name)
         if ratio is not None:
             lines.append(f"\nstudent / stage 1, nDCG@10: {ratio:.4f}")
