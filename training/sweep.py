@@ -7,7 +7,8 @@ A candidate is a label and ``;``-separated ``--set`` overrides of the recipe. St
 candidates are scored next to the off-the-shelf start; stage 2 candidates distil a
 student from one stage-1 run and are scored against its document index. Nothing here
 reads a test split. ``sweep.json`` records every candidate, its dev metrics, the rule
-and the pick; ``sweep.png`` plots them.
+and the pick; ``sweep.png`` plots them. Run again into the same folder, a sweep keeps the
+candidates it has already scored and adds the new ones.
 
 The rules (the issue's targets, applied to dev):
 - stage 1: among candidates at or above the start on every dev set and above it on
@@ -72,8 +73,18 @@ def run(recipe: str, base_overrides: list[str], stage: str, candidates: list[str
     out.mkdir(parents=True, exist_ok=True)
     cache = evaluate.EMBEDDING_CACHE
     scores: dict[str, dict] = {}
+    previous = out / "sweep.json"
+    if previous.exists():  # a sweep resumes: candidates already scored in this folder are kept
+        summary = json.loads(previous.read_text(encoding="utf-8"))
+        if summary["stage"] == stage and summary["base_overrides"] == base_overrides:
+            scores = summary["candidates"]
     for text in candidates:
         label, overrides = parse_candidate(text)
+        if label in scores:
+            if scores[label]["overrides"] != overrides:
+                raise ValueError(f"--try {label}: already scored in {previous} with {scores[label]['overrides']}; pick another label")
+            log(f"sweep {stage} {label}: already scored, kept")
+            continue
         c = load(recipe, base_overrides + overrides)
         sets = _dev_sets(c)
         folder = out / label
