@@ -116,3 +116,19 @@ def test_truncation_recall_is_one_when_the_prefix_holds_everything():
     spread = rng.normal(size=(300, 384))
     got = truncation_recall(queries + rng.normal(size=(40, 384)), spread / np.linalg.norm(spread, axis=1, keepdims=True))
     assert got["matryoshka:128"] < got["matryoshka:256"] < 1.0
+
+
+def test_sweep_rules_pick_what_the_targets_ask_for():
+    from training.sweep import parse_candidate, pick_stage1, pick_stage2
+
+    assert parse_candidate("l2sp:stage1.l2sp=1.0; stage1.steps=10") == ("l2sp", ["stage1.l2sp=1.0", "stage1.steps=10"])
+    with pytest.raises(ValueError, match="LABEL:section.field=value"):
+        parse_candidate("stage1.l2sp=1.0")
+    s1 = {"best-debian": {"ndcg10": {"debian-dev": 0.9, "faq-dev": 0.7}, "minus_start": {"debian-dev": 0.05, "faq-dev": -0.03}},
+          "keeps-all": {"ndcg10": {"debian-dev": 0.86, "faq-dev": 0.75}, "minus_start": {"debian-dev": 0.01, "faq-dev": 0.0}}}
+    assert pick_stage1(s1)[0] == "keeps-all"  # the only one at or above the start everywhere
+    del s1["keeps-all"]
+    assert pick_stage1(s1) == ("best-debian", "no candidate reached the start on every dev set; largest worst-set margin")
+    s2 = {"big": {"ratio": {"a": 0.99, "b": 0.97}, "parameters": 20}, "small": {"ratio": {"a": 0.96, "b": 0.95}, "parameters": 10},
+          "tiny": {"ratio": {"a": 0.99, "b": 0.90}, "parameters": 5}}
+    assert pick_stage2(s2)[0] == "small"  # the smallest that keeps 95% on every set
