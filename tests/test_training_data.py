@@ -132,3 +132,26 @@ def test_sweep_rules_pick_what_the_targets_ask_for():
     s2 = {"big": {"ratio": {"a": 0.99, "b": 0.97}, "parameters": 20}, "small": {"ratio": {"a": 0.96, "b": 0.95}, "parameters": 10},
           "tiny": {"ratio": {"a": 0.99, "b": 0.90}, "parameters": 5}}
     assert pick_stage2(s2)[0] == "small"  # the smallest that keeps 95% on every set
+
+
+def test_embedding_cache_hits_only_for_the_same_weights_and_data(tmp_path):
+    from training.towers import cached_embeddings
+
+    tower = tmp_path / "tower"
+    tower.mkdir()
+    (tower / "model.safetensors").write_bytes(b"weights v1")
+    calls = []
+
+    def encode():
+        calls.append(1)
+        return np.full((2, 3), len(calls), dtype=np.float32)
+
+    cache = tmp_path / "cache"
+    first = cached_embeddings(cache, tower, b"texts", encode)
+    np.testing.assert_array_equal(cached_embeddings(cache, tower, b"texts", encode), first)
+    assert len(calls) == 1
+    cached_embeddings(cache, tower, b"other texts", encode)
+    (tower / "model.safetensors").write_bytes(b"weights v2")
+    cached_embeddings(cache, tower, b"texts", encode)
+    cached_embeddings(None, tower, b"texts", encode)
+    assert len(calls) == 4

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import statistics
 import time
@@ -27,7 +26,7 @@ from model_repository.runtime.provenance import pyplot
 
 from .config import EvalSet
 from .data import document_text, read_eval_corpus, read_eval_queries
-from .towers import Tower, weight_files
+from .towers import Tower, cached_embeddings
 
 EMBEDDING_CACHE = Path("artifacts/cache/doc-embeddings")  # keyed by tower-weight and corpus checksums
 MEASURES = [R @ 1, R @ 10, R @ 100, nDCG @ 10, RR @ 10]
@@ -102,21 +101,6 @@ def query_latency(tower: Tower, texts: list[str]) -> dict:
             "parameters": sum(p.numel() for p in tower.parameters()), "threads": torch.get_num_threads()}
 
 
-def _cached_docs(cache: Path | None, tower_path: str, corpus: str, encode) -> np.ndarray:
-    """Document embeddings, kept under ``cache`` by (tower weights, corpus) checksums: a sweep
-    scores many students against one stage-1 doc tower without encoding its corpus again."""
-    if cache is None:
-        return encode()
-    key = hashlib.sha256("".join(sha256_file(p) for p in weight_files(tower_path) + [Path(corpus)]).encode()).hexdigest()[:20]
-    path = cache / f"{key}.npy"
-    if path.exists():
-        return np.load(path)
-    emb = encode()
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(path, emb)
-    return emb
-
-
 def evaluate(rows: list[Row], sets: list[EvalSet], batch_size: int = 64, latency_queries: int = 200,
              cache: Path | None = None) -> dict:
     """``latency_queries = 0`` skips the speed measurement (dev runs that only choose settings);
@@ -137,7 +121,7 @@ def evaluate(rows: list[Row], sets: list[EvalSet], batch_size: int = 64, latency
         results["sets"][s.name] = {"documents": len(docs), "queries": len(queries), "rows": {}}
         for row in rows:
             if row.doc_tower not in doc_cache:
-                doc_cache[row.doc_tower] = _cached_docs(cache, row.doc_tower, s.corpus, functools.partial(
+                doc_cache[row.doc_tower] = cached_embeddings(cache, row.doc_tower, sha256_file(Path(s.corpus)).encode(), functools.partial(
                     tower(row.doc_tower, "doc").encode, texts, batch_size, desc=f"{s.name}: {row.name} docs"))
             q = tower(row.query_tower, "query").encode([x["query"] for x in queries], batch_size)
             results["sets"][s.name]["rows"][row.name] = retrieval_metrics(q, doc_cache[row.doc_tower], [d["id"] for d in docs], queries)

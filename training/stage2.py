@@ -8,7 +8,7 @@ the student's queries search the stage-1 doc tower's index.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import json
 import random
 import time
@@ -24,8 +24,7 @@ from .corpus import read_jsonl
 from .data import read_pairs
 from .losses import distill_loss, matryoshka
 from .tower_format import SPEC_FILE, TowerSpec
-from model_repository.runtime.files import sha256_file
-from .towers import Tower, TowerError, weight_files
+from .towers import Tower, TowerError, cached_embeddings
 
 
 def distillation_queries(train_file: Path, limit: int, seed: int, queries_file: Path | None = None) -> tuple[list[str], dict[str, int]]:
@@ -85,22 +84,6 @@ def train(c: Stage2Config, teacher_dir: Path, train_file: Path, out: Path, cache
     return save(distill(c, teacher_dir, train_file, cache), c, teacher_dir, train_file, out)
 
 
-def teacher_targets(teacher: Tower, teacher_dir: Path, queries: list[str], cache: Path | None) -> torch.Tensor:
-    """The teacher's embeddings of ``queries``; with ``cache``, kept by (teacher weights, texts)
-    checksums, so that students distilled from one teacher on one text set share them."""
-    if cache is not None:
-        digest = hashlib.sha256("".join(sha256_file(f) for f in weight_files(teacher_dir)).encode())
-        digest.update("\x00".join(queries).encode())
-        path = cache / f"{digest.hexdigest()[:20]}.npy"
-        if path.exists():
-            return torch.from_numpy(np.load(path))
-    emb = teacher.encode(queries, 128, desc="teacher: query embeddings")
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        np.save(path, emb)
-    return torch.from_numpy(emb)
-
-
 def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | None = None) -> Distilled:
     started = time.monotonic()
     ctx = setup_distributed()
@@ -109,7 +92,8 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
     for p in teacher.parameters():
         p.requires_grad_(False)
     queries, sources = distillation_queries(train_file, c.max_queries, c.seed, Path(c.queries) if c.queries else None)
-    targets = teacher_targets(teacher, teacher_dir, queries, cache)
+    targets = torch.from_numpy(cached_embeddings(cache, teacher_dir, "\x00".join(queries).encode(),
+                                                 functools.partial(teacher.encode, queries, 128, desc="teacher: query embeddings")))
     student = load_student(c, teacher, teacher_dir).to(ctx.device)
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=c.lr, weight_decay=0.01)

@@ -14,9 +14,10 @@ the Triton kernel where it cannot run is an error, not a fallback.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from kernels.pooling_torch import pool_normalize_torch_reference
 
+from model_repository.runtime.files import sha256_file
 from .tower_format import PROJECTION_FILE, TowerSpec, read_spec, write_spec
 
 # model_type values that are bidirectional encoders; everything else is treated as a decoder LLM.
@@ -195,3 +197,19 @@ def weight_files(folder: Path | str) -> list[Path]:
     if not files:
         raise TowerError(f"{folder}: no weight or config files to take a checksum of")
     return files
+
+
+def cached_embeddings(cache: Path | None, tower: Path | str, data: bytes, encode: Callable[[], np.ndarray]) -> np.ndarray:
+    """``encode()``, kept under ``cache`` by the checksums of the tower's files and of ``data``
+    (what was encoded): sweeps and evaluations that encode the same texts with the same
+    weights share the result. ``cache = None`` always encodes."""
+    if cache is None:
+        return encode()
+    key = hashlib.sha256("".join(sha256_file(p) for p in weight_files(tower)).encode() + data).hexdigest()[:20]
+    path = Path(cache) / f"{key}.npy"
+    if path.exists():
+        return np.load(path)
+    emb = encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, emb)
+    return emb
