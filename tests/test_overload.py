@@ -56,7 +56,7 @@ def test_reconcile_refuses_a_run_whose_counts_disagree():
 def test_open_loop_sends_on_schedule_while_answers_are_outstanding(server, queries):
     """Arrivals keep their schedule: calls overlap, every one is counted, and Triton counts the same."""
     generator = openloop.Generator(server.grpc_url, "retrieve", queries, k=5)
-    phases = [(60.0, 3.0)]
+    phases = [(30.0, 4.0)]  # half what the shared, unpinned server sustains on a slow 2-core machine: the lag is the generator's
     before = triton_metrics.scrape_settled(server.metrics_url, "retrieve")
     samples = generator.open_loop(phases, seed=7)
     after = triton_metrics.scrape_settled(server.metrics_url, "retrieve")
