@@ -68,9 +68,7 @@ def eval_step(c: RunConfig, out: Path) -> dict:
     from . import evaluate
     from .towers import resolve_model
 
-    sets = [s for s in c.eval.sets if s.split == c.eval.split]
-    if not sets:
-        raise ConfigError(f"eval.sets must name at least one {{name, corpus, queries, split}} set of split {c.eval.split!r}")
+    sets = c.eval.of_split(c.eval.split)
     baseline = str(resolve_model(c.eval.baseline, "eval.baseline"))
     s1q, s1d, student = (str(out / "stage1" / "query"), str(out / "stage1" / "doc"), str(out / "stage2" / "student"))
     rows = [evaluate.Row("off-the-shelf all-MiniLM-L6-v2", baseline, baseline),

@@ -84,6 +84,12 @@ class EvalConfig:
     split: str = "test"  # which sets to score: 'dev' while choosing settings, 'test' once at the end
     latency: bool = True  # measure query-encoding speed too
 
+    def of_split(self, split: str) -> list[EvalSet]:
+        sets = [s for s in self.sets if s.split == split]
+        if not sets:
+            raise ConfigError(f"eval.sets must name at least one {{name, corpus, queries, split}} set of split {split!r}")
+        return sets
+
 
 @dataclasses.dataclass
 class DataConfig:

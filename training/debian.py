@@ -149,7 +149,6 @@ def clusters(rows: list[dict]) -> dict[str, str]:
 
     for r in rows:
         node = "src:" + r["source"]
-        union(node, "pkg:" + r["package"])
         union(node, "short:" + normalise(r["short"]))
         union(node, "long:" + normalise(r["long"]))
     sources: dict[str, str] = {}

@@ -112,6 +112,9 @@ def evaluate(rows: list[Row], sets: list[EvalSet], batch_size: int = 64, latency
             towers[path] = Tower.load(path, f"eval {role} tower")
         return towers[path]
 
+    def encode_docs(path: str, texts: list[str], desc: str) -> np.ndarray:  # the tower is loaded only on a cache miss
+        return tower(path, "doc").encode(texts, batch_size, desc=desc)
+
     results: dict = {"sets": {}, "latency": {}}
     for s in sets:
         docs = read_eval_corpus(s.corpus)
@@ -121,8 +124,8 @@ def evaluate(rows: list[Row], sets: list[EvalSet], batch_size: int = 64, latency
         results["sets"][s.name] = {"documents": len(docs), "queries": len(queries), "rows": {}}
         for row in rows:
             if row.doc_tower not in doc_cache:
-                doc_cache[row.doc_tower] = cached_embeddings(cache, row.doc_tower, sha256_file(Path(s.corpus)).encode(), functools.partial(
-                    tower(row.doc_tower, "doc").encode, texts, batch_size, desc=f"{s.name}: {row.name} docs"))
+                encode = functools.partial(encode_docs, row.doc_tower, texts, f"{s.name}: {row.name} docs")
+                doc_cache[row.doc_tower] = cached_embeddings(cache, row.doc_tower, sha256_file(Path(s.corpus)).encode(), encode)
             q = tower(row.query_tower, "query").encode([x["query"] for x in queries], batch_size)
             results["sets"][s.name]["rows"][row.name] = retrieval_metrics(q, doc_cache[row.doc_tower], [d["id"] for d in docs], queries)
     if latency_queries:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import evaluate
-from .config import RunConfig, load
+from .config import load
 from .towers import resolve_model
 
 KEEP = 0.95
@@ -38,18 +38,11 @@ def parse_candidate(text: str) -> tuple[str, list[str]]:
     return label.strip(), [o.strip() for o in rest.split(";") if o.strip()]
 
 
-def _dev_sets(c: RunConfig):
-    sets = [s for s in c.eval.sets if s.split == "dev"]
-    if not sets:
-        raise ValueError("eval.sets has no set with split = 'dev'; a sweep scores dev sets only")
-    return sets
-
-
 def pick_stage1(scores: dict[str, dict]) -> tuple[str, str]:
     def margins(label):
         return scores[label]["minus_start"]
 
-    ok = [lab for lab in scores if min(margins(lab).values()) >= 0 and max(v for k, v in margins(lab).items() if "debian" in k) > 0]
+    ok = [lab for lab in scores if min(margins(lab).values()) >= 0 and any(v > 0 for k, v in margins(lab).items() if "debian" in k)]
     if ok:
         best = max(ok, key=lambda lab: np.mean(list(scores[lab]["ndcg10"].values())))
         return best, "at or above the start on every dev set and above it on Debian; highest mean nDCG@10"
@@ -86,7 +79,7 @@ def run(recipe: str, base_overrides: list[str], stage: str, candidates: list[str
             log(f"sweep {stage} {label}: already scored, kept")
             continue
         c = load(recipe, base_overrides + overrides)
-        sets = _dev_sets(c)
+        sets = c.eval.of_split("dev")  # a sweep scores dev sets only
         folder = out / label
         started = time.monotonic()
         if stage == "stage1":
