@@ -12,11 +12,19 @@ and a call that never returns costs at most ``--grpc-timeout``.
 Why HDR: Locust rounds response times under 100 ms to whole milliseconds. Every call is
 also recorded, in microseconds, into an HDR histogram per load step; workers send
 theirs to the master, which merges them.
+
+Why every call is counted: a worker's periodic report misses the calls answered after it,
+and Locust's master stops listening 0.5 s after it tells the workers to quit. So at the end
+the master first *stops* the workers; each sends its last counts once its users have
+stopped (``sn_final``), and the master waits for all of them before it quits. Then the
+client's successes are reconciled with Triton's own counters, per step and for the run;
+a run that differs by more than 0.5% is refused and writes nothing (exit code 3).
 """
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import random
 import time
@@ -71,7 +79,9 @@ def _init(environment, **_):
     steps_of(options)
     if isinstance(environment.runner, WorkerRunner):
         environment.runner.register_message("sn_step", lambda msg, **__: setattr(recorder, "step", int(msg.data)))
-    elif options.target == "triton":  # the per-step breakdown follows the ensemble the server really runs
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.register_message("sn_final", _receive_final)
+    if options.target == "triton" and not isinstance(environment.runner, WorkerRunner):  # the per-step breakdown follows the ensemble the server really runs
         with RetrievalClient(options.grpc_url, options.grpc_timeout) as client:
             recorder.ensemble_steps = client.ensemble_steps(options.model)
 
@@ -85,6 +95,28 @@ def _send(client_id, data):
 def _receive(client_id, data):
     if "sn_recorder" in data:
         recorder.merge(data["sn_recorder"], worker=client_id)
+
+
+@events.test_stop.add_listener
+def _send_final(environment, **_):
+    """Worker: its users have stopped (in-flight calls answered or timed out); send what is left."""
+    if isinstance(environment.runner, WorkerRunner):
+        environment.runner.send_message("sn_final", recorder.drain())
+
+
+def _receive_final(environment, msg, **_):
+    recorder.merge(msg.data, worker=msg.node_id)
+    recorder.finals.add(msg.node_id)
+
+
+def stop_workers_and_collect(runner) -> None:
+    """Master: stop the workers while still listening, then wait for every worker's final counts."""
+    expected = runner.environment.parsed_options.expect_workers
+    runner.stop()  # sends "stop"; returns once every worker has reported that it stopped
+    deadline = time.monotonic() + runner.environment.stop_timeout + 10
+    while len(recorder.finals) < expected and time.monotonic() < deadline:
+        gevent.sleep(0.1)
+    recorder.missing_finals = max(0, expected - len(recorder.finals))
 
 
 def metrics_url(options) -> str:
@@ -113,6 +145,8 @@ class StepShape(LoadTestShape):
         step = -1 if measured < 0 else int(measured // options.step_time)  # -1: warm-up, discarded
         if step >= len(steps):
             recorder.step_started.setdefault(len(steps), time.monotonic())  # end of the last step
+            if isinstance(self.runner, MasterRunner):
+                stop_workers_and_collect(self.runner)
             return None
         if step not in recorder.step_started:
             start_step(self.runner.environment, step)
@@ -269,10 +303,24 @@ def _write_results(environment, **_):
         return
     final = {}
     try:
-        final = triton_metrics.scrape(metrics_url(options))
+        final = triton_metrics.scrape_settled(metrics_url(options), options.model)
     except OSError:
         pass
     result = report.assemble(options, recorder, final, recorder.ensemble_steps, steps_of(options), users_for)
+    refused = []
+    if recorder.missing_finals:
+        refused.append(f"{recorder.missing_finals} worker(s) never sent their final counts")
+    if options.target == "triton":
+        result["reconciliation"] = check = report.reconcile(recorder, final, options.model, len(steps_of(options)))
+        if check["status"] == "mismatch":
+            refused.append(f"client and Triton counts of {options.model!r} differ beyond "
+                           f"{report.COUNT_TOLERANCE:.1%}: {json.dumps({k: check[k] for k in ('run', 'steps')})}")
+    else:
+        result["reconciliation"] = {"status": "not applicable", "reason": "a peer exports no Triton counters"}
+    if refused:
+        logging.error("run refused, no results written: %s", "; ".join(refused))
+        environment.process_exit_code = 3
+        return
     path = Path(options.results_json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks import openloop, triton_metrics
 from benchmarks.common import check_loopback, read_queries
-from benchmarks.soak import server_processes
+from benchmarks.procs import server_processes
 from clients.retrieval import RetrievalClient
 from model_repository.runtime.cpus import cpus_allowed, parse_cpus
 from model_repository.runtime.provenance import git_commit, machine

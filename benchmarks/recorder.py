@@ -24,6 +24,10 @@ class Recorder:
         self.step_started: dict[int, float] = {}
         self.ensemble_steps: list[str] = []  # master/local: the composing models the served ensemble runs
         self.succeeded_by_worker: Counter = Counter()  # master: successful calls merged from each worker
+        # successes by the step in which they *completed*: what Triton's counters see between two scrapes
+        self.completed_ok: Counter = Counter()
+        self.finals: set[str] = set()  # master: workers whose last count (after their users stopped) has arrived
+        self.missing_finals = 0  # master: workers whose last count never came (the run is refused)
 
     def _h(self, step: int, failed: bool = False) -> HdrHistogram:
         if step not in self.hist:
@@ -36,17 +40,20 @@ class Recorder:
         self._h(step, failed=error is not None).record_value(min(max(latency_us, HDR_MIN_US), HDR_MAX_US))
         if error is not None:
             self.errors[step][error] += 1
+        else:
+            self.completed_ok[self.step] += 1
 
     def drain(self) -> dict:
         """Everything recorded since the last drain, encoded for the master."""
         encode = lambda h: h.encode().decode() if h.get_total_count() else ""  # noqa: E731
-        payload = {
-            str(s): {"hdr": encode(h), "fail_hdr": encode(self.fail_hist[s]), "errors": dict(self.errors[s]), "issued": self.issued[s]}
-            for s, h in self.hist.items()
-        }
-        for s in set(self.issued) - set(self.hist):
-            payload[str(s)] = {"hdr": "", "fail_hdr": "", "errors": {}, "issued": self.issued[s]}
-        self.hist, self.fail_hist, self.errors, self.issued = {}, {}, {}, Counter()
+        payload = {}
+        for s in set(self.hist) | set(self.issued) | set(self.completed_ok):
+            h = self.hist.get(s)
+            payload[str(s)] = {
+                "hdr": encode(h) if h is not None else "", "fail_hdr": encode(self.fail_hist[s]) if h is not None else "",
+                "errors": dict(self.errors.get(s, {})), "issued": self.issued[s], "completed_ok": self.completed_ok[s],
+            }
+        self.hist, self.fail_hist, self.errors, self.issued, self.completed_ok = {}, {}, {}, Counter(), Counter()
         return payload
 
     def merge(self, payload: dict, worker: str = "") -> None:
@@ -61,3 +68,4 @@ class Recorder:
                         self.succeeded_by_worker[worker] += self._h(step).get_total_count() - before
             self.errors[step].update(part["errors"])
             self.issued[step] += part["issued"]
+            self.completed_ok[step] += part.get("completed_ok", 0)

@@ -8,6 +8,8 @@ from benchmarks import triton_metrics
 from model_repository.runtime.provenance import git_commit, machine, pyplot
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
+COUNT_TOLERANCE = 0.005  # client and server counts further apart than this: the run is refused, nothing written
+BOUNDARY_SLACK = 2  # per step: a call answered within milliseconds of a scrape can land on either side of it
 CONFIG_KEYS = ("grpc_url", "model", "queries", "batch_size", "k", "load_mode", "arrivals", "steps", "step_time", "warmup",
                "users_per_rps", "grpc_timeout", "bad_request_every")
 
@@ -70,6 +72,34 @@ def assemble(options, recorder, final_snapshot: dict, ensemble_steps: list[str],
         "latency_source": "HDR histogram, microsecond precision, call time measured in the calling thread",
         "steps": steps,
     }
+
+
+def count_check(client: int, server: int, slack: int = 0) -> dict:
+    allowed = max(COUNT_TOLERANCE * max(client, server), slack)
+    return {"client_succeeded": client, "server_succeeded": server, "difference": client - server,
+            "allowed": allowed, "ok": abs(client - server) <= allowed}
+
+
+def reconcile(recorder, final_snapshot: dict, model: str, n_steps: int) -> dict:
+    """The client's successes against Triton's own ``nv_inference_request_success`` of ``model``.
+
+    Per step, the client counts calls by the step in which they were *answered* (what the server's
+    counter sees between two scrapes), within ``BOUNDARY_SLACK`` calls or ``COUNT_TOLERANCE``;
+    over the whole run (warm-up included) within ``COUNT_TOLERANCE``. ``status`` is ``ok``,
+    ``mismatch`` (the caller refuses the run), or ``unverified`` when a scrape failed.
+    """
+    windows = [w for w in (-1, *range(n_steps)) if w in recorder.snapshots]
+    snaps = [recorder.snapshots[w] for w in windows] + [final_snapshot]
+    failed = [w for w, snap in zip([*windows, "final"], snaps) if not snap or "error" in snap]
+    if not windows or failed:
+        return {"status": "unverified", "reason": f"metrics scrape failed at window(s) {failed or 'all'}", "model": model}
+    served = [snap.get(model, {}).get("requests", 0.0) for snap in snaps]
+    steps = {str(w): count_check(recorder.completed_ok.get(w, 0), int(served[i + 1] - served[i]), BOUNDARY_SLACK)
+             for i, w in enumerate(windows)}
+    run = count_check(sum(recorder.completed_ok.values()), int(served[-1] - served[0]))
+    passed = run["ok"] and all(c["ok"] for c in steps.values())
+    return {"status": "ok" if passed else "mismatch", "model": model, "tolerance": COUNT_TOLERANCE,
+            "boundary_slack": BOUNDARY_SLACK, "run": run, "steps": steps}
 
 
 def format_steps(result: dict) -> str:

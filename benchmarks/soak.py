@@ -20,50 +20,8 @@ import json
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
-STUB = "triton_python_backend_stub"
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text(errors="replace")
-    except OSError:
-        return None
-    return int(raw[raw.rfind(")") + 2:].split()[1])
-
-
-def server_processes(grpc_url: str) -> dict[str, int]:
-    """name -> pid: the tritonserver serving ``grpc_url`` (found by its --grpc-port) and its stubs, by model."""
-    port = urlsplit(f"//{grpc_url}").port
-    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-    servers = [pid for pid in pids if (args := _cmdline(pid)) and Path(args[0]).name == "tritonserver"
-               and f"--grpc-port={port}" in args]
-    if len(servers) != 1:
-        raise RuntimeError(f"expected one tritonserver with --grpc-port={port} on this machine; found {servers}")
-    out = {"tritonserver": servers[0]}
-    for pid in pids:
-        args = _cmdline(pid)
-        if len(args) > 8 and Path(args[0]).name == STUB and _ppid(pid) == servers[0]:
-            out[f"stub:{args[8]}"] = pid  # the instance name, e.g. mips_topk_0_0
-    return out
-
-
-def rss_bytes(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+from benchmarks.procs import rss_bytes, server_processes
 
 
 class RssSampler(threading.Thread):

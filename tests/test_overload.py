@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import openloop, overload, triton_metrics
 from benchmarks.openloop import OK, Sample
-from benchmarks.soak import server_processes
+from benchmarks.procs import server_processes
 from model_repository.runtime.cpus import cpus_allowed, parse_cpus
 
 from tests.conftest import start_server
