@@ -12,8 +12,10 @@ METRICS_PORT ?= 8002
 BUILD_ARGS ?=
 PYTEST_ARGS ?=
 SERVE_ARGS ?=
+FASTEMBED_VENV := artifacts/peers/fastembed-venv
+INFINITY_VENV := artifacts/peers/infinity-venv
 
-.PHONY: setup artifacts serve lint test train smollm2 clean
+.PHONY: setup artifacts serve lint test train smollm2 peers clean
 
 # The stamp holds a copy of requirements.txt: editing the pins reinstalls.
 $(VENV)/.requirements.txt: requirements.txt
@@ -34,8 +36,22 @@ lint: setup
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
 
-test: lint artifacts
+test: lint artifacts $(FASTEMBED_VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Peers of `python -m benchmarks compare`, each in its own venv (their pins differ from ours:
+# numpy 2). fastembed is small and its shim is tested; Infinity (torch + optimum) is benchmark-only.
+$(FASTEMBED_VENV)/.installed:
+	@test -x $(FASTEMBED_VENV)/bin/python || $(PYTHON) -m venv $(FASTEMBED_VENV)
+	$(FASTEMBED_VENV)/bin/pip install --disable-pip-version-check --quiet fastembed==0.9.1 faiss-cpu==1.15.1
+	@touch $@
+
+$(INFINITY_VENV)/.installed:
+	@test -x $(INFINITY_VENV)/bin/python || $(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/pip install --disable-pip-version-check --quiet torch==2.13.0 'infinity-emb[server,optimum]==0.0.78' 'numpy<2'
+	@touch $@
+
+peers: $(FASTEMBED_VENV)/.installed $(INFINITY_VENV)/.installed
 
 # ScalingNote training (training/recipes/*.toml): make train RECIPE=cpu-small
 RECIPE ?= cpu-small

