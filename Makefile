@@ -48,7 +48,8 @@ $(FASTEMBED_VENV)/.installed:
 
 $(INFINITY_VENV)/.installed:
 	@test -x $(INFINITY_VENV)/bin/python || $(PYTHON) -m venv $(INFINITY_VENV)
-	$(INFINITY_VENV)/bin/pip install --disable-pip-version-check --quiet torch==2.13.0 'infinity-emb[server,optimum]==0.0.78' 'numpy<2'
+	$(INFINITY_VENV)/bin/pip install --disable-pip-version-check --quiet torch==2.13.0 'infinity-emb[server,optimum]==0.0.78' \
+		optimum==2.1.0 optimum-onnx==0.1.0 transformers==4.57.6 'numpy<2' 'pandas<3'
 	@touch $@
 
 peers: $(FASTEMBED_VENV)/.installed $(INFINITY_VENV)/.installed

@@ -38,7 +38,7 @@ from model_repository.runtime.provenance import git_commit
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "artifacts" / "peers"
 SYSTEMS = ("triton", "infinity", "st", "fastembed")
-RETRIEVE_SYSTEMS = ("triton", "st")  # the peers that can answer top-k: the shim with faiss-cpu
+RETRIEVE_SYSTEMS = ("triton", "st", "fastembed")  # the peers that can answer top-k: the shim with faiss-cpu
 INSTALL = {"infinity": "make peers", "fastembed": "make peers (make test installs fastembed too)"}
 
 
@@ -102,7 +102,10 @@ def peer_command(system: str, args: argparse.Namespace, port: int, model_path: P
         binary = PEERS / "infinity-venv" / "bin" / "infinity_emb"
         if not binary.exists():
             raise FileNotFoundError(f"Infinity is not installed at {binary}; install it with: {INSTALL['infinity']}")
-        return ([str(binary), "v2", "--model-id", str(onnx_folder(model_path)), "--served-model-name", "minilm", "--engine", args.infinity_engine,
+        # optimum 2.x refuses the absolute ONNX file name Infinity 0.0.78 derives from an absolute
+        # model path, so Infinity runs inside the folder with --model-id . (run_system sets cwd).
+        model_id = "." if args.infinity_engine == "optimum" else str(model_path)
+        return ([str(binary), "v2", "--model-id", model_id, "--served-model-name", "minilm", "--engine", args.infinity_engine,
                  "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)], f"http://127.0.0.1:{port}/health")
     index = ["--index", str(ROOT / "artifacts" / "model_repository" / "mips_topk" / "1" / "index")] if args.model == "retrieve" else []
     if system == "fastembed":
@@ -137,7 +140,8 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
     stem = f"compare-{args.model}-{system}-r{r}"
     pin = (lambda: os.sched_setaffinity(0, server_cpus)) if server_cpus else None
     with open(out_dir / f"{stem}-server.log", "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pin)
+        cwd = onnx_folder(model_path) if system == "infinity" and args.infinity_engine == "optimum" else ROOT
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pin)
         try:
             wait_healthy(health, proc, args.start_timeout)
             common = dict(vars(args), target=system if system != "fastembed" else "st", grpc_url=f"127.0.0.1:{port}",
@@ -245,7 +249,7 @@ def run(args: argparse.Namespace, run_load) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--systems", default="triton,infinity,st,fastembed", help=f"among {', '.join(SYSTEMS)} (retrieve: triton, st)")
+    p.add_argument("--systems", default="triton,infinity,st,fastembed", help=f"among {', '.join(SYSTEMS)} (retrieve: {', '.join(RETRIEVE_SYSTEMS)})")
     p.add_argument("--slo-p99-ms", type=float, default=50.0)
     p.add_argument("--fixed-rps", type=float, default=20.0, help="the open-loop rate at which p99 is compared")
     p.add_argument("--min-requests", type=int, default=2000, help="requests at the fixed rate, per round (sets its duration)")
