@@ -199,6 +199,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Where the slowest calls spend their time: client send times matched to Triton's per-request trace."""
+    from benchmarks import tail
+
+    result = tail.run(args)
+    print(tail.markdown(result))
+    print(f"results: {args.out}\nplot:    {args.out.with_suffix('.png')}")
+    return 0
+
+
 def cmd_topk_cpu(args: argparse.Namespace) -> int:
     from . import kernel_bench
 
@@ -298,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import compare
 
     compare.add_arguments(p)
+    from benchmarks import tail
+
+    tail.add_arguments(sub.add_parser("tail", help="where the slowest calls spend their time (client + Triton's per-request trace)"))
     p = sub.add_parser("topk-cpu", help="numpy and chunked top-k vs faiss-cpu IndexFlatIP (N=100k, D=384, fp32)")
     p.add_argument("--out", type=Path, default=Path("artifacts/benchmarks/topk-cpu.json"))
     p = sub.add_parser("compression", help="recall cost of int8 / Matryoshka indexes, with and without fp16 rescoring")
@@ -323,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu_suite.add_arguments(sub.add_parser("gpu-suite", help="everything a GPU session measures: env, gpu tests, kernels, served sweep"))
     args = parser.parse_args(argv)
     try:
-        return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "overload-compare": cmd_overload_compare, "soak": cmd_soak, "compare": cmd_compare,
+        return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "overload-compare": cmd_overload_compare, "soak": cmd_soak, "compare": cmd_compare, "tail": cmd_tail,
                 "topk-cpu": cmd_topk_cpu, "compression": cmd_compression, "gpu-kernels": cmd_gpu_kernels,
                 "gpu-suite": cmd_gpu_suite, "roofline": cmd_roofline}[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

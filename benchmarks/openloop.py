@@ -36,6 +36,7 @@ class Sample:
     latency_s: float
     status: str  # OK or the gRPC status, e.g. StatusCode.UNAVAILABLE
     message: str = ""
+    sent_at: float = 0.0  # time.perf_counter() when sent: CLOCK_MONOTONIC on Linux, the clock of Triton's traces
 
 
 def arrivals(phases: list[tuple[float, float]], seed: int) -> list[float]:
@@ -81,10 +82,10 @@ class Generator:
         inputs = request_inputs(self.model, [next(self.texts)], self.k if self.model == "retrieve" else None)
         try:
             await client.infer(self.model, inputs, client_timeout=self.timeout_s)
-            return Sample(scheduled, sent - t0 - scheduled, time.perf_counter() - sent, OK)
+            return Sample(scheduled, sent - t0 - scheduled, time.perf_counter() - sent, OK, sent_at=sent)
         except Exception as e:  # noqa: BLE001 - every failure is a sample, with its status
             code, message = _status(e)
-            return Sample(scheduled, sent - t0 - scheduled, time.perf_counter() - sent, code, message)
+            return Sample(scheduled, sent - t0 - scheduled, time.perf_counter() - sent, code, message, sent_at=sent)
 
     async def _open(self, times: list[float], progress) -> list[Sample]:
         async with self._connected() as client:

@@ -75,3 +75,44 @@ def facts(processes: dict[str, int]) -> dict[str, dict]:
     """name -> {pid, cpus, threads} of each running process: the pinning and thread counts a result records."""
     return {name: {"pid": pid, "cpus": cpus(pid), "threads": threads(pid)} for name, pid in processes.items()}
 
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used, all its threads included."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def context_switches(pid: int) -> dict[str, int]:
+    """Voluntary and involuntary (preempted) context switches, summed over ``pid``'s threads."""
+    out = {"voluntary": 0, "involuntary": 0}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    out["voluntary"] += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    out["involuntary"] += int(line.split()[1])
+        except OSError:
+            continue
+    return out
+
+
+def usage(processes: dict[str, int]) -> dict[str, dict]:
+    """name -> CPU seconds and context switches so far; the difference of two calls is a run's share."""
+    return {name: {"cpu_s": cpu_seconds(pid), **context_switches(pid)} for name, pid in processes.items()}
+
+
+def usage_delta(before: dict[str, dict], after: dict[str, dict], seconds: float) -> dict[str, dict]:
+    out = {}
+    for name, a in after.items():
+        b = before.get(name, {})
+        cpu = (a["cpu_s"] or 0.0) - (b.get("cpu_s") or 0.0)
+        out[name] = {"cpu_s": cpu, "cores_busy": cpu / seconds if seconds else None,
+                     "voluntary_switches": a["voluntary"] - b.get("voluntary", 0),
+                     "involuntary_switches": a["involuntary"] - b.get("involuntary", 0)}
+    return out

@@ -40,8 +40,11 @@ class ServingSettings:
     max_batch_size: int = dataclasses.field(default=128, metadata={"help": "Triton max_batch_size of every model (rows per executed batch)"})
     max_rows_per_request: int = dataclasses.field(default=64, metadata={"help": "most texts one request may carry"})
     max_queue_delay_us: int = dataclasses.field(default=500, metadata={"help": "dynamic batcher: how long a request may wait for others"})
-    max_queue_size: int = dataclasses.field(default=256, metadata={"help": "requests a model may queue before rejecting with UNAVAILABLE, about two full batches (0: unbounded)"})
-    queue_timeout_us: int = dataclasses.field(default=0, metadata={"help": "a request queued longer than this is rejected (0: never; see README on stalls)"})
+    # Off by default: with any default_queue_policy, Triton 2.51's dynamic batcher leaves queued
+    # requests waiting while their instance idles, until the next arrival or its 500 ms timer
+    # (measured: benchmarks/results/tail-2026-11-23/). Either knob below turns a policy on.
+    max_queue_size: int = dataclasses.field(default=0, metadata={"help": "requests a model may queue before rejecting with UNAVAILABLE (0: unbounded, no queue policy; any policy brings Triton 2.51's batcher stalls, see README)"})
+    queue_timeout_us: int = dataclasses.field(default=0, metadata={"help": "a request queued longer than this is rejected (0: never; any policy brings Triton 2.51's batcher stalls, see README)"})
     instances: int = dataclasses.field(default=1, metadata={"help": "instances of each python model"})
     max_chars: int = dataclasses.field(default=8192, metadata={"help": "longest accepted text, in characters"})
     intra_op_threads: int = dataclasses.field(default=0, metadata={"help": "ONNX Runtime intra-op threads (0: one per core)"})

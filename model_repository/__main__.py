@@ -15,6 +15,12 @@ from .launcher import ADMIN_HEADER, LOOPBACK, ServerConfig, ServerStartError, Tr
 from .runtime.cpus import parse_cpus
 
 
+def trace_flags(path: Path) -> tuple[str, ...]:
+    """Triton's own per-request timestamps (gRPC read, queue, compute, send) for every request, into ``path``."""
+    return ("--trace-config", f"triton,file={path}", "--trace-config", "level=TIMESTAMPS", "--trace-config", "rate=1",
+            "--trace-config", "count=-1")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model_repository")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -31,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-verbose", type=int, default=0)
     serve.add_argument("--cpus", default="", help="pin the server and its backend stubs to these CPUs, e.g. 1 or 2-7 "
                                                  "(default: all); keeps a load generator on the others")
+    serve.add_argument("--trace-file", type=Path, default=None,
+                       help="trace every request (Triton's TIMESTAMPS level) into this JSON, written at shutdown; "
+                            "costs latency: for `python -m benchmarks tail`, not for serving")
     serve.add_argument("--allow-public-bind", action="store_true", help="allow --host beyond loopback (needs --admin-key)")
     serve.add_argument("--tls-cert", type=Path, default=None, help="PEM server certificate: gRPC over TLS")
     serve.add_argument("--tls-key", type=Path, default=None, help="PEM server key for --tls-cert")
@@ -50,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         ready_timeout_s=args.ready_timeout, log_verbose=args.log_verbose, allow_public_bind=args.allow_public_bind,
         tls_cert=args.tls_cert, tls_key=args.tls_key, admin_key=args.admin_key,
         supervisor_metrics_port=args.supervisor_metrics_port or None, cpus=cpus,
+        extra_args=trace_flags(args.trace_file.resolve()) if args.trace_file else (),
     )
     server = TritonServer(config)
     print(f"starting tritonserver on {args.host} (log: {server.log_path}) ...", flush=True)

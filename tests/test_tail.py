@@ -1,0 +1,58 @@
+"""The tail, explained and kept short: each call's latency split into parts from Triton's own trace,
+and no request left waiting while its model's instance idles (Triton 2.51's batcher does that
+whenever a model has a queue policy: benchmarks/results/tail-2026-11-23/)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+
+from benchmarks import tail
+from benchmarks.openloop import OK, Sample
+from tests.conftest import ARTIFACTS
+
+pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pins server and generator to different cores")
+
+
+def tail_args(tmp_path, repository=ARTIFACTS / "model_repository", seconds=12.0) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    tail.add_arguments(parser)
+    return parser.parse_args(["--seconds", str(seconds), "--rate", "20", "--repository", str(repository),
+                              "--queries", str(ARTIFACTS / "corpus" / "python-docs" / "queries.jsonl"),
+                              "--out", str(tmp_path / "tail-embed.json")])
+
+
+def test_no_request_waits_while_its_model_idles_and_every_ms_is_accounted_for(tmp_path):
+    result = tail.run(tail_args(tmp_path))
+    assert result["failed"] == 0 and result["all"]["calls"] >= 0.95 * result["sent"]  # nearly every call found its trace
+    for model, q in result["queued_but_idle"].items():
+        # With a queue policy this was 50-500 ms per stalled call, ~95 calls in 40 s (the committed run).
+        assert q["idle_ms_max"] < 30.0, (model, q)
+    for call in result["slowest_calls"]:  # the parts add up to what the client measured
+        assert sum(call["parts_ms"].values()) == pytest.approx(call["latency_ms"], abs=0.05), call
+    assert (tmp_path / "tail-embed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["cpu"]["tritonserver"]["cpu_s"] > 0 and result["pinning"] == {"server_cpus": [0], "generator_cpus": [1]}
+
+
+def _trace(i, model, parent, **ts):
+    return i, {"model": model, "parent": parent, "ts": {k.upper(): v for k, v in ts.items()}}
+
+
+def test_matching_and_the_split_of_one_call():
+    """One call of 10 ms: 1 ms to reach Triton, 8 ms inside (a 3 ms queue, 4 ms compute, 1 ms hand-offs), 1 ms back."""
+    ms = 1_000_000
+    traces = dict([
+        _trace(1, "embed", None, request_start=101 * ms, request_end=109 * ms),
+        _trace(2, "query_encoder", 1, request_start=101 * ms, queue_start=101 * ms, compute_start=104 * ms,
+               compute_end=108 * ms, request_end=108 * ms),
+    ])
+    sample = Sample(0.0, 0.0, 0.010, OK, sent_at=0.100)
+    [(matched, parts)] = tail.match([sample], traces, "embed")
+    assert matched is sample
+    assert parts == pytest.approx({"client_to_server": 0.001, "query_encoder.queue": 0.003, "query_encoder.compute": 0.004,
+                                   "query_encoder.other": 0.0, "ensemble_gaps": 0.001, "server_to_client": 0.001})
+    busy = tail.busy_intervals(traces, "query_encoder")
+    assert busy == [(0.104, 0.108)]
+    assert tail.idle_while_queued((0.101, 0.104), busy) == pytest.approx(0.003)  # queued while nothing ran: a stall
+    assert tail.idle_while_queued((0.105, 0.108), busy) == pytest.approx(0.0)  # queued behind work: a backlog
