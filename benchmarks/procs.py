@@ -19,12 +19,29 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _ppid(pid: int) -> int | None:
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (which may hold spaces): field 3 (state) first."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text(errors="replace")
     except OSError:
         return None
-    return int(raw[raw.rfind(")") + 2:].split()[1])
+    return raw[raw.rfind(")") + 2:].split()
+
+
+def _status_value(path: Path, key: str) -> int | None:
+    """The first number of line ``key:`` in a /proc status file."""
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _ppid(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields else None
 
 
 def server_processes(grpc_url: str) -> dict[str, int]:
@@ -44,23 +61,12 @@ def server_processes(grpc_url: str) -> dict[str, int]:
 
 
 def rss_bytes(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    kib = _status_value(Path(f"/proc/{pid}/status"), "VmRSS")
+    return None if kib is None else kib * 1024
 
 
 def threads(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Threads:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+    return _status_value(Path(f"/proc/{pid}/status"), "Threads")
 
 
 def cpus(pid: int = 0) -> list[int] | None:
@@ -76,29 +82,18 @@ def facts(processes: dict[str, int]) -> dict[str, dict]:
     return {name: {"pid": pid, "cpus": cpus(pid), "threads": threads(pid)} for name, pid in processes.items()}
 
 
-
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds ``pid`` has used, all its threads included."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    fields = _stat_fields(pid)
+    return None if fields is None else (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def context_switches(pid: int) -> dict[str, int]:
     """Voluntary and involuntary (preempted) context switches, summed over ``pid``'s threads."""
     out = {"voluntary": 0, "involuntary": 0}
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            for line in (task / "status").read_text().splitlines():
-                if line.startswith("voluntary_ctxt_switches:"):
-                    out["voluntary"] += int(line.split()[1])
-                elif line.startswith("nonvoluntary_ctxt_switches:"):
-                    out["involuntary"] += int(line.split()[1])
-        except OSError:
-            continue
+        for name, key in (("voluntary", "voluntary_ctxt_switches"), ("involuntary", "nonvoluntary_ctxt_switches")):
+            out[name] += _status_value(task / "status", key) or 0
     return out
 
 

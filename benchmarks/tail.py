@@ -73,21 +73,20 @@ def match(samples, traces: dict[int, dict], model: str, slack_s: float = 0.002) 
     for t in traces.values():
         if t["parent"]:
             children[t["parent"]].append(t)
-    tops = sorted((t for i, t in traces.items() if t["model"] == model and not t["parent"]
-                   and {"REQUEST_START", "REQUEST_END"} <= set(t["ts"])), key=lambda t: t["ts"]["REQUEST_START"])
-    ids = {id(t): i for i, t in traces.items()}
+    tops = sorted(((i, t) for i, t in traces.items() if t["model"] == model and not t["parent"]
+                   and {"REQUEST_START", "REQUEST_END"} <= set(t["ts"])), key=lambda it: it[1]["ts"]["REQUEST_START"])
     out, j = [], 0
     for s in sorted((s for s in samples if s.status == OK), key=lambda s: s.sent_at):
         recv = s.sent_at + s.latency_s
-        while j < len(tops) and tops[j]["ts"]["REQUEST_START"] / 1e9 < s.sent_at - slack_s:
+        while j < len(tops) and tops[j][1]["ts"]["REQUEST_START"] / 1e9 < s.sent_at - slack_s:
             j += 1  # a trace that began before this call was sent belongs to no later call
         if j == len(tops):
             break
-        top = tops[j]
+        top_id, top = tops[j]
         start, end = top["ts"]["REQUEST_START"] / 1e9, top["ts"]["REQUEST_END"] / 1e9
         if end > recv + slack_s:
             continue  # not this call's (it ended after the answer arrived): leave it for the next
-        parts = {"client_to_server": start - s.sent_at, **server_parts(top, children[ids[id(top)]]), "server_to_client": recv - end}
+        parts = {"client_to_server": start - s.sent_at, **server_parts(top, children[top_id]), "server_to_client": recv - end}
         out.append((s, parts))
         j += 1
     return out
@@ -205,7 +204,7 @@ def run(args: argparse.Namespace) -> dict:
         log.close()
     t_first = min(s.sent_at for s in samples)
     traces = load_traces(trace)
-    matched = match([s for s in samples if s.sent_at >= t_first], traces, args.model)
+    matched = match(samples, traces, args.model)
     slowest = sorted(matched, key=lambda m: -m[0].latency_s)[:args.show]
     result = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
