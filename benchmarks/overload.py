@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks import openloop, triton_metrics
 from benchmarks.common import check_loopback, read_queries
-from benchmarks.procs import server_processes
+from benchmarks.procs import pinned, server_processes
 from clients.retrieval import RetrievalClient
 from model_repository.runtime.cpus import cpus_allowed, parse_cpus
 from model_repository.runtime.provenance import git_commit, machine
@@ -130,8 +130,11 @@ def plot_policies(results: dict[str, dict], path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> dict:
     check_loopback(args.grpc_url)
-    if args.generator_cpus:
-        os.sched_setaffinity(0, parse_cpus(args.generator_cpus))
+    with pinned(parse_cpus(args.generator_cpus)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict:
     texts = read_queries(Path(args.queries))
     server_pid = server_processes(args.grpc_url)["tritonserver"]
     generator = openloop.Generator(args.grpc_url, args.model, texts, args.k, args.grpc_timeout)

@@ -5,6 +5,7 @@ generator shared the machine (the pinning) and how many threads each peer ran.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -75,6 +76,19 @@ def cpus(pid: int = 0) -> list[int] | None:
         return sorted(os.sched_getaffinity(pid))
     except OSError:
         return None
+
+
+@contextlib.contextmanager
+def pinned(cores):
+    """This process on ``cores`` (None or empty: unchanged) while inside, its own affinity restored after,
+    so a benchmark run in-process (as the tests do) does not leave its caller pinned."""
+    before = os.sched_getaffinity(0)
+    if cores:
+        os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def facts(processes: dict[str, int]) -> dict[str, dict]:

@@ -187,16 +187,15 @@ def run(args: argparse.Namespace) -> dict:
     pauses = GcPauses()
     try:
         wait_healthy(f"http://127.0.0.1:{http}/v2/health/ready", proc, args.start_timeout)
-        if generator_cpus:
-            os.sched_setaffinity(0, generator_cpus)
-        gen = Generator(f"127.0.0.1:{grpc}", args.model, read_queries(Path(args.queries)), timeout_s=args.timeout)
-        gen.open_loop([(args.rate, min(5.0, args.seconds))], seed=args.seed + 1)  # warm-up, discarded
-        processes = {**procs.server_processes(f"127.0.0.1:{grpc}"), "generator": os.getpid()}
-        gc.callbacks.append(pauses)
-        before, start = procs.usage(processes), time.monotonic()
-        samples = gen.open_loop([(args.rate, args.seconds)], seed=args.seed,
-                                progress=lambda t, n: print(f"  {t:5.0f} s: {n} sent", file=sys.stderr, flush=True))
-        cpu = procs.usage_delta(before, procs.usage(processes), time.monotonic() - start)
+        with procs.pinned(generator_cpus):
+            gen = Generator(f"127.0.0.1:{grpc}", args.model, read_queries(Path(args.queries)), timeout_s=args.timeout)
+            gen.open_loop([(args.rate, min(5.0, args.seconds))], seed=args.seed + 1)  # warm-up, discarded
+            processes = {**procs.server_processes(f"127.0.0.1:{grpc}"), "generator": os.getpid()}
+            gc.callbacks.append(pauses)
+            before, start = procs.usage(processes), time.monotonic()
+            samples = gen.open_loop([(args.rate, args.seconds)], seed=args.seed,
+                                    progress=lambda t, n: print(f"  {t:5.0f} s: {n} sent", file=sys.stderr, flush=True))
+            cpu = procs.usage_delta(before, procs.usage(processes), time.monotonic() - start)
     finally:
         if pauses in gc.callbacks:
             gc.callbacks.remove(pauses)
