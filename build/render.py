@@ -32,6 +32,7 @@ SHIPPED_FOLDERS = {p.name for p in SHIPPED_PACKAGES} | {"__pycache__"}
 PYTHON_MODELS = ("tokenizer", "query_encoder", "pool_normalize", "mips_topk")
 TARGETS = ("cpu", "gpu")
 ENCODERS = ("onnx", "torch", "tensorrt")
+BATCHING = ("dynamic", "sequential")
 TORCH_ENCODER_FILES = ("config.json", "*.safetensors")  # the tower's weights, its projection included
 
 
@@ -58,6 +59,10 @@ class ServingSettings:
     encoder_implementation: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: onnx (CPU), torch (the tower's weights through PyTorch: fp16 + CUDA graphs on gpu, float32 on cpu) or tensorrt (auto: onnx on cpu, tensorrt on gpu)"})
     encoder_cuda_graphs: int = dataclasses.field(default=1, metadata={"help": "gpu, encoder torch: capture one CUDA graph per (batch bucket, token multiple) at load (0: eager)"})
     encoder_batch_buckets: str = dataclasses.field(default="1,2,4,8,16,32,64,128", metadata={"help": "encoder torch: batches are padded up to one of these row counts"})
+    # On a CPU core a batch of n short queries costs ~n times one query (measured: README,
+    # "Tail latency"), so merging queued requests gains no throughput and makes the first of
+    # them wait for the last. One request per execution, in arrival order, is the CPU default.
+    encoder_batching: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: dynamic (Triton's dynamic batcher merges queued requests) or sequential (one request per execution, in arrival order; no batcher); auto: dynamic on gpu or with a queue policy, sequential on cpu"})
 
     def resolved(self) -> dict:
         """The settings as rendered: concrete implementations, GPU-only knobs zeroed on the CPU."""
@@ -73,6 +78,13 @@ class ServingSettings:
         if not buckets or buckets[0] < 1 or buckets[-1] < self.max_batch_size:
             raise ValueError(f"encoder_batch_buckets must be positive and reach max_batch_size {self.max_batch_size}; "
                              f"got {self.encoder_batch_buckets!r}")
+        policy = bool(self.max_queue_size or self.queue_timeout_us)
+        batching = {"auto": "dynamic" if gpu or policy else "sequential"}.get(self.encoder_batching, self.encoder_batching)
+        if batching not in BATCHING:
+            raise ValueError(f"encoder_batching must be one of {list(BATCHING)}; got {batching!r}")
+        if batching == "sequential" and policy:
+            raise ValueError(f"a queue policy (max_queue_size {self.max_queue_size}, queue_timeout_us {self.queue_timeout_us}) "
+                             "needs the dynamic batcher on query_encoder, which holds the queue; got encoder_batching 'sequential'")
         sizes = [int(x) for x in self.preferred_batch_sizes.split(",") if x.strip()] if gpu else []
         if any(not 1 <= b <= self.max_batch_size for b in sizes):
             raise ValueError(f"preferred_batch_sizes must lie in [1, {self.max_batch_size}]; got {self.preferred_batch_sizes!r}")
@@ -80,7 +92,7 @@ class ServingSettings:
                 "preferred_batch_sizes": sizes, "pad_to_multiple": self.pad_to_multiple if gpu else 0,
                 "encoder_implementation": encoder, "encoder_device": "cuda" if gpu else "cpu",
                 "encoder_dtype": "float16" if gpu else "float32", "encoder_cuda_graphs": self.encoder_cuda_graphs if gpu else 0,
-                "encoder_batch_buckets": ",".join(map(str, buckets))}
+                "encoder_batch_buckets": ",".join(map(str, buckets)), "encoder_batching": batching}
 
 
 def _t(name: str, dtype: str, dims: str) -> dict:

@@ -70,9 +70,20 @@ def test_cpu_target_is_unchanged_by_gpu_settings(render_info):
     tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
     configs = render_configs(render_context(tower, render_info["index"], ServingSettings(), encoder_bytes=1))
     enc = parse_model_config(configs["query_encoder"])
-    assert enc.backend == "python" and not enc.dynamic_batching.preferred_batch_size
+    assert enc.backend == "python" and not enc.HasField("dynamic_batching")  # sequential on the CPU
     assert parse_model_config(configs["pool_normalize"]).parameters["implementation"].string_value == "numpy"
     assert "FORCE_CPU_ONLY_INPUT_TENSORS" not in parse_model_config(configs["mips_topk"]).parameters
+
+
+def test_encoder_batching_resolves_per_target_and_queue_policy():
+    assert ServingSettings().resolved()["encoder_batching"] == "sequential"
+    assert ServingSettings(target="gpu").resolved()["encoder_batching"] == "dynamic"
+    assert ServingSettings(max_queue_size=8).resolved()["encoder_batching"] == "dynamic"  # the batcher holds the queue
+    assert ServingSettings(encoder_batching="dynamic").resolved()["encoder_batching"] == "dynamic"
+    with pytest.raises(ValueError, match=r"needs the dynamic batcher on query_encoder.*got encoder_batching 'sequential'"):
+        ServingSettings(encoder_batching="sequential", queue_timeout_us=1000).resolved()
+    with pytest.raises(ValueError, match=r"encoder_batching must be one of \['dynamic', 'sequential'\]; got 'eager'"):
+        ServingSettings(encoder_batching="eager").resolved()
 
 
 def test_gpu_settings_are_checked(render_info):

@@ -84,8 +84,10 @@ def test_overload_benchmark_writes_windows_verdicts_and_plot(server, tmp_path):
     v = result["verdict"]
     assert v["admitted_p99_ok"] == (v["admitted_p99_worst_window_ms"] <= 2 * 200)
     assert set(result["queue_policy"]) == {"tokenizer", "query_encoder", "pool_normalize", "mips_topk"}
-    # the default repository runs without a queue policy (it stalls Triton 2.51's batcher); the result says so
-    assert "default_queue_policy" not in result["queue_policy"]["query_encoder"]["dynamic_batching"]
+    # the default repository runs without a queue policy (it stalls Triton 2.51's batcher), and its CPU
+    # encoder without a batcher at all; the result says so
+    assert result["queue_policy"]["query_encoder"]["dynamic_batching"] is None
+    assert "default_queue_policy" not in result["queue_policy"]["tokenizer"]["dynamic_batching"]
     assert result["pinning"]["server_cpus"]
     png = overload.plot_policies({"a": result, "b": result}, tmp_path / "policies.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -102,18 +102,50 @@ def retrieve_request(texts, k):
     return [text_input(texts), k_input(k, len(texts))]
 
 
-def test_64_concurrent_requests_each_equal_the_request_alone(grpc, queries):
-    texts = queries[:64]
-    assert len(set(texts)) == 64
+def concurrent_equals_alone(grpc, texts, batched_model):
+    """Fire ``texts`` as concurrent one-text requests; each answer equals that text sent alone.
+    Returns the (inferences, executions) of ``batched_model`` and of query_encoder during the burst."""
     alone = [grpc.infer("retrieve", retrieve_request([t], 5)) for t in texts]
-    before = executions(grpc, "query_encoder")
+    before = {m: executions(grpc, m) for m in (batched_model, "query_encoder")}
     together = fire_concurrently(grpc, "retrieve", [retrieve_request([t], 5) for t in texts], OUTPUTS)
     for single, batched in zip(alone, together):
         assert not isinstance(batched, Exception), str(batched)
         np.testing.assert_array_equal(batched["DOC_IDS"], single.as_numpy("DOC_IDS"))
         np.testing.assert_allclose(batched["SCORES"], single.as_numpy("SCORES"), atol=2e-5, rtol=0)
-    inferences, runs = (a - b for a, b in zip(executions(grpc, "query_encoder", before[0] + 64), before))
-    assert inferences == 64 and runs < 64, "the dynamic batcher never formed a batch; the test proves nothing"
+    return {m: tuple(a - b for a, b in zip(executions(grpc, m, c[0] + len(texts)), c)) for m, c in before.items()}
+
+
+def test_64_concurrent_requests_each_equal_the_request_alone(grpc, queries):
+    """The default CPU repository: the tokenizer merges queued requests; the encoder runs one
+    request per execution, in arrival order (a batch of n costs ~n queries on a CPU core)."""
+    texts = queries[:64]
+    assert len(set(texts)) == 64
+    counts = concurrent_equals_alone(grpc, texts, "tokenizer")
+    inferences, runs = counts["tokenizer"]
+    assert inferences == 64 and runs < 64, "the tokenizer's dynamic batcher never formed a batch; the test proves nothing"
+    assert counts["query_encoder"] == (64, 64), "the CPU encoder must run one request per execution"
+
+
+def test_the_dynamic_batching_encoder_merges_requests_and_each_equals_the_request_alone(repository, render_info, queries, tmp_path):
+    """--encoder-batching dynamic (the GPU default): queued requests run as one padded, ragged batch."""
+    import tritonclient.grpc as grpcclient
+
+    from build.export import ExportedTower
+    from build.render import ServingSettings, render_repository
+    from tests.conftest import start_server
+
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
+    resolved = render_repository(tmp_path / "repo", tower, ARTIFACTS / "index" / render_info["index"]["index_version"],
+                                 ServingSettings(encoder_batching="dynamic"))
+    assert resolved["context"]["encoder_batching"] == "dynamic"
+    server = start_server(tmp_path / "repo", tmp_path / "work")
+    try:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        inferences, runs = concurrent_equals_alone(client, queries[:64], "tokenizer")["query_encoder"]
+        client.close()
+    finally:
+        server.stop()
+    assert inferences == 64 and runs < 64, "the encoder's dynamic batcher never formed a batch; the test proves nothing"
 
 
 def test_multi_row_request_equals_rows_sent_alone(retrieval, queries):
