@@ -20,6 +20,7 @@ What makes the figures comparable:
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import math
 import os
@@ -33,7 +34,7 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.common import stop_process_group, wait_healthy
 from model_repository.runtime.cpus import parse_cpus
-from model_repository.runtime.provenance import git_commit
+from model_repository.runtime.provenance import git_commit, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "artifacts" / "peers"
@@ -179,7 +180,9 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
 def summarise(args: argparse.Namespace, systems: list[str], runs: dict[str, list[dict]], commit: str, pinning) -> dict:
     summary = {
         "model": args.model, "slo_p99_ms": args.slo_p99_ms, "fixed_rps": args.fixed_rps, "repeats": args.repeats,
-        "min_requests": args.min_requests, "git_commit": commit, "order": [round_order(systems, r) for r in range(args.repeats)],
+        "min_requests": args.min_requests, "git_commit": commit, "machine": machine(),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "order": [round_order(systems, r) for r in range(args.repeats)],
         "pinning": {"server_cpus": list(pinning[0] or []), "generator_cpus": list(pinning[1] or [])},
         "peer_threads": args.peer_threads or "one per server core", "infinity_engine": args.infinity_engine, "systems": {},
     }
@@ -205,7 +208,8 @@ def summarise(args: argparse.Namespace, systems: list[str], runs: dict[str, list
 def markdown(summary: dict) -> str:
     rate = f"{summary['fixed_rps']:g}"
     lines = [f"# `{summary['model']}`: p99 at {rate} requests/s, open loop, median of {summary['repeats']} interleaved rounds", "",
-             f"commit `{summary['git_commit']}`; server cores {summary['pinning']['server_cpus']}, generator cores "
+             f"{summary['finished_at']}; commit `{summary['git_commit']}`; {summary['machine']['cpu_count']} CPUs "
+             f"({summary['machine']['processor']}); server cores {summary['pinning']['server_cpus']}, generator cores "
              f"{summary['pinning']['generator_cpus']}; peer threads: {summary['peer_threads']}", "",
              "| system | p99 ms median (min–max) | p50 ms median | requests per round | max QPS, p99 within SLO (closed loop) |",
              "|---|---|---|---|---|"]

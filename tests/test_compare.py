@@ -56,6 +56,8 @@ def test_the_headline_ratio_is_against_the_best_peer_by_median():
     assert summary["systems"]["triton"]["fixed_rate_p99_ms"]["max"] == 90.0
     assert summary["systems"]["fastembed"]["enough_samples"] is False  # one round fell short of 2,000 requests
     assert summary["order"] == [["triton", "st", "fastembed"], ["st", "fastembed", "triton"], ["fastembed", "triton", "st"]]
+    assert summary["machine"]["cpu_count"] == os.cpu_count() and summary["finished_at"].endswith("+00:00")
+    assert f"{os.cpu_count()} CPUs" in compare.markdown(summary)  # the table says where it was measured
 
 
 @needs_fastembed
