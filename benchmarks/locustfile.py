@@ -18,7 +18,9 @@ and Locust's master stops listening 0.5 s after it tells the workers to quit. So
 the master first *stops* the workers; each sends its last counts once its users have
 stopped (``sn_final``), and the master waits for all of them before it quits. Then the
 client's successes are reconciled with Triton's own counters, per step and for the run;
-a run that differs by more than 0.5% is refused and writes nothing (exit code 3).
+a run that differs by more than 0.5% is refused and writes nothing (exit code 3). Per step,
+each success is binned by when its calling thread had the answer against when each scrape
+ran; only the calls answered that close to a scrape may fall on either side of it.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 
 import gevent
+from gevent import GreenletExit
 from locust import LoadTestShape, User, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from tritonclient.utils import InferenceServerException
@@ -126,11 +129,12 @@ def metrics_url(options) -> str:
 def start_step(environment, step: int) -> None:
     options = environment.parsed_options
     recorder.step = step
-    recorder.step_started[step] = time.monotonic()
+    recorder.step_started[step] = before = time.monotonic()
     try:
         recorder.snapshots[step] = triton_metrics.scrape(metrics_url(options))
     except OSError as e:
         recorder.snapshots[step] = {"error": str(e)}
+    recorder.scraped_at[step] = (before, time.monotonic())
     if isinstance(environment.runner, MasterRunner):
         environment.runner.send_message("sn_step", step)
 
@@ -157,8 +161,9 @@ class StepShape(LoadTestShape):
 class MeasuredUser(User):
     """Arrivals (closed or open loop) and the accounting of every call; a subclass per system sends it.
 
-    ``send`` returns ``(seconds, error or None)`` and never raises: each call is counted
-    as issued before it is sent, and recorded (HDR, microseconds) with its error type.
+    ``send`` returns ``(seconds, error or None, answered at)`` and never raises: each call is
+    counted as issued before it is sent, and recorded (HDR, microseconds) with its error type and
+    the ``time.monotonic()`` at which the calling thread had its answer.
     """
 
     abstract = True
@@ -172,6 +177,7 @@ class MeasuredUser(User):
         self.counter = 0
         self.next_at = time.monotonic()
         self.rng = random.Random()
+        self.stopping = False  # Locust stopped this user while a call was on the wire (TritonUser.send)
 
     def wait_time(self):
         o = self.options
@@ -195,22 +201,24 @@ class MeasuredUser(User):
             texts[0] = ""
         return texts
 
-    def send(self, texts: list[str]) -> tuple[float, Exception | None]:
+    def send(self, texts: list[str]) -> tuple[float, Exception | None, float]:
         raise NotImplementedError
 
     @task
     def infer(self):
         step = recorder.step
         recorder.issued[step] += 1
-        elapsed, error = self.send(self.texts_for_request())
+        elapsed, error, answered_at = self.send(self.texts_for_request())
         kind = None if error is None else error_kind(error)
         if isinstance(error, InferenceServerException):
             error.args = (f"{kind}: {error.message()}",)  # the real exception, readable in Locust's error report
-        recorder.record(step, int(elapsed * 1e6), kind)
+        recorder.record(step, int(elapsed * 1e6), kind, answered_at)
         events.request.fire(
             request_type=self.request_type, name=self.options.model, response_time=elapsed * 1e3,
             response_length=0, exception=error, context={"step": step},
         )
+        if self.stopping:
+            raise GreenletExit  # the stop that arrived while this call was on the wire
 
 
 class TritonUser(MeasuredUser):
@@ -229,19 +237,26 @@ class TritonUser(MeasuredUser):
         self.client.close()
 
     def _call(self, texts: list[str]):
-        """Runs in a real OS thread: the blocking gRPC call and its exact duration."""
+        """Runs in a real OS thread: the blocking gRPC call, its exact duration, when it was answered."""
         start = time.perf_counter()
         try:
             self.client.infer(self.options.model, texts, self.options.k)  # embed takes no k; request_inputs drops it
-            return time.perf_counter() - start, None
+            error = None
         except Exception as e:  # noqa: BLE001 - every failure is reported, with its type
-            return time.perf_counter() - start, e
+            error = e
+        return time.perf_counter() - start, error, time.monotonic()
 
     def send(self, texts):
+        call = self.pool.spawn(self._call, texts)
         try:
-            return self.pool.spawn(self._call, texts).get(timeout=self.options.grpc_timeout + 5)
+            return call.get(timeout=self.options.grpc_timeout + 5)
         except gevent.Timeout as e:
-            return self.options.grpc_timeout + 5, e
+            return self.options.grpc_timeout + 5, e, time.monotonic()
+        except GreenletExit:
+            # Locust kills a user it saw waiting; one that woke meanwhile has a call on the wire, which
+            # the server answers and counts. Wait for it (bounded by the gRPC deadline), count it, then stop.
+            self.stopping = True
+            return call.get(timeout=self.options.grpc_timeout + 5)
 
 
 class HttpPeerUser(MeasuredUser):
@@ -270,11 +285,10 @@ class HttpPeerUser(MeasuredUser):
         try:
             response = self.http.post(path, body=json.dumps(body), headers={"Content-Type": "application/json"})
             payload = response.read()
-            if response.status_code != 200:
-                return time.perf_counter() - start, RuntimeError(f"HTTP {response.status_code}: {payload[:200]!r}")
-            return time.perf_counter() - start, None
+            error = None if response.status_code == 200 else RuntimeError(f"HTTP {response.status_code}: {payload[:200]!r}")
         except Exception as e:  # noqa: BLE001
-            return time.perf_counter() - start, e
+            error = e
+        return time.perf_counter() - start, error, time.monotonic()
 
 
 class InfinityUser(HttpPeerUser):
@@ -301,17 +315,18 @@ def _write_results(environment, **_):
     options = environment.parsed_options
     if isinstance(environment.runner, WorkerRunner) or not options or not options.results_json:
         return
-    final = {}
+    final, before = {}, time.monotonic()
     try:
         final = triton_metrics.scrape_settled(metrics_url(options), options.model)
     except OSError:
         pass
+    final_scraped_at = (before, time.monotonic())
     result = report.assemble(options, recorder, final, recorder.ensemble_steps, steps_of(options), users_for)
     refused = []
     if recorder.missing_finals:
         refused.append(f"{recorder.missing_finals} worker(s) never sent their final counts")
     if options.target == "triton":
-        result["reconciliation"] = check = report.reconcile(recorder, final, options.model, len(steps_of(options)))
+        result["reconciliation"] = check = report.reconcile(recorder, final, final_scraped_at, options.model, len(steps_of(options)))
         if check["status"] == "mismatch":
             refused.append(f"client and Triton counts of {options.model!r} differ beyond "
                            f"{report.COUNT_TOLERANCE:.1%}: {json.dumps({k: check[k] for k in ('run', 'steps')})}")

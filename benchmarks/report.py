@@ -4,12 +4,16 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks import triton_metrics
 from model_repository.runtime.provenance import git_commit, machine, pyplot
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
 COUNT_TOLERANCE = 0.005  # client and server counts further apart than this: the run is refused, nothing written
-BOUNDARY_SLACK = 2  # per step: a call answered within milliseconds of a scrape can land on either side of it
+# a success is counted by Triton just after its answer leaves, and time-stamped by the client when its
+# calling thread has it: calls answered this close to a scrape may be counted on either side of it
+SKEW_S = 0.05
 CONFIG_KEYS = ("grpc_url", "model", "queries", "batch_size", "k", "load_mode", "arrivals", "steps", "step_time", "warmup",
                "users_per_rps", "grpc_timeout", "bad_request_every")
 
@@ -80,12 +84,14 @@ def count_check(client: int, server: int, slack: int = 0) -> dict:
             "allowed": allowed, "ok": abs(client - server) <= allowed}
 
 
-def reconcile(recorder, final_snapshot: dict, model: str, n_steps: int) -> dict:
+def reconcile(recorder, final_snapshot: dict, final_scraped_at: tuple[float, float], model: str, n_steps: int) -> dict:
     """The client's successes against Triton's own ``nv_inference_request_success`` of ``model``.
 
-    Per step, the client counts calls by the step in which they were *answered* (what the server's
-    counter sees between two scrapes), within ``BOUNDARY_SLACK`` calls or ``COUNT_TOLERANCE``;
-    over the whole run (warm-up included) within ``COUNT_TOLERANCE``. ``status`` is ``ok``,
+    Per step, the client's successes are those *answered* between the scrapes that open and close
+    it (at each scrape's midpoint). A call answered within ``SKEW_S`` of a scrape (the scrape's own
+    duration included) may have been counted by Triton on either side of it, so a step may differ
+    by the number of such calls at its two ends, and by no more (or by ``COUNT_TOLERANCE``). The
+    whole run (warm-up included) must agree within ``COUNT_TOLERANCE``. ``status`` is ``ok``,
     ``mismatch`` (the caller refuses the run), or ``unverified`` when a scrape failed.
     """
     windows = [w for w in (-1, *range(n_steps)) if w in recorder.snapshots]
@@ -94,12 +100,19 @@ def reconcile(recorder, final_snapshot: dict, model: str, n_steps: int) -> dict:
     if not windows or failed:
         return {"status": "unverified", "reason": f"metrics scrape failed at window(s) {failed or 'all'}", "model": model}
     served = [snap.get(model, {}).get("requests", 0.0) for snap in snaps]
-    steps = {str(w): count_check(recorder.completed_ok.get(w, 0), int(served[i + 1] - served[i]), BOUNDARY_SLACK)
-             for i, w in enumerate(windows)}
-    run = count_check(sum(recorder.completed_ok.values()), int(served[-1] - served[0]))
+    answered = np.sort(np.asarray(recorder.ok_at, dtype=np.float64))
+    scraped = np.asarray([recorder.scraped_at[w] for w in windows] + [final_scraped_at], dtype=np.float64)
+    count_before = lambda t: int(np.searchsorted(answered, t))  # noqa: E731
+    cuts = [count_before(scraped[i].mean()) for i in range(len(scraped))]
+    near = [count_before(t1 + SKEW_S) - count_before(t0 - SKEW_S) for t0, t1 in scraped]
+    steps = {}
+    for i, w in enumerate(windows):
+        steps[str(w)] = count_check(cuts[i + 1] - cuts[i], int(served[i + 1] - served[i]), near[i] + near[i + 1])
+        steps[str(w)]["answered_near_its_scrapes"] = near[i] + near[i + 1]
+    run = count_check(len(answered), int(served[-1] - served[0]))
     passed = run["ok"] and all(c["ok"] for c in steps.values())
     return {"status": "ok" if passed else "mismatch", "model": model, "tolerance": COUNT_TOLERANCE,
-            "boundary_slack": BOUNDARY_SLACK, "run": run, "steps": steps}
+            "skew_s": SKEW_S, "run": run, "steps": steps}
 
 
 def format_steps(result: dict) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.__main__ import add_load_arguments, run_load
 from benchmarks.common import check_loopback
-from benchmarks.triton_metrics import breakdown, parse
+from benchmarks.triton_metrics import breakdown, parse, scrape
 from tests.conftest import ARTIFACTS, start_server
 
 
@@ -73,15 +73,31 @@ def test_poisson_arrivals_offer_the_rate_within_their_own_noise(server, tmp_path
     expected = 30 * 4
     assert abs(step["issued"] - expected) <= 4 * expected**0.5  # Poisson: 4 standard deviations
     assert step["failed"] == 0
+    run = result["run_total"]  # the calls on the wire when Locust stopped its users are counted too
+    assert run["issued"] == run["succeeded"] + run["failed"] == run["server_requests"], run
+
+
+def freeze_once_it_answers(server, model: str = "retrieve", timeout_s: float = 60.0) -> threading.Thread:
+    """SIGSTOP ``server`` as soon as its counters show one answer of ``model``: mid-run, however slow the start."""
+    def watch():
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and scrape(server.metrics_url).get(model, {}).get("requests", 0) < 1:
+            time.sleep(0.05)
+        os.kill(server.process.pid, signal.SIGSTOP)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
 
 
 def test_a_frozen_server_cannot_hang_the_load_test(repository, tmp_path):
     frozen = start_server(repository, tmp_path / "server")
     try:
         args = load_args(frozen, tmp_path, "--steps", "1,1", "--step-time", "3", "--grpc-timeout", "2")
-        threading.Timer(1.5, os.kill, (frozen.process.pid, signal.SIGSTOP)).start()
+        watcher = freeze_once_it_answers(frozen)
         start = time.monotonic()
         result = run_load(args)
+        watcher.join(timeout=5)
         elapsed = time.monotonic() - start
     finally:
         os.kill(frozen.process.pid, signal.SIGCONT)
@@ -173,18 +189,45 @@ def test_a_run_whose_counts_disagree_with_the_server_is_refused_and_writes_nothi
     assert not args.out.exists()
 
 
-def test_reconciliation_arithmetic():
+def reconciled(answered: list[float], served: tuple[float, float, float]) -> dict:
+    """Scrapes at 0 s (warm-up), 10 s (step 0) and 20 s (the end), each 10 ms long."""
     from benchmarks.recorder import Recorder
     from benchmarks.report import reconcile
 
     rec = Recorder()
-    rec.snapshots = {-1: {"m": {"requests": 100.0}}, 0: {"m": {"requests": 110.0}}}
-    rec.completed_ok.update({-1: 10, 0: 400})
-    assert reconcile(rec, {"m": {"requests": 510.0}}, "m", 1)["status"] == "ok"
-    check = reconcile(rec, {"m": {"requests": 513.0}}, "m", 1)  # 3 of 403 missing: 0.74% > 0.5%
+    rec.snapshots = {-1: {"m": {"requests": served[0]}}, 0: {"m": {"requests": served[1]}}}
+    rec.scraped_at = {-1: (0.0, 0.01), 0: (10.0, 10.01)}
+    rec.ok_at.extend(answered)
+    return reconcile(rec, {"m": {"requests": served[2]}}, (20.0, 20.01), "m", 1)
+
+
+def test_reconciliation_arithmetic():
+    warmup, step0 = [1.0 + 0.5 * i for i in range(10)], [10.5 + 0.02 * i for i in range(400)]
+    assert reconciled(warmup + step0, (100, 110, 510))["status"] == "ok"
+    check = reconciled(warmup + step0, (100, 110, 513))  # 3 of 403 missing: 0.74% > 0.5%
     assert check["status"] == "mismatch" and check["run"]["difference"] == -3 and not check["steps"]["0"]["ok"]
-    assert reconcile(rec, {"m": {"requests": 511.0}}, "m", 1)["status"] == "ok"  # 1 call: boundary slack, 0.25%
-    assert reconcile(rec, {}, "m", 1)["status"] == "unverified"  # the last scrape failed: said, not guessed
+    assert reconciled(warmup + step0, (100, 110, 511))["status"] == "ok"  # 1 call: within 0.5%
+
+
+def test_reconciliation_allows_only_the_calls_answered_at_a_scrape_to_fall_either_side():
+    warmup, step0 = [1.0 + 0.5 * i for i in range(10)], [10.5 + 0.02 * i for i in range(397)]
+    # 3 calls answered 20 ms after the step-0 scrape: Triton counted them before it (warm-up, 113)
+    check = reconciled(warmup + [10.03] * 3 + step0, (100, 113, 510))
+    assert check["status"] == "ok", check
+    assert check["steps"]["-1"]["difference"] == -3 and check["steps"]["-1"]["answered_near_its_scrapes"] == 3
+    # the same 3 calls answered 200 ms after that scrape cannot have been counted before it
+    check = reconciled(warmup + [10.2] * 3 + step0, (100, 113, 510))
+    assert check["status"] == "mismatch" and not check["steps"]["-1"]["ok"] and not check["steps"]["0"]["ok"]
+    assert check["run"]["ok"]  # the run total alone would not have seen it
+
+
+def test_reconciliation_without_a_final_scrape_is_unverified():
+    from benchmarks.recorder import Recorder
+    from benchmarks.report import reconcile
+
+    rec = Recorder()
+    rec.snapshots, rec.scraped_at = {-1: {"m": {"requests": 0.0}}}, {-1: (0.0, 0.01)}
+    assert reconcile(rec, {}, (20.0, 20.01), "m", 1)["status"] == "unverified"  # the last scrape failed: said, not guessed
 
 
 def test_recorder_merge_handles_reports_with_nothing_completed_yet():
@@ -192,16 +235,18 @@ def test_recorder_merge_handles_reports_with_nothing_completed_yet():
 
     worker, master = Recorder(), Recorder()
     worker.issued[3] += 2  # two calls in flight at report time
-    worker.record(0, 1500, None)
-    worker.record(0, 2500, "StatusCode.UNAVAILABLE")
+    worker.record(0, 1500, None, 12.5)
+    worker.record(0, 2500, "StatusCode.UNAVAILABLE", 12.6)
     master.merge(worker.drain())
     assert master.issued[3] == 2 and master.issued[0] == 0
     assert master.hist[0].get_total_count() == 1 and master.fail_hist[0].get_total_count() == 1
     assert master.errors[0] == {"StatusCode.UNAVAILABLE": 1}
     later = Recorder()
-    later.record(3, 900, None)
+    later.record(3, 900, None, 13.0)
     master.merge(later.drain())
     assert master.hist[3].get_total_count() == 1 and master.issued[3] == 2
+    assert list(master.ok_at) == [12.5, 13.0]  # only successes, with when they were answered
+    assert worker.drain()["ok_at"] == []  # drained once
 
 
 def test_http_peer_path_counts_requests_like_the_grpc_path(tmp_path):
