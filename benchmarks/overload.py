@@ -29,12 +29,13 @@ from model_repository.runtime.provenance import git_commit, machine
 
 
 def queue_policies(url: str, model: str) -> dict:
-    """Each step's dynamic batching and queue policy, as the server reports it."""
+    """Each step's dynamic batching, queue policy and admission limit, as the server reports it."""
     with RetrievalClient(url) as client:
         out = {}
         for step in client.ensemble_steps(model):
             config = client.model_config(step)
-            out[step] = {"max_batch_size": config.get("max_batch_size"), "dynamic_batching": config.get("dynamic_batching")}
+            out[step] = {"max_batch_size": config.get("max_batch_size"), "dynamic_batching": config.get("dynamic_batching"),
+                         **{k: v["string_value"] for k, v in config.get("parameters", {}).items() if k.startswith("admission_")}}
         return out
 
 

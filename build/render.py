@@ -62,6 +62,15 @@ class ServingSettings:
     # On a CPU core a batch of n short queries costs ~n times one query (measured: README,
     # "Tail latency"), so merging queued requests gains no throughput and makes the first of
     # them wait for the last. One request per execution, in arrival order, is the CPU default.
+    # Admission at the tokenizer (model_repository/runtime/admission.py): a request that would put
+    # more rows than this between the tokenizer and pooling is refused at once (UNAVAILABLE), so an
+    # admitted request waits behind at most this many rows of encoder work. Off by default: a burst
+    # above the limit is refused, not queued (README, "Overload").
+    admission_max_rows: int = dataclasses.field(default=0, metadata={"help": "rows in flight between tokenizer and pooling before new requests are refused at once with UNAVAILABLE (0: no limit)"})
+    # On a shared CPU core the encoder is the one long computation; a higher nice value lets the
+    # short stages (and the tokenizer's refusals) run as soon as they are ready.
+    encoder_nice: int = dataclasses.field(default=0, metadata={"help": "python-backend query_encoder: nice value its stub takes at load, 0-19 (0: unchanged)"})
+    admission_ttl_s: float = dataclasses.field(default=5.0, metadata={"help": "an admitted request that never reaches pooling (cancelled, a stub killed) stops counting after this long"})
     encoder_batching: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: dynamic (Triton's dynamic batcher merges queued requests) or sequential (one request per execution, in arrival order; no batcher); auto: dynamic on gpu or with a queue policy, sequential on cpu"})
 
     def resolved(self) -> dict:
@@ -88,6 +97,11 @@ class ServingSettings:
         sizes = [int(x) for x in self.preferred_batch_sizes.split(",") if x.strip()] if gpu else []
         if any(not 1 <= b <= self.max_batch_size for b in sizes):
             raise ValueError(f"preferred_batch_sizes must lie in [1, {self.max_batch_size}]; got {self.preferred_batch_sizes!r}")
+        if not 0 <= self.encoder_nice <= 19:
+            raise ValueError(f"encoder_nice must be in [0, 19]; got {self.encoder_nice}")
+        if self.admission_max_rows < 0 or self.admission_ttl_s <= 0:
+            raise ValueError(f"admission_max_rows must be >= 0 and admission_ttl_s > 0; "
+                             f"got {self.admission_max_rows} and {self.admission_ttl_s}")
         return {**dataclasses.asdict(self), "pool_implementation": pool, "topk_implementation": topk,
                 "preferred_batch_sizes": sizes, "pad_to_multiple": self.pad_to_multiple if gpu else 0,
                 "encoder_implementation": encoder, "encoder_device": "cuda" if gpu else "cpu",
@@ -101,11 +115,13 @@ def _t(name: str, dtype: str, dims: str) -> dict:
 
 def ensembles(dim: int, shard_count: int = 0) -> list[dict]:
     encode_steps = [
-        {"model": "tokenizer", "inputs": {"text": "TEXT"}, "outputs": {"input_ids": "_input_ids", "attention_mask": "_attention_mask"}},
+        {"model": "tokenizer", "inputs": {"text": "TEXT"},
+         "outputs": {"input_ids": "_input_ids", "attention_mask": "_attention_mask", "admission_ticket": "_admission_ticket"}},
         {"model": "query_encoder", "inputs": {"input_ids": "_input_ids", "attention_mask": "_attention_mask"},
          "outputs": {"last_hidden_state": "_last_hidden_state"}},
     ]
-    pool = {"model": "pool_normalize", "inputs": {"last_hidden_state": "_last_hidden_state", "attention_mask": "_attention_mask"}}
+    pool = {"model": "pool_normalize", "inputs": {"last_hidden_state": "_last_hidden_state", "attention_mask": "_attention_mask",
+                                                  "admission_ticket": "_admission_ticket"}}
     topk_outputs = {"doc_ids": "DOC_IDS", "scores": "SCORES", "doc_keys": "DOC_KEYS", "titles": "TITLES",
                     "snippets": "SNIPPETS", "index_version": "INDEX_VERSION"}
     return [

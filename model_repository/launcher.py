@@ -34,6 +34,7 @@ import urllib.request
 from pathlib import Path
 
 from . import supervisor
+from .runtime import admission
 from .runtime.files import ARTIFACTS_MANIFEST, ArtifactMismatch, verify_artifacts
 from .runtime.index import IndexMismatch, verify_index_files
 
@@ -340,14 +341,16 @@ class TritonServer:
                 self._metrics_server.server_close()
                 self._metrics_server = None
         p = self.process
-        if p is None or p.poll() is not None:
+        if p is None:
             return
-        os.killpg(p.pid, signal.SIGINT)  # tritonserver drains in-flight requests on SIGINT
-        try:
-            p.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGINT)  # tritonserver drains in-flight requests on SIGINT
+            try:
+                p.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        admission.table_path(p.pid).unlink(missing_ok=True)  # its stubs' admission table, now unused
 
     def __enter__(self) -> "TritonServer":
         return self.start()

@@ -86,6 +86,15 @@ def test_encoder_batching_resolves_per_target_and_queue_policy():
         ServingSettings(encoder_batching="eager").resolved()
 
 
+def test_admission_and_encoder_nice_are_checked():
+    assert ServingSettings().resolved()["admission_max_rows"] == 0  # off unless asked
+    assert ServingSettings(admission_max_rows=4, encoder_nice=10).resolved()["encoder_nice"] == 10
+    with pytest.raises(ValueError, match=r"admission_max_rows must be >= 0 and admission_ttl_s > 0; got -1 and 5.0"):
+        ServingSettings(admission_max_rows=-1).resolved()
+    with pytest.raises(ValueError, match=r"encoder_nice must be in \[0, 19\]; got 20"):
+        ServingSettings(encoder_nice=20).resolved()
+
+
 def test_gpu_settings_are_checked(render_info):
     with pytest.raises(ValueError, match=r"preferred_batch_sizes must lie in \[1, 128\]; got '8,256'"):
         _gpu_configs(render_info, preferred_batch_sizes="8,256")

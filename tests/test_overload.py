@@ -88,6 +88,7 @@ def test_overload_benchmark_writes_windows_verdicts_and_plot(server, tmp_path):
     # encoder without a batcher at all; the result says so
     assert result["queue_policy"]["query_encoder"]["dynamic_batching"] is None
     assert "default_queue_policy" not in result["queue_policy"]["tokenizer"]["dynamic_batching"]
+    assert result["queue_policy"]["tokenizer"]["admission_max_rows"] == "0"  # and admission is off by default
     assert result["pinning"]["server_cpus"]
     png = overload.plot_policies({"a": result, "b": result}, tmp_path / "policies.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import threading
@@ -128,8 +130,6 @@ def test_64_concurrent_requests_each_equal_the_request_alone(grpc, queries):
 
 def test_the_dynamic_batching_encoder_merges_requests_and_each_equals_the_request_alone(repository, render_info, queries, tmp_path):
     """--encoder-batching dynamic (the GPU default): queued requests run as one padded, ragged batch."""
-    import tritonclient.grpc as grpcclient
-
     from build.export import ExportedTower
     from build.render import ServingSettings, render_repository
     from tests.conftest import start_server
@@ -146,6 +146,46 @@ def test_the_dynamic_batching_encoder_merges_requests_and_each_equals_the_reques
     finally:
         server.stop()
     assert inferences == 64 and runs < 64, "the encoder's dynamic batcher never formed a batch; the test proves nothing"
+
+
+def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_rest(repository, render_info, queries, tmp_path):
+    """--admission-max-rows 2: of a burst, the requests that would put more than 2 rows before
+    pooling get UNAVAILABLE naming the limit; every admitted one equals the request alone; every
+    ticket comes back; the server goes on serving. (--encoder-nice 7: its stub runs at nice 7.)"""
+    from benchmarks.procs import server_processes
+    from build.export import ExportedTower
+    from build.render import ServingSettings, render_repository
+    from model_repository.runtime.admission import Admission, table_path
+    from tests.conftest import start_server
+
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
+    render_repository(tmp_path / "repo", tower, ARTIFACTS / "index" / render_info["index"]["index_version"],
+                      ServingSettings(admission_max_rows=2, encoder_nice=7))
+    server = start_server(tmp_path / "repo", tmp_path / "work")
+    try:
+        stubs = server_processes(server.grpc_url)
+        assert {name: os.getpriority(os.PRIO_PROCESS, pid) for name, pid in stubs.items() if name != "tritonserver"} == {
+            "stub:tokenizer_0_0": 0, "stub:query_encoder_0_0": 7, "stub:pool_normalize_0_0": 0, "stub:mips_topk_0_0": 0}
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        texts = queries[:32]
+        alone = [client.infer("retrieve", retrieve_request([t], 5)) for t in texts]  # one at a time: all admitted
+        burst = fire_concurrently(client, "retrieve", [retrieve_request([t], 5) for t in texts], OUTPUTS)
+        refused = [r for r in burst if isinstance(r, Exception)]
+        for single, answer in zip(alone, burst):
+            if not isinstance(answer, Exception):
+                np.testing.assert_array_equal(answer["DOC_IDS"], single.as_numpy("DOC_IDS"))
+        assert 2 <= len(burst) - len(refused) < len(burst), "the burst never met the limit; the test proves nothing"
+        for error in refused:
+            assert error.status() == "StatusCode.UNAVAILABLE", str(error)
+            assert re.search(r"admission_max_rows is 2, [12] rows are in flight and this request has 1", error.message()), str(error)
+        table = Admission(table_path(server.process.pid), 0)
+        assert table.in_flight() == 0, "an admitted request's ticket never came back"
+        again = client.infer("retrieve", retrieve_request([texts[0]], 5))
+        np.testing.assert_array_equal(again.as_numpy("DOC_IDS"), alone[0].as_numpy("DOC_IDS"))
+        client.close()
+    finally:
+        server.stop()
+    assert not table_path(server.process.pid).exists(), "the launcher leaves no admission table behind"
 
 
 def test_multi_row_request_equals_rows_sent_alone(retrieval, queries):

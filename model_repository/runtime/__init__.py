@@ -10,3 +10,7 @@ numpy, tokenizers and onnxruntime.
 
 class InvalidInput(ValueError):
     """A request is malformed; the message names the field, the limit and the value."""
+
+
+class Overloaded(RuntimeError):
+    """The server is at its admission limit; the message names the limit and what was in flight."""

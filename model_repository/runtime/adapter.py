@@ -12,7 +12,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from . import InvalidInput
+from . import InvalidInput, Overloaded
+
+REFUSALS = (InvalidInput, Overloaded)  # a request refused with its own error; its batch-mates go on
 
 
 def input_tensor(request, name: str):
@@ -46,20 +48,22 @@ def execute_batched(
     compute: Callable[[list[Any]], list[Sequence[np.ndarray]]],
     output_names: Sequence[str],
 ) -> list:
-    """parse(request) validates one request (raising InvalidInput) and returns its inputs;
-    compute(valid) returns one tuple of output arrays per valid request, in order."""
+    """parse(request) validates one request (raising InvalidInput, or Overloaded when it is not
+    admitted) and returns its inputs; compute(valid) returns one tuple of output arrays per valid
+    request, in order."""
     parsed: list[Any] = []
     for request in requests:
         try:
             parsed.append(parse(request))
-        except InvalidInput as e:
+        except REFUSALS as e:
             parsed.append(e)
-    valid = [p for p in parsed if not isinstance(p, InvalidInput)]
+    valid = [p for p in parsed if not isinstance(p, REFUSALS)]
     results = iter(compute(valid) if valid else [])
     responses = []
     for p in parsed:
-        if isinstance(p, InvalidInput):
-            error = pb_utils.TritonError(str(p), pb_utils.TritonError.INVALID_ARG)
+        if isinstance(p, REFUSALS):
+            code = pb_utils.TritonError.INVALID_ARG if isinstance(p, InvalidInput) else pb_utils.TritonError.UNAVAILABLE
+            error = pb_utils.TritonError(str(p), code)
             responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
         else:
             responses.append(pb_utils.InferenceResponse(output_tensors=output_tensors(output_names, next(results))))

@@ -12,6 +12,10 @@ answer is cut back to its own length. In NVIDIA's container the GPU flavour is a
 TensorRT plan served by Triton's tensorrt backend, with no python at all
 (``build/tensorrt.py``).
 """
+import os
+
+import triton_python_backend_utils as pb_utils
+
 from runtime import InvalidInput
 from runtime.adapter import execute_batched, input_array, version_folder
 from runtime.files import verify_artifacts
@@ -30,6 +34,10 @@ class TritonPythonModel:
         implementation = params.optional("implementation", "onnx")
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"query_encoder: implementation must be one of {list(IMPLEMENTATIONS)}; got {implementation!r}")
+        nice = params.int("nice")
+        if nice:  # before the engine starts its threads: they inherit it
+            os.nice(nice)
+            pb_utils.Logger.log_info(f"query_encoder: nice {os.getpriority(os.PRIO_PROCESS, 0)}")
         folder = version_folder(args)
         verify_artifacts(folder)  # the ONNX graph or the tower's weights, against the sha256 rendered with them
         if implementation == "torch":

@@ -1,6 +1,14 @@
-"""tokenizer: TEXT (BYTES) -> input_ids, attention_mask (INT64). Thin adapter over runtime.text."""
-from runtime import InvalidInput
+"""tokenizer: TEXT (BYTES) -> input_ids, attention_mask (INT64), admission_ticket (INT64).
+
+Thin adapter over runtime.text, and the server's admission point (runtime.admission): a valid
+request that would put more than ``admission_max_rows`` rows in flight before pooling is
+answered UNAVAILABLE at once; an admitted one carries its ticket to pool_normalize.
+"""
+import numpy as np
+
+from runtime import InvalidInput, Overloaded
 from runtime.adapter import execute_batched, input_array, version_folder
+from runtime.admission import Admission, table_path
 from runtime.files import verify_artifacts
 from runtime.params import ModelParams
 from runtime.text import TextTokenizer, decode_texts
@@ -10,22 +18,31 @@ class TritonPythonModel:
     def initialize(self, args):
         params = ModelParams(args["model_config"])
         self.text_name = params.config["input"][0]["name"]
-        self.output_names = params.output_names()  # input_ids, attention_mask
+        self.output_names = params.output_names()  # input_ids, attention_mask, admission_ticket
         self.max_chars = params.int("max_chars")
         self.max_rows = params.int("max_rows_per_request")
         eos = params.str("eos_id")
         verify_artifacts(version_folder(args))  # tokenizer.json against the sha256 rendered with it
         self.tokenizer = TextTokenizer(f"{version_folder(args)}/{params.str('tokenizer_file')}", params.int("max_tokens"),
                                        params.int("pad_to_multiple"), params.str("prefix"), int(eos) if eos else None)
+        self.admission = Admission(table_path(), params.int("admission_max_rows"), float(params.str("admission_ttl_s")))
 
     def parse(self, request):
         raw = input_array(request, self.text_name)
         if raw.shape[0] > self.max_rows:
             raise InvalidInput(f"{self.text_name} has {raw.shape[0]} rows; the limit is {self.max_rows} per request")
-        return decode_texts(raw.reshape(-1), self.max_chars, field=self.text_name)
+        texts = decode_texts(raw.reshape(-1), self.max_chars, field=self.text_name)
+        ticket, in_flight = self.admission.admit(len(texts))
+        if self.admission.limit_rows and not ticket:
+            raise Overloaded(f"server at its admission limit: admission_max_rows is {self.admission.limit_rows}, "
+                             f"{in_flight} rows are in flight and this request has {len(texts)}; retry with backoff")
+        return texts, ticket
 
     def compute(self, batches):
-        return [self.tokenizer(texts) for texts in batches]
+        return [(*self.tokenizer(texts), np.full((len(texts), 1), ticket, dtype=np.int64)) for texts, ticket in batches]
 
     def execute(self, requests):
         return execute_batched(requests, self.parse, self.compute, self.output_names)
+
+    def finalize(self):
+        self.admission.close()
