@@ -35,8 +35,8 @@ class TritonPythonModel:
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"query_encoder: implementation must be one of {list(IMPLEMENTATIONS)}; got {implementation!r}")
         nice = params.int("nice")
-        if nice:  # before the engine starts its threads: they inherit it
-            os.nice(nice)
+        if nice:  # absolute (a reload in the same process does not add up), before the engine's threads exist: they inherit it
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
             pb_utils.Logger.log_info(f"query_encoder: nice {os.getpriority(os.PRIO_PROCESS, 0)}")
         folder = version_folder(args)
         verify_artifacts(folder)  # the ONNX graph or the tower's weights, against the sha256 rendered with them
