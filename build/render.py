@@ -40,7 +40,10 @@ TORCH_ENCODER_FILES = ("config.json", "*.safetensors")  # the tower's weights, i
 class ServingSettings:
     max_batch_size: int = dataclasses.field(default=128, metadata={"help": "Triton max_batch_size of every model (rows per executed batch)"})
     max_rows_per_request: int = dataclasses.field(default=64, metadata={"help": "most texts one request may carry"})
-    max_queue_delay_us: int = dataclasses.field(default=500, metadata={"help": "dynamic batcher: how long a request may wait for others"})
+    # On the CPU a lone request waited the whole window at each of the three batched python steps
+    # (~0.6 ms each, Triton's traces); with 0 the batcher still merges what queued while the
+    # instance was busy, so the window adapts: none when light, a batch when backed up.
+    max_queue_delay_us: int = dataclasses.field(default=-1, metadata={"help": "dynamic batcher: how long a request may wait for others (-1: auto, 0 on cpu, 500 on gpu)"})
     # Off by default: with any default_queue_policy, Triton 2.51's dynamic batcher leaves queued
     # requests waiting while their instance idles, until the next arrival or its 500 ms timer
     # (measured: benchmarks/results/tail-2026-11-23/). Either knob below turns a policy on.
@@ -97,6 +100,9 @@ class ServingSettings:
         sizes = [int(x) for x in self.preferred_batch_sizes.split(",") if x.strip()] if gpu else []
         if any(not 1 <= b <= self.max_batch_size for b in sizes):
             raise ValueError(f"preferred_batch_sizes must lie in [1, {self.max_batch_size}]; got {self.preferred_batch_sizes!r}")
+        if self.max_queue_delay_us < -1:
+            raise ValueError(f"max_queue_delay_us must be >= 0, or -1 for auto; got {self.max_queue_delay_us}")
+        delay = self.max_queue_delay_us if self.max_queue_delay_us >= 0 else (500 if gpu else 0)
         if not 0 <= self.encoder_nice <= 19:
             raise ValueError(f"encoder_nice must be in [0, 19]; got {self.encoder_nice}")
         if self.admission_max_rows < 0 or self.admission_ttl_s <= 0:
@@ -106,7 +112,7 @@ class ServingSettings:
                 "preferred_batch_sizes": sizes, "pad_to_multiple": self.pad_to_multiple if gpu else 0,
                 "encoder_implementation": encoder, "encoder_device": "cuda" if gpu else "cpu",
                 "encoder_dtype": "float16" if gpu else "float32", "encoder_cuda_graphs": self.encoder_cuda_graphs if gpu else 0,
-                "encoder_batch_buckets": ",".join(map(str, buckets)), "encoder_batching": batching}
+                "encoder_batch_buckets": ",".join(map(str, buckets)), "encoder_batching": batching, "max_queue_delay_us": delay}
 
 
 def _t(name: str, dtype: str, dims: str) -> dict:

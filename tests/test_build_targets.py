@@ -86,6 +86,23 @@ def test_encoder_batching_resolves_per_target_and_queue_policy():
         ServingSettings(encoder_batching="eager").resolved()
 
 
+def test_batch_window_is_zero_on_the_cpu_unless_asked(render_info):
+    """A lone request must not wait for company on the CPU: the batcher merges only what queued."""
+    assert [ServingSettings(target=t).resolved()["max_queue_delay_us"] for t in ("cpu", "gpu")] == [0, 500]
+    assert ServingSettings(max_queue_delay_us=200).resolved()["max_queue_delay_us"] == 200
+    with pytest.raises(ValueError, match=r"max_queue_delay_us must be >= 0, or -1 for auto; got -2"):
+        ServingSettings(max_queue_delay_us=-2).resolved()
+    from build.export import ExportedTower
+
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
+    configs = render_configs(render_context(tower, render_info["index"], ServingSettings(), encoder_bytes=1))
+    for model in ("tokenizer", "pool_normalize", "mips_topk"):
+        config = parse_model_config(configs[model])
+        assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 0, model
+    gpu = {m: parse_model_config(c) for m, c in _gpu_configs(render_info).items() if m in ("tokenizer", "query_encoder")}
+    assert {m: c.dynamic_batching.max_queue_delay_microseconds for m, c in gpu.items()} == {"tokenizer": 500, "query_encoder": 500}
+
+
 def test_admission_and_encoder_nice_are_checked():
     assert ServingSettings().resolved()["admission_max_rows"] == 0  # off unless asked
     assert ServingSettings(admission_max_rows=4, encoder_nice=10).resolved()["encoder_nice"] == 10
