@@ -59,6 +59,10 @@ def _status(error: Exception) -> tuple[str, str]:
     return error_kind(error), str(message)[:300]
 
 
+class ProbeFailed(RuntimeError):
+    """The closed-loop capacity probe met failed calls, so its figure is not the server's capacity."""
+
+
 class Generator:
     """One gRPC channel, one event loop; ``texts`` are cycled one per request."""
 
@@ -106,23 +110,38 @@ class Generator:
         """Offer ``phases`` of (requests/s, seconds) back to back; one sample per arrival."""
         return asyncio.run(self._open(arrivals(phases, seed), progress))
 
-    async def _closed(self, users: int, seconds: float) -> tuple[int, float]:
+    async def _closed(self, users: int, seconds: float) -> tuple[int, dict[str, int], str, float]:
         async with self._connected() as client:
             t0 = time.perf_counter()
-            done = 0
+            done, failed, first_message = 0, {}, ""
 
             async def user():
-                nonlocal done
+                nonlocal done, first_message
                 while time.perf_counter() - t0 < seconds:
-                    if (await self._one(client, 0.0, t0)).status == OK:
+                    sample = await self._one(client, 0.0, t0)
+                    if sample.status == OK:
                         done += 1
+                    else:
+                        failed[sample.status] = failed.get(sample.status, 0) + 1
+                        first_message = first_message or sample.message
 
             await asyncio.gather(*(user() for _ in range(users)))
-            return done, time.perf_counter() - t0
+            return done, failed, first_message, time.perf_counter() - t0
 
     def closed_loop(self, users: int, seconds: float) -> float:
-        """Successful requests/s with ``users`` callers sending back to back: the capacity probe."""
-        done, elapsed = asyncio.run(self._closed(users, seconds))
+        """Successful requests/s with ``users`` callers sending back to back: the capacity probe.
+
+        A probe that meets any failed call raises ``ProbeFailed``: its callers retry at once, so
+        against a server that sheds load (admission, a queue policy) it measures the refusals'
+        churn, not the capacity (10-15 req/s against a server that serves 66, seen here).
+        """
+        done, failed, message, elapsed = asyncio.run(self._closed(users, seconds))
+        if failed:
+            raise ProbeFailed(
+                f"capacity probe: {sum(failed.values())} of {done + sum(failed.values())} calls failed "
+                f"({', '.join(f'{k}: {v}' for k, v in sorted(failed.items()))}; first: {message!r}). A server that "
+                "refuses load cannot measure its own capacity: measure it against the same repository rendered "
+                "without admission or queue policy, and pass that figure with --capacity-rps")
         return done / elapsed
 
 

@@ -152,6 +152,7 @@ def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_re
     """--admission-max-rows 2: of a burst, the requests that would put more than 2 rows before
     pooling get UNAVAILABLE naming the limit; every admitted one equals the request alone; every
     ticket comes back; the server goes on serving. (--encoder-nice 7: its stub runs at nice 7.)"""
+    from benchmarks import openloop
     from benchmarks.procs import server_processes
     from build.export import ExportedTower
     from build.render import ServingSettings, render_repository
@@ -178,6 +179,9 @@ def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_re
         for error in refused:
             assert error.status() == "StatusCode.UNAVAILABLE", str(error)
             assert re.search(r"admission_max_rows is 2, [12] rows are in flight and this request has 1", error.message()), str(error)
+        # the overload benchmark's capacity probe (8 callers, back to back) must not take the refusals' churn for capacity
+        with pytest.raises(openloop.ProbeFailed, match=r"calls failed \(StatusCode.UNAVAILABLE: \d+; first: .*admission_max_rows is 2.*--capacity-rps"):
+            openloop.Generator(server.grpc_url, "retrieve", texts, k=5).closed_loop(8, 1.5)
         table = Admission(table_path(server.process.pid), 0)
         assert table.in_flight() == 0, "an admitted request's ticket never came back"
         again = client.infer("retrieve", retrieve_request([texts[0]], 5))
