@@ -31,7 +31,7 @@ class BuildConfig:
 
 def _add_fields(parser, cls) -> None:
     for f in dataclasses.fields(cls):
-        arg_type = {"int": int, "str": str}.get(f.type, Path)  # annotations are strings here
+        arg_type = {"int": int, "str": str, "float": float}.get(f.type, Path)  # annotations are strings here
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=arg_type, default=f.default,
                             help=f"{f.metadata['help']} (default: {f.default})")
 

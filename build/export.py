@@ -1,8 +1,9 @@
 """Export a tower (a Hugging Face checkpoint folder) to ONNX and check it against PyTorch.
 
 The ONNX graph takes ``input_ids`` and ``attention_mask`` (int64, dynamic batch and
-sequence axes) and returns ``last_hidden_state``; pooling and normalisation run as
-a separate step (``pool_normalize``), as they do in serving. The check runs real
+sequence axes) and returns ``last_hidden_state``; pooling and normalisation run after
+it, as they do in serving (in the encoder's stub on the CPU, in ``pool_normalize`` on the
+GPU). The check runs real
 text through both and refuses the export when pooled embeddings differ by more than
 the tolerance.
 """

@@ -33,6 +33,7 @@ PYTHON_MODELS = ("tokenizer", "query_encoder", "pool_normalize", "mips_topk")
 TARGETS = ("cpu", "gpu")
 ENCODERS = ("onnx", "torch", "tensorrt")
 BATCHING = ("dynamic", "sequential")
+POOLING_STEPS = ("separate", "encoder")
 TORCH_ENCODER_FILES = ("config.json", "*.safetensors")  # the tower's weights, its projection included
 
 
@@ -75,6 +76,10 @@ class ServingSettings:
     encoder_nice: int = dataclasses.field(default=0, metadata={"help": "python-backend query_encoder: nice value its stub takes at load, 0-19 (0: unchanged)"})
     admission_ttl_s: float = dataclasses.field(default=5.0, metadata={"help": "an admitted request that never reaches pooling (cancelled, a stub killed) stops counting after this long"})
     encoder_batching: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: dynamic (Triton's dynamic batcher merges queued requests) or sequential (one request per execution, in arrival order; no batcher); auto: dynamic on gpu or with a queue policy, sequential on cpu"})
+    # On the CPU the pool_normalize step was a python hop of its own (~1-2 ms of IPC and
+    # scheduling per request, Triton's traces) for a few microseconds of numpy. With "encoder" the
+    # query_encoder's stub pools and normalises with the same function and answers the embedding.
+    pooling_step: str = dataclasses.field(default="auto", metadata={"help": "where pooling + L2 normalisation run: separate (the pool_normalize model, its own step) or encoder (inside the onnx query_encoder's stub, one python hop fewer); auto: encoder on cpu with the onnx encoder and numpy pooling, else separate"})
 
     def resolved(self) -> dict:
         """The settings as rendered: concrete implementations, GPU-only knobs zeroed on the CPU."""
@@ -103,6 +108,11 @@ class ServingSettings:
         if self.max_queue_delay_us < -1:
             raise ValueError(f"max_queue_delay_us must be >= 0, or -1 for auto; got {self.max_queue_delay_us}")
         delay = self.max_queue_delay_us if self.max_queue_delay_us >= 0 else (500 if gpu else 0)
+        fusable = encoder == "onnx" and pool == "numpy"
+        pooling_step = {"auto": "encoder" if fusable and not gpu else "separate"}.get(self.pooling_step, self.pooling_step)
+        if pooling_step not in POOLING_STEPS or (pooling_step == "encoder" and not fusable):
+            raise ValueError(f"pooling_step must be one of {list(POOLING_STEPS)} ('encoder' needs the onnx encoder and numpy "
+                             f"pooling); got {pooling_step!r} with encoder {encoder!r} and pooling {pool!r}")
         if not 0 <= self.encoder_nice <= 19:
             raise ValueError(f"encoder_nice must be in [0, 19]; got {self.encoder_nice}")
         if self.admission_max_rows < 0 or self.admission_ttl_s <= 0:
@@ -112,22 +122,28 @@ class ServingSettings:
                 "preferred_batch_sizes": sizes, "pad_to_multiple": self.pad_to_multiple if gpu else 0,
                 "encoder_implementation": encoder, "encoder_device": "cuda" if gpu else "cpu",
                 "encoder_dtype": "float16" if gpu else "float32", "encoder_cuda_graphs": self.encoder_cuda_graphs if gpu else 0,
-                "encoder_batch_buckets": ",".join(map(str, buckets)), "encoder_batching": batching, "max_queue_delay_us": delay}
+                "encoder_batch_buckets": ",".join(map(str, buckets)), "encoder_batching": batching, "max_queue_delay_us": delay,
+                "pooling_step": pooling_step}
 
 
 def _t(name: str, dtype: str, dims: str) -> dict:
     return {"name": name, "dtype": dtype, "dims": dims}
 
 
-def ensembles(dim: int, shard_count: int = 0) -> list[dict]:
-    encode_steps = [
-        {"model": "tokenizer", "inputs": {"text": "TEXT"},
-         "outputs": {"input_ids": "_input_ids", "attention_mask": "_attention_mask", "admission_ticket": "_admission_ticket"}},
-        {"model": "query_encoder", "inputs": {"input_ids": "_input_ids", "attention_mask": "_attention_mask"},
-         "outputs": {"last_hidden_state": "_last_hidden_state"}},
-    ]
-    pool = {"model": "pool_normalize", "inputs": {"last_hidden_state": "_last_hidden_state", "attention_mask": "_attention_mask",
-                                                  "admission_ticket": "_admission_ticket"}}
+def ensembles(dim: int, shard_count: int = 0, pooling_step: str = "separate") -> list[dict]:
+    """``embed`` and ``retrieve``: tokenizer -> query_encoder -> pool_normalize (-> search), or with
+    ``pooling_step`` "encoder", tokenizer -> query_encoder (-> search)."""
+    tokenize = {"model": "tokenizer", "inputs": {"text": "TEXT"},
+                "outputs": {"input_ids": "_input_ids", "attention_mask": "_attention_mask", "admission_ticket": "_admission_ticket"}}
+    if pooling_step == "encoder":  # the encoder gives the ticket back and answers the embedding
+        encode_steps = [tokenize]
+        pool = {"model": "query_encoder", "inputs": {"input_ids": "_input_ids", "attention_mask": "_attention_mask",
+                                                     "admission_ticket": "_admission_ticket"}}
+    else:
+        encode_steps = [tokenize, {"model": "query_encoder", "inputs": {"input_ids": "_input_ids", "attention_mask": "_attention_mask"},
+                                   "outputs": {"last_hidden_state": "_last_hidden_state"}}]
+        pool = {"model": "pool_normalize", "inputs": {"last_hidden_state": "_last_hidden_state", "attention_mask": "_attention_mask",
+                                                      "admission_ticket": "_admission_ticket"}}
     topk_outputs = {"doc_ids": "DOC_IDS", "scores": "SCORES", "doc_keys": "DOC_KEYS", "titles": "TITLES",
                     "snippets": "SNIPPETS", "index_version": "INDEX_VERSION"}
     return [
@@ -183,7 +199,7 @@ def render_configs(context: dict) -> dict[str, str]:
     env.filters["pbstr"] = _pb_string
     shard_count = context.get("shard_count", 0)
     configs = {name: env.get_template(f"{name}/config.pbtxt.j2").render(context) for name in PYTHON_MODELS
-               if not (shard_count > 1 and name == "mips_topk")}
+               if not (shard_count > 1 and name == "mips_topk") and not (context["pooling_step"] == "encoder" and name == "pool_normalize")}
     for i, rows in enumerate(context.get("shard_rows", [])):
         shard = {**context, "model_name": f"mips_topk_{i}", "shard": f"{i}/{shard_count}", "index_rows": rows,
                  "index_resident_bytes": resident_bytes({"count": rows, "dim": context["dim"]}, context["topk_implementation"])}
@@ -192,7 +208,7 @@ def render_configs(context: dict) -> dict[str, str]:
         configs[f"mips_topk_{i}"] = env.get_template("mips_topk/config.pbtxt.j2").render(shard)
     if shard_count > 1:
         configs["topk_merge"] = env.get_template("topk_merge/config.pbtxt.j2").render(context)
-    for ensemble in ensembles(context["dim"], shard_count):
+    for ensemble in ensembles(context["dim"], shard_count, context["pooling_step"]):
         configs[ensemble["name"]] = env.get_template("ensemble.pbtxt.j2").render({**context, "ensemble": ensemble})
     for name, text in configs.items():
         try:

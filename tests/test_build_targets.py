@@ -71,7 +71,9 @@ def test_cpu_target_is_unchanged_by_gpu_settings(render_info):
     configs = render_configs(render_context(tower, render_info["index"], ServingSettings(), encoder_bytes=1))
     enc = parse_model_config(configs["query_encoder"])
     assert enc.backend == "python" and not enc.HasField("dynamic_batching")  # sequential on the CPU
-    assert parse_model_config(configs["pool_normalize"]).parameters["implementation"].string_value == "numpy"
+    assert "pool_normalize" not in configs and parse_model_config(configs["query_encoder"]).parameters["pooling"].string_value
+    separate = render_configs(render_context(tower, render_info["index"], ServingSettings(pooling_step="separate"), encoder_bytes=1))
+    assert parse_model_config(separate["pool_normalize"]).parameters["implementation"].string_value == "numpy"
     assert "FORCE_CPU_ONLY_INPUT_TENSORS" not in parse_model_config(configs["mips_topk"]).parameters
 
 
@@ -96,7 +98,7 @@ def test_batch_window_is_zero_on_the_cpu_unless_asked(render_info):
 
     tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
     configs = render_configs(render_context(tower, render_info["index"], ServingSettings(), encoder_bytes=1))
-    for model in ("tokenizer", "pool_normalize", "mips_topk"):
+    for model in ("tokenizer", "mips_topk"):
         config = parse_model_config(configs[model])
         assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 0, model
     gpu = {m: parse_model_config(c) for m, c in _gpu_configs(render_info).items() if m in ("tokenizer", "query_encoder")}
@@ -276,3 +278,41 @@ def test_compressed_index_keeps_only_its_codes_resident(render_info, tmp_path, r
     assert mapped[0][:, 0].tolist() == [3, 77, 250]
     gathered = index.rows[np.array([[5, 299], [0, 150]])]
     np.testing.assert_array_equal(gathered.astype(np.float32), index.embeddings[[[5, 299], [0, 150]]])
+
+
+def test_pooling_runs_in_the_cpu_encoder_unless_asked():
+    """On the CPU the onnx encoder pools (one python hop fewer); pool_normalize stays a step of its
+    own on the GPU (the Triton kernel), with the torch encoder, and when asked."""
+    from build.render import ensembles
+
+    assert ServingSettings().resolved()["pooling_step"] == "encoder"
+    for settings in (ServingSettings(target="gpu"), ServingSettings(encoder_implementation="torch"),
+                     ServingSettings(pool_implementation="triton"), ServingSettings(pooling_step="separate")):
+        assert settings.resolved()["pooling_step"] == "separate", settings
+    with pytest.raises(ValueError, match=r"pooling_step must be one of \['separate', 'encoder'\] \('encoder' needs the onnx "
+                                         r"encoder and numpy pooling\); got 'encoder' with encoder 'torch' and pooling 'numpy'"):
+        ServingSettings(pooling_step="encoder", encoder_implementation="torch").resolved()
+    with pytest.raises(ValueError, match=r"got 'inline'"):
+        ServingSettings(pooling_step="inline").resolved()
+    steps = {p: {e["name"]: [s["model"] for s in e["steps"]] for e in ensembles(384, 0, p)} for p in ("encoder", "separate")}
+    assert steps["encoder"] == {"embed": ["tokenizer", "query_encoder"], "retrieve": ["tokenizer", "query_encoder", "mips_topk"]}
+    assert steps["separate"] == {"embed": ["tokenizer", "query_encoder", "pool_normalize"],
+                                 "retrieve": ["tokenizer", "query_encoder", "pool_normalize", "mips_topk"]}
+
+
+def test_every_serving_setting_parses_to_its_own_type():
+    """--admission-ttl-s was parsed as a Path (only int and str were mapped), so it could never be set."""
+    import argparse
+
+    from build import config as cfg
+
+    parser = argparse.ArgumentParser()
+    cfg.add_arguments(parser)
+    _, settings = cfg.from_args(parser.parse_args(["--admission-ttl-s", "2.5", "--admission-max-rows", "4", "--pooling-step", "separate"]))
+    assert (settings.admission_ttl_s, settings.admission_max_rows, settings.pooling_step) == (2.5, 4, "separate")
+    assert settings.resolved()["admission_ttl_s"] == 2.5
+    for action in parser._actions:  # every option of a typed field converts to that type
+        field = {f.name: f for f in dataclasses.fields(ServingSettings)}.get(action.dest)
+        if field is not None:
+            assert action.type.__name__ == field.type, (action.dest, action.type, field.type)
+

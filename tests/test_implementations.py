@@ -135,7 +135,7 @@ def test_load_breakdown_follows_the_ensemble_the_server_runs(sharded_server, ser
     from tests.test_load import load_args
 
     sharded, _ = sharded_server
-    encode = ["tokenizer", "query_encoder", "pool_normalize"]
+    encode = ["tokenizer", "query_encoder"]
     with RetrievalClient(server.grpc_url) as whole, RetrievalClient(sharded.grpc_url) as split:
         assert whole.ensemble_steps("retrieve") == [*encode, "mips_topk"]
         assert split.ensemble_steps("retrieve") == [*encode, "mips_topk_0", "mips_topk_1", "mips_topk_2", "topk_merge"]
@@ -146,6 +146,45 @@ def test_load_breakdown_follows_the_ensemble_the_server_runs(sharded_server, ser
     assert set(models) == {"retrieve", *encode, "mips_topk_0", "mips_topk_1", "mips_topk_2", "topk_merge"}
     for shard in ("mips_topk_0", "mips_topk_1", "mips_topk_2"):
         assert models[shard]["requests"] >= step["succeeded"] - 2 and models[shard]["compute_infer_ms"] > 0
+
+
+def _short_and_long(queries: list[str]) -> list[str]:
+    """20 real queries, one of a single character, and one near the token limit."""
+    return queries[:20] + ["x", "a much longer question about how python imports modules from packages " * 6]
+
+
+@pytest.fixture(scope="module")
+def separate_pool_server(tmp_path_factory, repository):
+    with _serving(tmp_path_factory, "separate-pool", "--pooling-step", "separate") as served:
+        yield served
+
+
+def test_pooling_in_the_encoder_serves_what_the_pool_normalize_step_serves(separate_pool_server, server, queries):
+    """The CPU default pools inside the encoder's stub; the same function in a step of its own gives the same bits."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    separate, repo = separate_pool_server
+    assert (repo / "pool_normalize" / "config.pbtxt").exists() and not (ARTIFACTS / "model_repository" / "pool_normalize").exists()
+    texts = _short_and_long(queries)
+    with RetrievalClient(server.grpc_url) as a, RetrievalClient(separate.grpc_url) as b:
+        assert (a.ensemble_steps("embed"), b.ensemble_steps("embed")) == (
+            ["tokenizer", "query_encoder"], ["tokenizer", "query_encoder", "pool_normalize"])
+        np.testing.assert_array_equal(a.embed(texts), b.embed(texts))
+        ra, rb = a.retrieve(texts, k=10), b.retrieve(texts, k=10)
+        assert [[(h.doc_id, h.score) for h in row] for row in ra.hits] == [[(h.doc_id, h.score) for h in row] for row in rb.hits]
+    # called directly, the pooling encoder refuses a row with no token, naming the field, and keeps serving
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    ids = grpcclient.InferInput("input_ids", [1, 3], "INT64")
+    mask = grpcclient.InferInput("attention_mask", [1, 3], "INT64")
+    ids.set_data_from_numpy(np.array([[101, 2054, 102]], dtype=np.int64))
+    mask.set_data_from_numpy(np.zeros((1, 3), dtype=np.int64))
+    with pytest.raises(InferenceServerException, match="attention_mask must have at least one token per row; got an all-zero row"):
+        client.infer("query_encoder", [ids, mask])
+    mask.set_data_from_numpy(np.ones((1, 3), dtype=np.int64))
+    embedding = client.infer("query_encoder", [ids, mask]).as_numpy("embedding")
+    assert embedding.shape == (1, 384) and abs(float(np.linalg.norm(embedding)) - 1) < 1e-5
+    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +199,7 @@ def test_torch_encoder_served_equals_the_onnx_encoder(torch_encoder_server, serv
     config = (repo / "query_encoder" / "config.pbtxt").read_text()
     assert 'string_value: "torch"' in config and "KIND_CPU" in config
     assert (repo / "query_encoder" / "1" / "torch" / "config.json").exists()
-    texts = queries[:20] + ["x", "a much longer question about how python imports modules from packages " * 6]
+    texts = _short_and_long(queries)
     with RetrievalClient(server.grpc_url) as onnx, RetrievalClient(served.grpc_url) as torch_:
         a, b = onnx.embed(texts), torch_.embed(texts)
         assert (a * b).sum(axis=1).min() >= 0.999

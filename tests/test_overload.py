@@ -86,7 +86,7 @@ def test_overload_benchmark_writes_windows_verdicts_and_plot(server, tmp_path):
     assert sum(w["issued"] for w in result["windows"]) == result["whole_run"]["issued"]
     v = result["verdict"]
     assert v["admitted_p99_ok"] == (v["admitted_p99_worst_window_ms"] <= 2 * 200)
-    assert set(result["queue_policy"]) == {"tokenizer", "query_encoder", "pool_normalize", "mips_topk"}
+    assert set(result["queue_policy"]) == {"tokenizer", "query_encoder", "mips_topk"}
     # the default repository runs without a queue policy (it stalls Triton 2.51's batcher), and its CPU
     # encoder without a batcher at all; the result says so
     assert result["queue_policy"]["query_encoder"]["dynamic_batching"] is None
@@ -114,7 +114,7 @@ def test_pinned_server_and_every_stub_run_on_the_given_cpu(repository, tmp_path,
         with RetrievalClient(srv.grpc_url) as client:
             assert client.retrieve(queries[:2], k=3).hits
         processes = server_processes(srv.grpc_url)
-        assert len(processes) == 5  # tritonserver and the four python-backend stubs
+        assert len(processes) == 4  # tritonserver and the three python-backend stubs (the CPU encoder pools)
         for name, pid in processes.items():
             assert cpus_allowed(pid) == "0", name
     finally:

@@ -166,7 +166,7 @@ def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_re
     try:
         stubs = server_processes(server.grpc_url)
         assert {name: os.getpriority(os.PRIO_PROCESS, pid) for name, pid in stubs.items() if name != "tritonserver"} == {
-            "stub:tokenizer_0_0": 0, "stub:query_encoder_0_0": 7, "stub:pool_normalize_0_0": 0, "stub:mips_topk_0_0": 0}
+            "stub:tokenizer_0_0": 0, "stub:query_encoder_0_0": 7, "stub:mips_topk_0_0": 0}  # the CPU encoder pools
         client = grpcclient.InferenceServerClient(server.grpc_url)
         texts = queries[:32]
         alone = [client.infer("retrieve", retrieve_request([t], 5)) for t in texts]  # one at a time: all admitted
@@ -291,6 +291,6 @@ def test_metrics_endpoint_has_per_model_summary_latencies(server, retrieval):
     retrieval.retrieve(["what is a decorator"], k=1)
     with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
         metrics = response.read().decode()
-    for model in ("retrieve", "tokenizer", "query_encoder", "pool_normalize", "mips_topk"):
+    for model in ("retrieve", "tokenizer", "query_encoder", "mips_topk"):
         assert f'nv_inference_request_summary_us_count{{model="{model}",version="1"}}' in metrics, model
         assert f'nv_inference_compute_infer_summary_us{{model="{model}",version="1",quantile="0.99"}}' in metrics, model

@@ -5,7 +5,8 @@ within ``limit_rows``; otherwise it answers UNAVAILABLE at once (no queueing, no
 and the requests it admitted wait behind at most ``limit_rows`` rows of encoder work.
 Each admitted request takes a ticket: a slot of a small table shared by the server's stubs
 (one file per tritonserver process) holding its ticket number, admission time and rows.
-pool_normalize gives the ticket back when the request reaches it. A ticket whose request
+pool_normalize gives the ticket back when the request reaches it (or the query_encoder once
+it has encoded it, when the encoder pools: render's ``pooling_step``). A ticket whose request
 never gets there (the client cancelled it, a stub was killed) expires after ``ttl_s``, so
 a lost ticket costs capacity for seconds, never for good. Every change holds the file's
 lock: the tokenizer and pool stubs (and several instances of each) share the table.

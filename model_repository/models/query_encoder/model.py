@@ -1,5 +1,10 @@
 """query_encoder (python flavours): input_ids, attention_mask -> last_hidden_state.
 
+With the config parameter ``pooling`` (render's ``pooling_step`` "encoder", the CPU default),
+it also pools and L2-normalises, with the same function as pool_normalize, and answers
+``embedding``: one python hop fewer per request. It then gives back the request's admission
+ticket (``admission_ticket``, from the tokenizer; see runtime.admission) once it is encoded.
+
 ``implementation`` in config.pbtxt chooses the engine, and nothing falls back:
 
 - ``onnx``: ONNX Runtime on the CPU;
@@ -14,10 +19,13 @@ TensorRT plan served by Triton's tensorrt backend, with no python at all
 """
 import os
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from kernels.pooling import Pooling, pool_normalize_reference
 from runtime import InvalidInput
 from runtime.adapter import execute_batched, input_array, version_folder
+from runtime.admission import Admission, table_path
 from runtime.files import verify_artifacts
 from runtime.params import ModelParams
 from runtime.placement import Placement
@@ -28,8 +36,11 @@ IMPLEMENTATIONS = ("onnx", "torch")
 class TritonPythonModel:
     def initialize(self, args):
         params = ModelParams(args["model_config"])
-        self.input_names = [i["name"] for i in params.config["input"]]  # input_ids, attention_mask
-        self.output_names = params.output_names()  # last_hidden_state
+        self.input_names = [i["name"] for i in params.config["input"]][:2]  # input_ids, attention_mask
+        self.output_names = params.output_names()  # last_hidden_state, or embedding when it pools
+        pooling = params.optional("pooling", "")
+        self.pooling = Pooling.parse(pooling) if pooling else None
+        self.admission = Admission(table_path(), 0) if self.pooling else None  # gives tickets back
         self.max_tokens = params.int("max_tokens")
         implementation = params.optional("implementation", "onnx")
         if implementation not in IMPLEMENTATIONS:
@@ -60,10 +71,28 @@ class TritonPythonModel:
             raise InvalidInput(f"{self.input_names[0]} and {self.input_names[1]} must have the same shape; got {ids.shape} and {mask.shape}")
         if ids.shape[1] > self.max_tokens:
             raise InvalidInput(f"{self.input_names[0]} exceeds {self.max_tokens} tokens; got {ids.shape[1]}")
+        if self.pooling and not mask.any(axis=1).all():
+            raise InvalidInput(f"{self.input_names[1]} must have at least one token per row; got an all-zero row")
         return ids, mask
 
     def compute(self, batches):
-        return [(hidden,) for hidden in self.encoder.encode_ragged(batches)]
+        hidden = self.encoder.encode_ragged(batches)
+        if self.pooling:
+            return [(pool_normalize_reference(h, mask, self.pooling).astype(np.float32, copy=False),)
+                    for h, (_, mask) in zip(hidden, batches)]
+        return [(h,) for h in hidden]
 
     def execute(self, requests):
-        return execute_batched(requests, self.parse, self.compute, self.output_names)
+        if not self.pooling:
+            return execute_batched(requests, self.parse, self.compute, self.output_names)
+        tickets = [pb_utils.get_input_tensor_by_name(r, "admission_ticket") for r in requests]  # absent outside the ensembles
+        try:
+            return execute_batched(requests, self.parse, self.compute, self.output_names)
+        finally:  # encoded or refused: these rows no longer wait for the encoder
+            for ticket in tickets:
+                if ticket is not None:
+                    self.admission.release(int(ticket.as_numpy().flat[0]))
+
+    def finalize(self):
+        if self.admission:
+            self.admission.close()
