@@ -5,6 +5,7 @@ Every step reuses what an earlier run built from the same inputs, so a second
 
     python -m build deploy-index INDEX_DIR [--url 127.0.0.1:8001]   a new mips_topk version, switched to live
     python -m build rollback [--url 127.0.0.1:8001]                 back to the previous version
+    python -m build int8-report --out DIR/int8.json                 the int8 query encoder's quality cost and speed
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from training.tower_format import read_spec
 
 from .export import ExportedTower, ExportMismatch, default_tower, export_tower
 from .index import build_index
+from .quantize import INT8_INFO, QuantizationError, quantized_onnx
 from .render import render_repository
 from .tensorrt import TensorRTUnavailable
 
@@ -102,6 +104,10 @@ def run(c: cfg.BuildConfig, settings, steps: str) -> Path:
     if steps == "index":
         return index_dir
     engine = engine_path(c, query) if settings.target == "gpu" else None
+    if settings.encoder_quantization == "int8":
+        int8 = quantized_onnx(query, [d["text"] for d in docs[:24]] + ["how do I copy a file in python", "x"])
+        check = json.loads((query.folder / INT8_INFO).read_text(encoding="utf-8"))["check"]
+        log(f"int8 query encoder: min cosine to float32 {check['min_cosine']:.4f} on {check['texts']} texts -> {int8}")
     shards = None
     if c.shards > 1:
         from .shards import split_index
@@ -194,8 +200,49 @@ def synthetic_main(argv: list[str]) -> int:
     return 0
 
 
+def int8_report_main(argv: list[str]) -> int:
+    """int8-report: float32 against int8 query encoder on a recipe's dev sets (quality and speed)."""
+    from model_repository.runtime.provenance import git_commit, machine
+    from training.config import load
+    from training.evaluate import EMBEDDING_CACHE
+
+    from .quantize import markdown, plot, report
+
+    parser = argparse.ArgumentParser(prog="python -m build int8-report", description=int8_report_main.__doc__)
+    parser.add_argument("command", choices=["int8-report"])
+    parser.add_argument("--recipe", default="cpu-small", help="its [[eval.sets]] of split 'dev' are scored (never the test sets)")
+    parser.add_argument("--query-tower", type=Path, default=None, help="checkpoint folder (default: packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--doc-tower", type=Path, default=None, help="builds the index side (default: the query tower)")
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved speed rounds; the median is reported")
+    parser.add_argument("--out", type=Path, required=True, help="JSON; .md and .png are written next to it")
+    args = parser.parse_args(argv)
+    try:
+        sets = [s for s in load(args.recipe).eval.sets if s.split == "dev"]
+        if not sets:
+            raise ValueError(f"recipe {args.recipe} has no eval set of split 'dev'")
+        c = cfg.BuildConfig(artifacts=args.artifacts, query_tower=args.query_tower, doc_tower=args.doc_tower)
+        _, docs, _ = corpus_step(c)
+        query, _ = export_step(c, docs)
+        result = report(query, Path(args.doc_tower or args.query_tower or default_tower()), sets, EMBEDDING_CACHE,
+                        rounds=args.rounds, log=log)
+    except (CorpusError, ExportMismatch, FileNotFoundError, ValueError, QuantizationError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result.update(recipe=args.recipe, git_commit=git_commit(), machine=machine(),
+                  command="python -m build " + " ".join(argv))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    args.out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+    print(markdown(result))
+    print(f"results: {args.out}\nplot:    {plot(result, args.out.with_suffix('.png'))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "int8-report":
+        return int8_report_main(argv)
     if argv and argv[0] == "synthetic":
         return synthetic_main(argv)
     if argv and argv[0] in ("deploy-index", "rollback"):
@@ -217,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             out = run(c, settings, "all" if args.step == "render" else args.step)
-        except (CorpusError, ExportMismatch, FileNotFoundError, ValueError, TensorRTUnavailable) as e:
+        except (CorpusError, ExportMismatch, FileNotFoundError, ValueError, TensorRTUnavailable, QuantizationError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     print(out)

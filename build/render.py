@@ -24,6 +24,7 @@ from model_repository.runtime.files import atomic_folder, write_artifacts_manife
 from model_repository.runtime.index import resident_bytes
 
 from .export import ExportedTower
+from .quantize import INT8_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "model_repository" / "models"
@@ -79,6 +80,9 @@ class ServingSettings:
     # On the CPU the pool_normalize step was a python hop of its own (~1-2 ms of IPC and
     # scheduling per request, Triton's traces) for a few microseconds of numpy. With "encoder" the
     # query_encoder's stub pools and normalises with the same function and answers the embedding.
+    # Opt-in: ONNX Runtime's dynamic int8 quantization of the query encoder (build/quantize.py);
+    # the document index stays as the float doc tower built it. Its quality cost: README.
+    encoder_quantization: str = dataclasses.field(default="none", metadata={"help": "query_encoder on the CPU: none (float32) or int8 (ONNX Runtime dynamic quantization of the weights; faster, costs some retrieval quality: see README)"})
     pooling_step: str = dataclasses.field(default="auto", metadata={"help": "where pooling + L2 normalisation run: separate (the pool_normalize model, its own step) or encoder (inside the onnx query_encoder's stub, one python hop fewer); auto: encoder on cpu with the onnx encoder and numpy pooling, else separate"})
 
     def resolved(self) -> dict:
@@ -108,6 +112,9 @@ class ServingSettings:
         if self.max_queue_delay_us < -1:
             raise ValueError(f"max_queue_delay_us must be >= 0, or -1 for auto; got {self.max_queue_delay_us}")
         delay = self.max_queue_delay_us if self.max_queue_delay_us >= 0 else (500 if gpu else 0)
+        if self.encoder_quantization not in ("none", "int8") or (self.encoder_quantization == "int8" and encoder != "onnx"):
+            raise ValueError(f"encoder_quantization must be 'none' or 'int8' (int8 with the onnx encoder only); "
+                             f"got {self.encoder_quantization!r} with encoder {encoder!r}")
         fusable = encoder == "onnx" and pool == "numpy"
         pooling_step = {"auto": "encoder" if fusable and not gpu else "separate"}.get(self.pooling_step, self.pooling_step)
         if pooling_step not in POOLING_STEPS or (pooling_step == "encoder" and not fusable):
@@ -268,6 +275,11 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
             f"index {index_dir} pairs with query tower {index_manifest['query_tower_fingerprint']}, not {q['fingerprint']}"
         )
     encoder_file = Path(engine) if encoder == "tensorrt" else query_tower.onnx_file
+    if settings.resolved()["encoder_quantization"] == "int8":
+        encoder_file = query_tower.folder / INT8_FILE
+        if not encoder_file.exists():
+            raise ValueError(f"encoder_quantization 'int8' needs {encoder_file}; `python -m build all --encoder-quantization int8` "
+                             "makes it (build/quantize.py)")
     context = render_context(query_tower, index_manifest, settings, encoder_file.stat().st_size)
     shards = list(shards or [])
     if len(shards) > 1:
@@ -295,7 +307,7 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
         if encoder == "tensorrt":
             _link_or_copy(Path(engine), tmp / "query_encoder" / "1" / "model.plan")
         else:
-            _link_or_copy(query_tower.onnx_file, tmp / "query_encoder" / "1" / "model.onnx")
+            _link_or_copy(encoder_file, tmp / "query_encoder" / "1" / "model.onnx")  # float32, or the int8 graph
         if encoder == "torch":  # the tower's own weights, read by runtime/torch_encoder.py
             for pattern in TORCH_ENCODER_FILES:
                 for f in sorted(Path(q["source"]).glob(pattern)):

@@ -316,3 +316,25 @@ def test_every_serving_setting_parses_to_its_own_type():
         if field is not None:
             assert action.type.__name__ == field.type, (action.dest, action.type, field.type)
 
+
+def test_int8_encoder_is_opt_in_and_cpu_only():
+    assert ServingSettings().resolved()["encoder_quantization"] == "none"
+    assert ServingSettings(encoder_quantization="int8").resolved()["encoder_quantization"] == "int8"
+    with pytest.raises(ValueError, match=r"encoder_quantization must be 'none' or 'int8' \(int8 with the onnx encoder only\); "
+                                         r"got 'int8' with encoder 'tensorrt'"):
+        ServingSettings(encoder_quantization="int8", target="gpu").resolved()
+    with pytest.raises(ValueError, match=r"got 'int4' with encoder 'onnx'"):
+        ServingSettings(encoder_quantization="int4").resolved()
+
+
+def test_an_int8_graph_that_strays_is_refused_and_leaves_nothing(render_info, tmp_path, monkeypatch):
+    from build import quantize
+    from build.export import ExportedTower
+
+    source = ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"]
+    for name in ("model.onnx", "tokenizer.json", "export.json"):
+        (tmp_path / name).symlink_to(source / name)
+    monkeypatch.setattr(quantize, "MIN_COSINE", 0.99999)  # no int8 graph is that close
+    with pytest.raises(quantize.QuantizationError, match=r"int8 encoder vs float: min cosine must be >= 0.99999; got 0\.9"):
+        quantize.quantized_onnx(ExportedTower(tmp_path), ["how do I copy a file in python", "x", "what is a decorator"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "model.onnx", "tokenizer.json"]

@@ -188,6 +188,38 @@ def test_pooling_in_the_encoder_serves_what_the_pool_normalize_step_serves(separ
 
 
 @pytest.fixture(scope="module")
+def int8_encoder_server(tmp_path_factory, repository):
+    with _serving(tmp_path_factory, "int8-encoder", "--encoder-quantization", "int8") as served:
+        yield served
+
+
+def test_int8_encoder_serves_its_quantized_graph_near_the_float_one(int8_encoder_server, server, queries, render_info):
+    """Opt-in int8: the served graph is the quantized one (integer MatMuls), answers as the same graph
+    in-process, and stays near float32 (cosine, and the float top 10 it keeps) on real queries."""
+    import json
+
+    import onnx
+
+    from build.export import ExportedTower
+    from build.quantize import INT8_FILE, pipeline
+
+    served, repo = int8_encoder_server
+    assert json.loads((repo / "render.json").read_text())["context"]["encoder_quantization"] == "int8"
+    ops = {n.op_type for n in onnx.load(str(repo / "query_encoder" / "1" / "model.onnx")).graph.node}
+    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops, sorted(ops)
+    texts = _short_and_long(queries)
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
+    with RetrievalClient(server.grpc_url) as f, RetrievalClient(served.grpc_url) as q:
+        a, b = f.embed(texts), q.embed(texts)
+        np.testing.assert_allclose(b, pipeline(tower, tower.folder / INT8_FILE).embed(texts), rtol=0, atol=1e-5)
+        cosine = (a * b).sum(axis=1)
+        assert cosine.min() >= 0.97 and cosine.mean() >= 0.985 and cosine.min() < 0.9999, cosine  # quantized, and near
+        top = [[[h.doc_id for h in row] for row in c.retrieve(texts, k=10).hits] for c in (f, q)]
+    kept = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(*top)])
+    assert kept >= 0.8, kept
+
+
+@pytest.fixture(scope="module")
 def torch_encoder_server(tmp_path_factory, repository):
     with _serving(tmp_path_factory, "torch-encoder", "--encoder-implementation", "torch") as served:
         yield served
