@@ -1,7 +1,11 @@
-import json, sys
+"""Render a repository from the built artifacts with ServingSettings overrides: render.py OUT key=value ..."""
+import json
+import sys
 from pathlib import Path
+
 from build.export import ExportedTower
 from build.render import ServingSettings, render_repository
+
 A = Path("artifacts")
 info = json.loads((A / "model_repository" / "render.json").read_text())
 tower = ExportedTower(A / "towers" / info["query_tower"]["fingerprint"])
