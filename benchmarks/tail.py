@@ -112,6 +112,17 @@ def idle_while_queued(queue: tuple[float, float], busy: list[tuple[float, float]
     return (b - a) - overlap
 
 
+def overhead(parts: dict[str, float], latency_s: float) -> dict[str, float]:
+    """Seconds of one call not spent computing: issue 14's "ensemble overhead".
+
+    ``ensemble``: the ensemble's own span (Triton's REQUEST_START to REQUEST_END) minus the sum
+    of its steps' compute, i.e. the steps' queue time plus every hand-off; ``end_to_end``: the
+    client's latency minus the same compute, i.e. also the gRPC transport both ways."""
+    compute = sum(v for k, v in parts.items() if k.endswith(".compute"))
+    server = sum(v for k, v in parts.items() if k not in ("client_to_server", "server_to_client"))
+    return {"steps_compute": compute, "ensemble": server - compute, "end_to_end": latency_s - compute}
+
+
 def describe(matched: list[tuple], slowest_share: float = 0.01) -> dict:
     """Per part: p50/p99/max (ms) over all calls, and the mean share of latency over the slowest calls."""
     if not matched:
@@ -127,7 +138,10 @@ def describe(matched: list[tuple], slowest_share: float = 0.01) -> dict:
         table[name] = {"p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99)),
                        "max_ms": float(values.max()), "slowest_mean_ms": float(slow_values.mean()),
                        "slowest_share": float(slow_values.sum() / (1e3 * sum(s.latency_s for s, _ in slow)))}
-    return {"calls": len(matched), "latency_ms": {"p50": float(np.percentile(latency, 50) * 1e3),
+    spent = [overhead(p, s.latency_s) for s, p in matched]
+    overheads = {name: {"p50_ms": float(np.percentile(v, 50) * 1e3), "p99_ms": float(np.percentile(v, 99) * 1e3)}
+                 for name in spent[0] for v in [np.array([o[name] for o in spent])]}
+    return {"calls": len(matched), "overhead": overheads, "latency_ms": {"p50": float(np.percentile(latency, 50) * 1e3),
                                                    "p99": float(np.percentile(latency, 99) * 1e3), "max": float(latency.max() * 1e3)},
             "slowest": {"threshold_ms": float(cut * 1e3), "calls": len(slow)}, "parts": table}
 
@@ -251,6 +265,10 @@ def markdown(result: dict) -> str:
     for name, p in sorted(d["parts"].items(), key=lambda kv: -kv[1]["slowest_share"]):
         lines.append(f"| {name} | {p['p50_ms']:.3f} | {p['p99_ms']:.3f} | {p['max_ms']:.2f} | {p['slowest_mean_ms']:.2f} | "
                      f"{p['slowest_share']:.1%} |")
+    o = d["overhead"]
+    lines += ["", f"per call, the steps' compute p50 {o['steps_compute']['p50_ms']:.3f} ms; what is not compute (ensemble "
+              f"overhead): inside Triton p50 {o['ensemble']['p50_ms']:.3f} ms (p99 {o['ensemble']['p99_ms']:.3f}), "
+              f"client to client p50 {o['end_to_end']['p50_ms']:.3f} ms (p99 {o['end_to_end']['p99_ms']:.3f})"]
     lines += ["", "| model | requests | queued > floor | queued ms, total | of which the instance idled, ms | longest idle wait, ms |",
               "|---|---|---|---|---|---|"]
     for model, q in result["queued_but_idle"].items():

@@ -126,6 +126,9 @@ nv_inference_exec_count{model="retrieve",version="1"} 10
 nv_inference_request_success{model="tokenizer",version="1"} 10
 nv_inference_request_duration_us{model="tokenizer",version="1"} 20000
 nv_inference_queue_duration_us{model="tokenizer",version="1"} 5000
+nv_inference_compute_input_duration_us{model="tokenizer",version="1"} 1000
+nv_inference_compute_infer_duration_us{model="tokenizer",version="1"} 8000
+nv_inference_compute_output_duration_us{model="tokenizer",version="1"} 1000
 nv_inference_exec_count{model="tokenizer",version="1"} 10
 """
 METRICS_AFTER = """
@@ -136,6 +139,9 @@ nv_inference_exec_count{model="retrieve",version="1"} 30
 nv_inference_request_success{model="tokenizer",version="1"} 30
 nv_inference_request_duration_us{model="tokenizer",version="1"} 60000
 nv_inference_queue_duration_us{model="tokenizer",version="1"} 25000
+nv_inference_compute_input_duration_us{model="tokenizer",version="1"} 3000
+nv_inference_compute_infer_duration_us{model="tokenizer",version="1"} 24000
+nv_inference_compute_output_duration_us{model="tokenizer",version="1"} 3000
 nv_inference_exec_count{model="tokenizer",version="1"} 15
 nv_inference_request_summary_us{model="tokenizer",version="1",quantile="0.5"} 123
 """
@@ -147,7 +153,9 @@ def test_metrics_breakdown_arithmetic():
     assert tok["requests"] == 20 and tok["executions"] == 5 and tok["mean_batch_requests"] == 4.0
     assert tok["request_ms"] == pytest.approx(2.0) and tok["queue_ms"] == pytest.approx(1.0)
     assert result["models"]["retrieve"]["request_ms"] == pytest.approx(10.0)
-    assert result["ensemble_overhead_ms"] == pytest.approx(8.0)
+    # overhead = the ensemble's time minus its steps' compute (0.1 + 0.8 + 0.1 ms), not minus their request time
+    assert result["steps_compute_ms"] == pytest.approx(1.0)
+    assert result["ensemble_overhead_ms"] == pytest.approx(9.0)
 
 
 def test_every_call_of_every_worker_is_counted_and_matches_the_server(server, tmp_path):

@@ -31,6 +31,8 @@ def test_no_request_waits_while_its_model_idles_and_every_ms_is_accounted_for(tm
     for model, q in result["queued_but_idle"].items():
         # With a queue policy this was 50-500 ms per stalled call, ~95 calls in 40 s (the committed run).
         assert q["idle_ms_max"] < 30.0, (model, q)
+    o = result["all"]["overhead"]  # what is not compute sits between Triton's share and the client's, and is positive
+    assert 0 < o["ensemble"]["p50_ms"] < o["end_to_end"]["p50_ms"] < result["all"]["latency_ms"]["p50"], o
     for call in result["slowest_calls"]:  # the parts add up to what the client measured
         assert sum(call["parts_ms"].values()) == pytest.approx(call["latency_ms"], abs=0.05), call
     assert (tmp_path / "tail-embed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -54,6 +56,10 @@ def test_matching_and_the_split_of_one_call():
     assert matched is sample
     assert parts == pytest.approx({"client_to_server": 0.001, "query_encoder.queue": 0.003, "query_encoder.compute": 0.004,
                                    "query_encoder.other": 0.0, "ensemble_gaps": 0.001, "server_to_client": 0.001})
+    # not compute: inside Triton the 3 ms queue + 1 ms hand-offs; client to client also the 2 ms of transport
+    assert tail.overhead(parts, sample.latency_s) == pytest.approx({"steps_compute": 0.004, "ensemble": 0.004, "end_to_end": 0.006})
+    d = tail.describe([(sample, parts)])
+    assert d["overhead"]["ensemble"]["p50_ms"] == pytest.approx(4.0) and d["overhead"]["end_to_end"]["p99_ms"] == pytest.approx(6.0)
     busy = tail.busy_intervals(traces, "query_encoder")
     assert busy == [(0.104, 0.108)]
     assert tail.idle_while_queued((0.101, 0.104), busy) == pytest.approx(0.003)  # queued while nothing ran: a stall
