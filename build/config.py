@@ -33,7 +33,7 @@ def _add_fields(parser, cls) -> None:
     for f in dataclasses.fields(cls):
         arg_type = {"int": int, "str": str, "float": float}.get(f.type, Path)  # annotations are strings here
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=arg_type, default=f.default,
-                            help=f"{f.metadata['help']} (default: {f.default})")
+                            help=f"{f.metadata['help']} (default: {f.default})".replace('%', '%%'))  # argparse formats help with %
 
 
 def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
