@@ -51,17 +51,27 @@ def load_traces(path: Path) -> dict[int, dict]:
 
 
 def server_parts(top: dict, children: list[dict]) -> dict[str, float]:
-    """Seconds of each server-side part of one ensemble request."""
+    """Seconds of each server-side part of one ensemble request (a chain of steps, as rendered by default).
+
+    A step's ``compute`` ends when its output has moved on: at the next step's REQUEST_START, or for
+    the last step at the ensemble's INFER_RESPONSE_COMPLETE. A python-backend step records
+    COMPUTE_END only after its answer was handed over, and on a shared core that can come after
+    the next step has computed (traced: the encoder's COMPUTE_END 2 ms into the top-k's compute);
+    counted as compute, that tail was counted twice. It goes to the step's ``other``, with the
+    rest of its span outside queue and compute, so ``ensemble_gaps`` goes negative by as much."""
     parts: dict[str, float] = {}
     spans = 0.0
-    for c in children:
+    full = {"QUEUE_START", "COMPUTE_START", "COMPUTE_END", "REQUEST_START", "REQUEST_END"}
+    chain = sorted((c for c in children if full <= set(c["ts"])), key=lambda c: c["ts"]["REQUEST_START"])
+    for i, c in enumerate(chain):
         ts = c["ts"]
-        if {"QUEUE_START", "COMPUTE_START", "COMPUTE_END", "REQUEST_START", "REQUEST_END"} <= set(ts):
-            parts[f"{c['model']}.queue"] = (ts["COMPUTE_START"] - ts["QUEUE_START"]) / 1e9
-            parts[f"{c['model']}.compute"] = (ts["COMPUTE_END"] - ts["COMPUTE_START"]) / 1e9
-            spans += (ts["REQUEST_END"] - ts["REQUEST_START"]) / 1e9
-            parts[f"{c['model']}.other"] = (ts["REQUEST_END"] - ts["REQUEST_START"]) / 1e9 - parts[f"{c['model']}.queue"] \
-                - parts[f"{c['model']}.compute"]
+        handed_on = chain[i + 1]["ts"]["REQUEST_START"] if i + 1 < len(chain) else top["ts"].get("INFER_RESPONSE_COMPLETE", ts["COMPUTE_END"])
+        end = min(ts["COMPUTE_END"], max(handed_on, ts["COMPUTE_START"]))
+        parts[f"{c['model']}.queue"] = (ts["COMPUTE_START"] - ts["QUEUE_START"]) / 1e9
+        parts[f"{c['model']}.compute"] = (end - ts["COMPUTE_START"]) / 1e9
+        spans += (ts["REQUEST_END"] - ts["REQUEST_START"]) / 1e9
+        parts[f"{c['model']}.other"] = (ts["REQUEST_END"] - ts["REQUEST_START"]) / 1e9 - parts[f"{c['model']}.queue"] \
+            - parts[f"{c['model']}.compute"]
     total = (top["ts"]["REQUEST_END"] - top["ts"]["REQUEST_START"]) / 1e9
     parts["ensemble_gaps"] = total - spans
     return parts

@@ -61,6 +61,19 @@ def test_matching_and_the_split_of_one_call():
     d = tail.describe([(sample, parts)])
     assert d["overhead"]["ensemble"]["p50_ms"] == pytest.approx(4.0) and d["overhead"]["end_to_end"]["p99_ms"] == pytest.approx(6.0)
     busy = tail.busy_intervals(traces, "query_encoder")
+    # A step that records COMPUTE_END after its answer moved on (at 108 ms the top-k has it, the encoder says
+    # 110): its compute ends at the hand-off, the 2 ms after go to its "other" and are not counted twice.
+    two = dict([_trace(1, "retrieve", None, request_start=101 * ms, request_end=112 * ms, infer_response_complete=111 * ms),
+                _trace(2, "query_encoder", 1, request_start=101 * ms, queue_start=101 * ms, compute_start=102 * ms,
+                       compute_end=110 * ms, request_end=110 * ms),
+                _trace(3, "mips_topk", 1, request_start=108 * ms, queue_start=108 * ms, compute_start=108.5 * ms,
+                       compute_end=111.5 * ms, request_end=111.5 * ms)])
+    [(_, parts2)] = tail.match([Sample(0.0, 0.0, 0.012, OK, sent_at=0.100)], two, "retrieve")
+    assert parts2["query_encoder.compute"] == pytest.approx(0.006) and parts2["query_encoder.other"] == pytest.approx(0.002)
+    assert parts2["mips_topk.compute"] == pytest.approx(0.0025) and parts2["mips_topk.other"] == pytest.approx(0.0005)
+    assert sum(parts2.values()) == pytest.approx(0.012)  # still adds up to the client's latency
+    # not compute: 1 ms queued at the encoder, 0.5 ms at the top-k, 1 ms from the top-k's answer to the ensemble's end
+    assert tail.overhead(parts2, 0.012)["ensemble"] == pytest.approx(0.0025)
     assert busy == [(0.104, 0.108)]
     assert tail.idle_while_queued((0.101, 0.104), busy) == pytest.approx(0.003)  # queued while nothing ran: a stall
     assert tail.idle_while_queued((0.105, 0.108), busy) == pytest.approx(0.0)  # queued behind work: a backlog
