@@ -7,8 +7,10 @@ overhead is its end-to-end request time minus the sum of its steps' compute (inp
 output): the steps' queue time and the hand-offs between them. (A step's request time is no
 base for it: a python-backend step's request ends when its request is released, after the
 ensemble has already moved on, so the steps' request times summed exceed the ensemble's:
--1.3 ms "overhead" for ``retrieve`` in ``results/compare-2026-11-24``.) These are means; the
-per-request p50 comes from Triton's trace (``python -m benchmarks tail``).
+-1.3 ms "overhead" for ``retrieve`` in ``results/compare-2026-11-24``.) These are means, and a
+python step's compute here still includes the bookkeeping it does after its answer moved on,
+so this overhead is a lower bound; the per-request figure, with each step's compute cut at
+its hand-off, comes from Triton's trace (``python -m benchmarks tail``).
 """
 from __future__ import annotations
 
