@@ -9,14 +9,14 @@ import pytest
 from model_repository.runtime.admission import SLOTS, Admission
 
 
-def test_admits_up_to_the_limit_and_a_release_makes_room(tmp_path):
+def test_admits_while_fewer_rows_than_the_limit_are_ahead(tmp_path):
     gate = Admission(tmp_path / "table", limit_rows=8)
-    tickets = [gate.admit(3)[0] for _ in range(2)]
-    assert all(tickets) and gate.in_flight() == 6
-    assert gate.admit(3) == (0, 6)  # 6 + 3 > 8: refused, and told what was in flight
-    assert gate.admit(2)[0] and gate.in_flight() == 8
+    tickets = [gate.admit(3)[0] for _ in range(3)]  # 0, 3 and 6 rows ahead: each admitted
+    assert all(tickets) and gate.in_flight() == 9
+    assert gate.admit(1) == (0, 9)  # 9 rows ahead >= 8: refused, and told what was in flight
     gate.release(tickets[0])
-    assert gate.in_flight() == 5 and gate.admit(3)[0]
+    assert gate.in_flight() == 6 and gate.admit(1)[0] and gate.admit(1)[0]
+    assert gate.admit(1) == (0, 8)
 
 
 def test_a_request_alone_is_admitted_whatever_its_rows(tmp_path):
@@ -24,6 +24,28 @@ def test_a_request_alone_is_admitted_whatever_its_rows(tmp_path):
     ticket, before = gate.admit(64)
     assert ticket and before == 0
     assert gate.admit(1) == (0, 64)
+
+
+def test_a_big_request_is_not_starved_by_a_trickle_of_small_ones(tmp_path):
+    """Its own rows do not count: with 1 row ahead, 64 rows are admitted (and then hold their place)."""
+    gate = Admission(tmp_path / "table", limit_rows=8)
+    small = gate.admit(1)[0]
+    big, before = gate.admit(64)
+    assert small and big and before == 1
+    assert gate.admit(1) == (0, 65)
+    gate.release(big)
+    assert gate.admit(1)[0]
+
+
+def test_reset_forgets_every_ticket(tmp_path):
+    """A stub reloaded after it died clears the tickets its lost requests held (else: refusals for ttl_s)."""
+    tokenizer, encoder = Admission(tmp_path / "table", limit_rows=2), Admission(tmp_path / "table", limit_rows=0)
+    held = [tokenizer.admit(1)[0] for _ in range(2)]
+    assert all(held) and tokenizer.admit(1)[0] == 0
+    encoder.reset()
+    assert tokenizer.in_flight() == 0 and tokenizer.admit(1)[0]
+    encoder.release(held[0])  # a ticket from before the reset: nothing happens
+    assert tokenizer.in_flight() == 1
 
 
 def test_the_table_is_shared_through_its_file(tmp_path):

@@ -1,15 +1,22 @@
 """Admission control for one server: a bound on the rows between the tokenizer and pooling.
 
-The tokenizer admits a request only while the rows already in flight plus its own stay
-within ``limit_rows``; otherwise it answers UNAVAILABLE at once (no queueing, no compute),
-and the requests it admitted wait behind at most ``limit_rows`` rows of encoder work.
+The tokenizer admits a request only while fewer than ``limit_rows`` rows are in flight ahead
+of it; otherwise it answers UNAVAILABLE at once (no queueing, no compute), and the requests it
+admitted wait behind fewer than ``limit_rows`` rows of encoder work. A request's own rows do not
+count against it: a 64-row batch is not starved by a trickle of one-row queries, but while it
+is in flight it holds the rows it brought, so the requests behind it are refused until it is
+encoded (they would have waited for all of it).
 Each admitted request takes a ticket: a slot of a small table shared by the server's stubs
 (one file per tritonserver process) holding its ticket number, admission time and rows.
 pool_normalize gives the ticket back when the request reaches it (or the query_encoder once
 it has encoded it, when the encoder pools: render's ``pooling_step``). A ticket whose request
 never gets there (the client cancelled it, a stub was killed) expires after ``ttl_s``, so
-a lost ticket costs capacity for seconds, never for good. Every change holds the file's
-lock: the tokenizer and pool stubs (and several instances of each) share the table.
+a lost ticket costs capacity for seconds, never for good; and every stub that takes part
+clears the table when it (re)loads (``reset``): a stub is reloaded after it died, and the
+tickets of the requests it was holding would otherwise refuse every request for ``ttl_s``.
+Clearing may admit up to ``limit_rows`` rows too many for one moment; that is the price.
+Every change holds the file's lock: the tokenizer and pool stubs (and several instances of
+each) share the table.
 """
 from __future__ import annotations
 
@@ -65,7 +72,7 @@ class Admission:
             now = time.monotonic_ns()
             live = self._live(now)
             in_flight = int(self._slots[live, 2].sum())
-            if in_flight + rows > self.limit_rows and in_flight > 0:  # a request alone is always admitted
+            if in_flight >= self.limit_rows:  # its own rows do not count: a request alone is always admitted
                 return 0, in_flight
             ticket = int(self._header[_NEXT]) + 1
             slot = ticket % SLOTS
@@ -74,6 +81,14 @@ class Admission:
             self._header[_NEXT] = ticket
             self._slots[slot] = (ticket, now, rows)
             return ticket, in_flight
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def reset(self) -> None:
+        """Forget every ticket: a (re)loaded stub's requests from before are gone, whoever held them."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            self._slots[:] = 0
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 

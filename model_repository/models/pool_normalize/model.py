@@ -31,6 +31,7 @@ class TritonPythonModel:
         params = ModelParams(args["model_config"])
         self.input_names = [i["name"] for i in params.config["input"]]  # last_hidden_state, attention_mask, admission_ticket
         self.admission = Admission(table_path(), 0)  # gives tickets back; the tokenizer holds the limit
+        self.admission.reset()  # a reload follows a dead stub: the tickets of the requests it held are lost
         self.output_names = params.output_names()  # embedding
         self.pooling = Pooling.parse(params.str("pooling"))
         implementation = params.str("implementation")

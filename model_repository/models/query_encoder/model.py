@@ -40,7 +40,12 @@ class TritonPythonModel:
         self.output_names = params.output_names()  # last_hidden_state, or embedding when it pools
         pooling = params.optional("pooling", "")
         self.pooling = Pooling.parse(pooling) if pooling else None
-        self.admission = Admission(table_path(), 0) if self.pooling else None  # gives tickets back
+        # A reload follows a dead stub: the tickets of the requests it held are lost, so clear them.
+        self.admission = Admission(table_path(), 0)
+        self.admission.reset()
+        if not self.pooling:  # then pool_normalize gives tickets back
+            self.admission.close()
+            self.admission = None
         self.max_tokens = params.int("max_tokens")
         implementation = params.optional("implementation", "onnx")
         if implementation not in IMPLEMENTATIONS:

@@ -26,6 +26,7 @@ class TritonPythonModel:
         self.tokenizer = TextTokenizer(f"{version_folder(args)}/{params.str('tokenizer_file')}", params.int("max_tokens"),
                                        params.int("pad_to_multiple"), params.str("prefix"), int(eos) if eos else None)
         self.admission = Admission(table_path(), params.int("admission_max_rows"), float(params.str("admission_ttl_s")))
+        self.admission.reset()  # a reload follows a dead stub: the tickets it held are lost
 
     def parse(self, request):
         raw = input_array(request, self.text_name)
