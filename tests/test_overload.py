@@ -61,9 +61,11 @@ def test_open_loop_sends_on_schedule_while_answers_are_outstanding(server, queri
     samples = generator.open_loop(phases, seed=7)
     after = triton_metrics.scrape_settled(server.metrics_url, "retrieve")
     assert len(samples) == len(openloop.arrivals(phases, seed=7))
-    assert all(s.status == OK for s in samples), openloop.summary(samples)
+    # OK, or (rarely, when this shared machine stalls) the default admission limit's refusal
+    answered = [s for s in samples if s.status == OK]
+    assert {s.status for s in samples} <= {OK, UNAVAILABLE} and len(answered) >= 0.9 * len(samples), openloop.summary(samples)
     counts = overload.reconcile(samples, before, after, "retrieve", generator.unrecorded_ok, 0.0)
-    assert counts["server_ok"] == len(samples)
+    assert counts["server_ok"] == counts["client_ok"] == len(answered)
     sent = sorted((s.scheduled_s + s.lag_s, s.scheduled_s + s.lag_s + s.latency_s) for s in samples)
     overlapping = sum(nxt[0] < cur[1] for cur, nxt in zip(sent, sent[1:]))
     assert overlapping > 0, "no call was sent while another was outstanding: the generator waited on answers"
@@ -91,7 +93,7 @@ def test_overload_benchmark_writes_windows_verdicts_and_plot(server, tmp_path):
     # encoder without a batcher at all; the result says so
     assert result["queue_policy"]["query_encoder"]["dynamic_batching"] is None
     assert "default_queue_policy" not in result["queue_policy"]["tokenizer"]["dynamic_batching"]
-    assert result["queue_policy"]["tokenizer"]["admission_max_rows"] == "0"  # and admission is off by default
+    assert result["queue_policy"]["tokenizer"]["admission_max_rows"] == "8"  # admission protects the CPU default
     assert result["pinning"]["server_cpus"]
     png = overload.plot_policies({"a": result, "b": result}, tmp_path / "policies.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

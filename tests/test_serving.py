@@ -117,9 +117,33 @@ def concurrent_equals_alone(grpc, texts, batched_model):
     return {m: tuple(a - b for a, b in zip(executions(grpc, m, c[0] + len(texts)), c)) for m, c in before.items()}
 
 
-def test_64_concurrent_requests_each_equal_the_request_alone(grpc, queries):
-    """The default CPU repository: the tokenizer merges queued requests; the encoder runs one
-    request per execution, in arrival order (a batch of n costs ~n queries on a CPU core)."""
+@pytest.fixture(scope="module")
+def unlimited(repository, render_info, tmp_path_factory):
+    """A client of the default CPU repository rendered without admission (``--admission-max-rows 0``):
+    the batching tests fire more concurrent requests than the default admits (8 rows), and what they
+    check is how the steps batch, not the refusals (test_admission_refuses_... checks those)."""
+    from build.export import ExportedTower
+    from build.render import ServingSettings, render_repository
+    from tests.conftest import start_server
+
+    folder = tmp_path_factory.mktemp("unlimited")
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
+    resolved = render_repository(folder / "repo", tower, ARTIFACTS / "index" / render_info["index"]["index_version"],
+                                 ServingSettings(admission_max_rows=0))
+    assert resolved["context"]["admission_max_rows"] == 0 and render_info["context"]["admission_max_rows"] == 8
+    server = start_server(folder / "repo", folder / "work")
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_64_concurrent_requests_each_equal_the_request_alone(unlimited, queries):
+    """The default CPU repository (admission off): the tokenizer merges queued requests; the encoder
+    runs one request per execution, in arrival order (a batch of n costs ~n queries on a CPU core)."""
+    grpc = unlimited
     texts = queries[:64]
     assert len(set(texts)) == 64
     counts = concurrent_equals_alone(grpc, texts, "tokenizer")
@@ -136,7 +160,7 @@ def test_the_dynamic_batching_encoder_merges_requests_and_each_equals_the_reques
 
     tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
     resolved = render_repository(tmp_path / "repo", tower, ARTIFACTS / "index" / render_info["index"]["index_version"],
-                                 ServingSettings(encoder_batching="dynamic"))
+                                 ServingSettings(encoder_batching="dynamic", admission_max_rows=0))
     assert resolved["context"]["encoder_batching"] == "dynamic"
     server = start_server(tmp_path / "repo", tmp_path / "work")
     try:
@@ -239,7 +263,8 @@ def test_bad_input_gets_invalid_argument_and_the_server_keeps_serving(grpc, serv
     assert server.is_ready()
 
 
-def test_in_a_dynamic_batch_only_the_bad_requests_fail(grpc, queries):
+def test_in_a_dynamic_batch_only_the_bad_requests_fail(unlimited, queries):
+    grpc = unlimited
     good_texts = queries[:24]
     requests = [retrieve_request([t], 5) for t in good_texts]
     bad_positions = [3, 11, 17]
