@@ -69,15 +69,16 @@ class ServingSettings:
     # them wait for the last. One request per execution, in arrival order, is the CPU default.
     # Admission at the tokenizer (model_repository/runtime/admission.py): a request that would put
     # more rows than this between the tokenizer and pooling is refused at once (UNAVAILABLE), so an
-    # admitted request waits behind at most this many rows of encoder work. On the CPU, 8 rows with
-    # the encoder at nice 10 held 3x capacity to an admitted p99 of 165 ms and refusals of 4.6 ms
-    # at p99 (benchmarks/results/overload-admission-2026-11-24/); without a limit the queue grew to
-    # the clients' deadline. Off on the GPU, where batching wants many rows in flight and no limit
+    # admitted request waits behind fewer than this many rows of encoder work. On the CPU, 8 rows
+    # held 3x capacity to an admitted p99 of ~180 ms (benchmarks/results/overload-admission-2026-11-24/,
+    # overload-default-2026-11-24/); without a limit the queue grew to the clients' deadline. Off on the GPU, where batching wants many rows in flight and no limit
     # has been measured. A burst above the limit is refused, not queued (README, "Overload").
     admission_max_rows: int = dataclasses.field(default=-1, metadata={"help": "rows in flight between tokenizer and pooling before new requests are refused at once with UNAVAILABLE (0: no limit; -1: auto, 8 on cpu, 0 on gpu)"})
     # On a shared CPU core the encoder is the one long computation; a higher nice value lets the
-    # short stages (and the tokenizer's refusals) run as soon as they are ready.
-    encoder_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend query_encoder: nice value its stub takes at load, 0-19 (0: unchanged; -1: auto, 10 on cpu, 0 on gpu)"})
+    # short stages (and the tokenizer's refusals) run as soon as they are ready. At 3x capacity,
+    # refusal p99 4.5-4.7 ms at nice 19 against 5.4-5.5 ms at nice 10, the same goodput
+    # (benchmarks/results/overload-default-2026-11-24/nice-exploration/).
+    encoder_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend query_encoder: nice value its stub takes at load, 0-19 (0: unchanged; -1: auto, 19 on cpu, 0 on gpu)"})
     admission_ttl_s: float = dataclasses.field(default=5.0, metadata={"help": "an admitted request that never reaches pooling (cancelled, a stub killed) stops counting after this long"})
     encoder_batching: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: dynamic (Triton's dynamic batcher merges queued requests) or sequential (one request per execution, in arrival order; no batcher); auto: dynamic on gpu or with a queue policy, sequential on cpu"})
     # Opt-in: ONNX Runtime's dynamic int8 quantization of the query encoder (build/quantize.py);
@@ -125,7 +126,7 @@ class ServingSettings:
                              f"pooling); got {pooling_step!r} with encoder {encoder!r} and pooling {pool!r}")
         if not -1 <= self.encoder_nice <= 19:
             raise ValueError(f"encoder_nice must be in [0, 19], or -1 for auto; got {self.encoder_nice}")
-        nice = self.encoder_nice if self.encoder_nice >= 0 else (0 if gpu else 10)
+        nice = self.encoder_nice if self.encoder_nice >= 0 else (0 if gpu else 19)
         if self.admission_max_rows < -1 or self.admission_ttl_s <= 0:
             raise ValueError(f"admission_max_rows must be >= 0 (or -1 for auto) and admission_ttl_s > 0; "
                              f"got {self.admission_max_rows} and {self.admission_ttl_s}")

@@ -108,7 +108,7 @@ def test_batch_window_is_zero_on_the_cpu_unless_asked(render_info):
 def test_admission_and_encoder_nice_are_checked():
     # on by default on the CPU (measured there), off on the GPU (not measured); an explicit value wins
     auto = {t: ServingSettings(target=t).resolved() for t in ("cpu", "gpu")}
-    assert {t: (r["admission_max_rows"], r["encoder_nice"]) for t, r in auto.items()} == {"cpu": (8, 10), "gpu": (0, 0)}
+    assert {t: (r["admission_max_rows"], r["encoder_nice"]) for t, r in auto.items()} == {"cpu": (8, 19), "gpu": (0, 0)}
     assert ServingSettings(admission_max_rows=0, encoder_nice=0).resolved()["admission_max_rows"] == 0
     assert ServingSettings(admission_max_rows=4, encoder_nice=3, target="gpu").resolved()["encoder_nice"] == 3
     with pytest.raises(ValueError, match=r"admission_max_rows must be >= 0 \(or -1 for auto\) and admission_ttl_s > 0; got -2 and 5.0"):
