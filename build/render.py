@@ -70,9 +70,10 @@ class ServingSettings:
     # Admission at the tokenizer (model_repository/runtime/admission.py): a request that would put
     # more rows than this between the tokenizer and pooling is refused at once (UNAVAILABLE), so an
     # admitted request waits behind fewer than this many rows of encoder work. On the CPU, 8 rows
-    # held 3x capacity to an admitted p99 of ~180 ms (benchmarks/results/overload-admission-2026-11-24/,
-    # overload-default-2026-11-24/); without a limit the queue grew to the clients' deadline. Off on the GPU, where batching wants many rows in flight and no limit
-    # has been measured. A burst above the limit is refused, not queued (README, "Overload").
+    # held 3x capacity to an admitted p99 of ~170 ms (benchmarks/results/overload-default-2026-11-24/);
+    # without a limit the queue grew to the clients' deadline. Off on the GPU, where batching wants
+    # many rows in flight and no limit has been measured. A burst above the limit is refused, not
+    # queued (README, "Overload").
     admission_max_rows: int = dataclasses.field(default=-1, metadata={"help": "rows in flight between tokenizer and pooling before new requests are refused at once with UNAVAILABLE (0: no limit; -1: auto, 8 on cpu, 0 on gpu)"})
     # On a shared CPU core the encoder is the one long computation; a higher nice value lets the
     # short stages (and the tokenizer's refusals) run as soon as they are ready. At 3x capacity,

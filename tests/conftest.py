@@ -78,6 +78,15 @@ def linked_copy(repository: Path, folder: Path) -> Path:
     return repo
 
 
+def render_variant(out: Path, render_info: dict, **settings) -> dict:
+    """The default repository's tower and index rendered into ``out`` with ServingSettings overrides."""
+    from build.export import ExportedTower
+    from build.render import ServingSettings, render_repository
+
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
+    return render_repository(out, tower, ARTIFACTS / "index" / render_info["index"]["index_version"], ServingSettings(**settings))
+
+
 def start_server(repository: Path, workdir: Path, **overrides) -> TritonServer:
     config = ServerConfig(
         model_repository=repository, workdir=workdir,

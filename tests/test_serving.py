@@ -122,14 +122,10 @@ def unlimited(repository, render_info, tmp_path_factory):
     """A client of the default CPU repository rendered without admission (``--admission-max-rows 0``):
     the batching tests fire more concurrent requests than the default admits (8 rows), and what they
     check is how the steps batch, not the refusals (test_admission_refuses_... checks those)."""
-    from build.export import ExportedTower
-    from build.render import ServingSettings, render_repository
-    from tests.conftest import start_server
+    from tests.conftest import render_variant, start_server
 
     folder = tmp_path_factory.mktemp("unlimited")
-    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
-    resolved = render_repository(folder / "repo", tower, ARTIFACTS / "index" / render_info["index"]["index_version"],
-                                 ServingSettings(admission_max_rows=0))
+    resolved = render_variant(folder / "repo", render_info, admission_max_rows=0)
     assert resolved["context"]["admission_max_rows"] == 0 and render_info["context"]["admission_max_rows"] == 8
     server = start_server(folder / "repo", folder / "work")
     client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -154,13 +150,9 @@ def test_64_concurrent_requests_each_equal_the_request_alone(unlimited, queries)
 
 def test_the_dynamic_batching_encoder_merges_requests_and_each_equals_the_request_alone(repository, render_info, queries, tmp_path):
     """--encoder-batching dynamic (the GPU default): queued requests run as one padded, ragged batch."""
-    from build.export import ExportedTower
-    from build.render import ServingSettings, render_repository
-    from tests.conftest import start_server
+    from tests.conftest import render_variant, start_server
 
-    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
-    resolved = render_repository(tmp_path / "repo", tower, ARTIFACTS / "index" / render_info["index"]["index_version"],
-                                 ServingSettings(encoder_batching="dynamic", admission_max_rows=0))
+    resolved = render_variant(tmp_path / "repo", render_info, encoder_batching="dynamic", admission_max_rows=0)
     assert resolved["context"]["encoder_batching"] == "dynamic"
     server = start_server(tmp_path / "repo", tmp_path / "work")
     try:
@@ -178,14 +170,10 @@ def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_re
     ticket comes back; the server goes on serving. (--encoder-nice 7: its stub runs at nice 7.)"""
     from benchmarks import openloop
     from benchmarks.procs import server_processes
-    from build.export import ExportedTower
-    from build.render import ServingSettings, render_repository
     from model_repository.runtime.admission import Admission, table_path
-    from tests.conftest import start_server
+    from tests.conftest import render_variant, start_server
 
-    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
-    render_repository(tmp_path / "repo", tower, ARTIFACTS / "index" / render_info["index"]["index_version"],
-                      ServingSettings(admission_max_rows=2, encoder_nice=7))
+    render_variant(tmp_path / "repo", render_info, admission_max_rows=2, encoder_nice=7)
     server = start_server(tmp_path / "repo", tmp_path / "work")
     try:
         stubs = server_processes(server.grpc_url)
