@@ -88,15 +88,18 @@ def onnx_model_folder(model_path: Path, onnx_file: Path, out: Path = PEERS / "mi
     return out
 
 
-def onnx_folder(model_path: Path) -> Path:
-    return onnx_model_folder(model_path, ROOT / "artifacts" / "model_repository" / "query_encoder" / "1" / "model.onnx")
+DEFAULT_REPOSITORY = ROOT / "artifacts" / "model_repository"
+
+
+def onnx_folder(model_path: Path, repository: Path = DEFAULT_REPOSITORY) -> Path:
+    return onnx_model_folder(model_path, repository / "query_encoder" / "1" / "model.onnx")
 
 
 def peer_command(system: str, args: argparse.Namespace, port: int, model_path: Path) -> tuple[list[str], str]:
     """(command that serves ``system`` on 127.0.0.1:port, health URL)."""
     if system == "triton":
         return ([sys.executable, "-m", "model_repository", "serve", "--grpc-port", str(port), "--http-port", str(port + 1),
-                 "--metrics-port", str(port + 2), "--workdir", "artifacts/server-compare"],
+                 "--metrics-port", str(port + 2), "--workdir", "artifacts/server-compare", "--repository", str(args.repository)],
                 f"http://127.0.0.1:{port + 1}/v2/health/ready")
     threads = ["--threads", str(args.peer_threads)]
     if system == "infinity":
@@ -108,12 +111,12 @@ def peer_command(system: str, args: argparse.Namespace, port: int, model_path: P
         model_id = "." if args.infinity_engine == "optimum" else str(model_path)
         return ([str(binary), "v2", "--model-id", model_id, "--served-model-name", "minilm", "--engine", args.infinity_engine,
                  "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)], f"http://127.0.0.1:{port}/health")
-    index = ["--index", str(ROOT / "artifacts" / "model_repository" / "mips_topk" / "1" / "index")] if args.model == "retrieve" else []
+    index = ["--index", str(args.repository / "mips_topk" / "1" / "index")] if args.model == "retrieve" else []
     if system == "fastembed":
         python = PEERS / "fastembed-venv" / "bin" / "python"
         if not python.exists():
             raise FileNotFoundError(f"fastembed is not installed at {python}; install it with: {INSTALL['fastembed']}")
-        return ([str(python), "-m", "benchmarks.st_server", "--engine", "fastembed", "--model", str(onnx_folder(model_path)), "--port", str(port),
+        return ([str(python), "-m", "benchmarks.st_server", "--engine", "fastembed", "--model", str(onnx_folder(model_path, args.repository)), "--port", str(port),
                  *threads, *index], f"http://127.0.0.1:{port}/health")
     return ([sys.executable, "-m", "benchmarks.st_server", "--engine", "st", "--model", str(model_path), "--port", str(port),
              *threads, *index], f"http://127.0.0.1:{port}/health")
@@ -141,7 +144,7 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
     stem = f"compare-{args.model}-{system}-r{r}"
     pin = (lambda: os.sched_setaffinity(0, server_cpus)) if server_cpus else None
     with open(out_dir / f"{stem}-server.log", "wb") as log:
-        cwd = onnx_folder(model_path) if system == "infinity" and args.infinity_engine == "optimum" else ROOT
+        cwd = onnx_folder(model_path, args.repository) if system == "infinity" and args.infinity_engine == "optimum" else ROOT
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pin)
         try:
             wait_healthy(health, proc, args.start_timeout)
@@ -177,6 +180,12 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
     }
 
 
+def index_summary(repository: Path) -> dict:
+    """What every system searched: the served index's rows, width, dtype and corpus (from its index.json)."""
+    info = json.loads((repository / "mips_topk" / "1" / "index" / "manifest.json").read_text(encoding="utf-8"))
+    return {k: info.get(k) for k in ("count", "dim", "dtype", "corpus_sha256", "index_version")}
+
+
 def summarise(args: argparse.Namespace, systems: list[str], runs: dict[str, list[dict]], commit: str, pinning) -> dict:
     summary = {
         "model": args.model, "slo_p99_ms": args.slo_p99_ms, "fixed_rps": args.fixed_rps, "repeats": args.repeats,
@@ -184,7 +193,8 @@ def summarise(args: argparse.Namespace, systems: list[str], runs: dict[str, list
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "order": [round_order(systems, r) for r in range(args.repeats)],
         "pinning": {"server_cpus": list(pinning[0] or []), "generator_cpus": list(pinning[1] or [])},
-        "peer_threads": args.peer_threads or "one per server core", "infinity_engine": args.infinity_engine, "systems": {},
+        "peer_threads": args.peer_threads or "one per server core", "infinity_engine": args.infinity_engine,
+        "repository": str(args.repository), "index": index_summary(args.repository) if args.model == "retrieve" else None, "systems": {},
     }
     for system, rounds in runs.items():
         summary["systems"][system] = {
@@ -210,7 +220,8 @@ def markdown(summary: dict) -> str:
     lines = [f"# `{summary['model']}`: p99 at {rate} requests/s, open loop, median of {summary['repeats']} interleaved rounds", "",
              f"{summary['finished_at']}; commit `{summary['git_commit']}`; {summary['machine']['cpu_count']} CPUs "
              f"({summary['machine']['processor']}); server cores {summary['pinning']['server_cpus']}, generator cores "
-             f"{summary['pinning']['generator_cpus']}; peer threads: {summary['peer_threads']}", "",
+             f"{summary['pinning']['generator_cpus']}; peer threads: {summary['peer_threads']}"
+             + (f"; index: {summary['index']['count']:,} x {summary['index']['dim']} {summary['index']['dtype']}" if summary.get("index") else ""), "",
              "| system | p99 ms median (min–max) | p50 ms median | requests per round | max QPS, p99 within SLO (closed loop) |",
              "|---|---|---|---|---|"]
     for name, s in summary["systems"].items():
@@ -261,6 +272,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-cpus", default="", help="cores of each server (default: all but the last)")
     p.add_argument("--peer-threads", type=int, default=0, help="compute threads of the peers (0: one per server core)")
     p.add_argument("--infinity-engine", choices=("optimum", "torch"), default="optimum", help="Infinity's engine (optimum: ONNX)")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
+                   help="the rendered repository every system serves: ours as is, the peers its ONNX encoder and index")
     p.add_argument("--allow-dirty", action="store_true", help="run on uncommitted code (the summary records -dirty)")
     p.add_argument("--start-timeout", type=float, default=240.0)
     p.set_defaults(steps="", out=None, model="embed")

@@ -6,6 +6,7 @@ Every step reuses what an earlier run built from the same inputs, so a second
     python -m build deploy-index INDEX_DIR [--url 127.0.0.1:8001]   a new mips_topk version, switched to live
     python -m build rollback [--url 127.0.0.1:8001]                 back to the previous version
     python -m build int8-report --out DIR/int8.json                 the int8 query encoder's quality cost and speed
+    python -m build wordnet-corpus [--out DIR]                      ~117k WordNet glosses: a corpus for serving at scale
 """
 from __future__ import annotations
 
@@ -200,6 +201,25 @@ def synthetic_main(argv: list[str]) -> int:
     return 0
 
 
+def wordnet_corpus_main(argv: list[str]) -> int:
+    """wordnet-corpus: every WordNet synset's gloss as a corpus (a real ~117k-document index for speed runs)."""
+    from .wordnet_corpus import build_wordnet_corpus
+
+    parser = argparse.ArgumentParser(prog="python -m build wordnet-corpus", description=wordnet_corpus_main.__doc__)
+    parser.add_argument("command", choices=["wordnet-corpus"])
+    parser.add_argument("--out", type=Path, default=Path("artifacts/corpus/wordnet"), help="folder for corpus.jsonl and manifest.json")
+    parser.add_argument("--cache", type=Path, default=Path("artifacts/cache"), help="where the wordnet-base .deb is downloaded")
+    args = parser.parse_args(argv)
+    try:
+        m = build_wordnet_corpus(args.out, args.cache)
+    except (CorpusError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    log(f"{m['documents']} documents from {m['source']['deb']} ({m['source']['licence']})")
+    print(args.out / "corpus.jsonl")
+    return 0
+
+
 def int8_report_main(argv: list[str]) -> int:
     """int8-report: float32 against int8 query encoder on a recipe's dev sets (quality and speed)."""
     from model_repository.runtime.provenance import git_commit, machine
@@ -245,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         return int8_report_main(argv)
     if argv and argv[0] == "synthetic":
         return synthetic_main(argv)
+    if argv and argv[0] == "wordnet-corpus":
+        return wordnet_corpus_main(argv)
     if argv and argv[0] in ("deploy-index", "rollback"):
         return deploy_main(argv)
     if argv and argv[0] in ("k8s", "shards"):

