@@ -169,6 +169,8 @@ def plot_compare(summary: dict, path: Path) -> Path:
         runs = [v for v in p99["runs"] if v is not None]
         ax.plot([i] * len(runs), runs, "o", color=f"C{i}")
     ax.set_xticks(range(len(names)), names)
-    title = f"{summary['model']}, all-MiniLM-L6-v2 on CPU · {summary['fixed_rps']:g} req/s open loop · {summary['repeats']} rounds"
+    index = summary.get("index")
+    rows = f" · {index['count']:,} documents" if index else ""
+    title = f"{summary['model']}{rows}, all-MiniLM-L6-v2 on CPU · {summary['fixed_rps']:g} req/s open loop · {summary['repeats']} rounds"
     return _finish(fig, ax, path, title=title, xlabel="system (dots: rounds; bar: median)",
                    ylabel="p99 latency, ms (log)", slo_p99_ms=summary["slo_p99_ms"])
