@@ -91,7 +91,7 @@ def onnx_model_folder(model_path: Path, onnx_file: Path, out: Path = PEERS / "mi
 DEFAULT_REPOSITORY = ROOT / "artifacts" / "model_repository"
 
 
-def onnx_folder(model_path: Path, repository: Path = DEFAULT_REPOSITORY) -> Path:
+def onnx_folder(model_path: Path, repository: Path) -> Path:
     return onnx_model_folder(model_path, repository / "query_encoder" / "1" / "model.onnx")
 
 
@@ -181,7 +181,7 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
 
 
 def index_summary(repository: Path) -> dict:
-    """What every system searched: the served index's rows, width, dtype and corpus (from its index.json)."""
+    """What every system searched: the served index's rows, width, dtype and corpus (from its manifest.json)."""
     info = json.loads((repository / "mips_topk" / "1" / "index" / "manifest.json").read_text(encoding="utf-8"))
     return {k: info.get(k) for k in ("count", "dim", "dtype", "corpus_sha256", "index_version")}
 

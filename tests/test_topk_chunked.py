@@ -79,6 +79,7 @@ def test_large_k_admits_few_candidates():
 _PEAK = """
 import json, sys, tracemalloc
 import numpy as np
+from kernels.topk import mips_topk_reference
 from kernels.topk_chunked import ChunkedTopK
 queries = int(sys.argv[1])
 rng = np.random.default_rng(queries)
@@ -89,7 +90,9 @@ tracemalloc.start()  # numpy reports its allocations here
 ids, scores = topk.search(q, 10)
 peak = tracemalloc.get_traced_memory()[1]
 tracemalloc.stop()
-print(json.dumps({"peak": peak, "answer": ids.nbytes + scores.nbytes, "max_temporary": topk.stats["max_temporary_bytes"]}))
+ref_ids, _ = mips_topk_reference(q[:16], index.astype(np.float32), 10)
+print(json.dumps({"peak": peak, "answer": ids.nbytes + scores.nbytes, "max_temporary": topk.stats["max_temporary_bytes"],
+                  "agreement": float((ids[:16] == ref_ids).mean())}))
 """
 
 
@@ -110,12 +113,7 @@ def test_every_temporary_is_bounded_by_the_tile(queries):
     m = json.loads(out.stdout)
     assert m["max_temporary"] <= 1 << 20
     assert m["peak"] <= 4 * (1 << 20) + 2 * m["answer"], m
-    rng = np.random.default_rng(queries)
-    index = rng.standard_normal((100_000, 48)).astype(np.float16)
-    q = rng.standard_normal((queries, 48)).astype(np.float32)
-    ids, _ = ChunkedTopK(index, tile_bytes=1 << 20).search(q, 10)
-    ref_ids, _ = mips_topk_reference(q[:16], index.astype(np.float32), 10)
-    assert (ids[:16] == ref_ids).mean() > 0.99  # summation order may swap a near-tie
+    assert m["agreement"] > 0.99  # the same search against the reference; summation order may swap a near-tie
 
 
 @pytest.mark.parametrize("seed", range(12))
