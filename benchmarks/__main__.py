@@ -212,7 +212,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_topk_cpu(args: argparse.Namespace) -> int:
     from . import kernel_bench
 
-    kernel_bench.topk_cpu(args.out)
+    kernel_bench.topk_cpu(args.out, n=args.n, rounds=args.rounds)
     print(args.out.with_suffix(".md").read_text(encoding="utf-8"))
     return 0
 
@@ -311,8 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import tail
 
     tail.add_arguments(sub.add_parser("tail", help="where the slowest calls spend their time (client + Triton's per-request trace)"))
-    p = sub.add_parser("topk-cpu", help="numpy and chunked top-k vs faiss-cpu IndexFlatIP (N=100k, D=384, fp32)")
+    p = sub.add_parser("topk-cpu", help="numpy, numpy+torch and chunked top-k vs faiss-cpu IndexFlatIP (D=384, fp32), batches 1-64")
     p.add_argument("--out", type=Path, default=Path("artifacts/benchmarks/topk-cpu.json"))
+    p.add_argument("--n", type=int, default=100_000, help="index rows (random unit vectors)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; a figure is their median")
     p = sub.add_parser("compression", help="recall cost of int8 / Matryoshka indexes, with and without fp16 rescoring")
     p.add_argument("--out", type=Path, default=Path("artifacts/benchmarks/compression.json"))
     p.add_argument("--repository", type=Path, default=Path("artifacts/model_repository"))

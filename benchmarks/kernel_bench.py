@@ -1,6 +1,7 @@
 """Kernel benchmarks: every ratio is measured side by side in one run, never asserted in a test.
 
-  python -m benchmarks topk-cpu      numpy / chunked top-k vs faiss-cpu IndexFlatIP (N=100k, D=384, fp32)
+  python -m benchmarks topk-cpu      numpy (OpenBLAS, + torch's MKL for batches) / chunked top-k vs faiss-cpu
+                                     IndexFlatIP (N=100k, D=384, fp32), batches 1 to 64
   python -m benchmarks compression   recall cost of int8 / Matryoshka indexes with and without rescoring
   python -m benchmarks gpu-kernels   pooling bandwidth vs device copy and vs torch eager; top-k vs FAISS GPU
                                      and torch.topk (needs CUDA; refuses without)
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import median_seconds
-from model_repository.runtime.provenance import machine, pyplot
+from model_repository.runtime.provenance import git_commit, machine, pyplot
 
 
 def _unit(rng, n: int, d: int) -> np.ndarray:
@@ -27,10 +28,19 @@ def _unit(rng, n: int, d: int) -> np.ndarray:
 
 def _header(kind: str, command: str) -> dict:
     return {"benchmark": kind, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": command, "machine": machine()}
+            "command": command, "git_commit": git_commit(), "machine": machine()}
 
 
-def topk_cpu(out: Path, n: int = 100_000, d: int = 384, batches=(1, 64), ks=(10, 100), repeats: int = 15) -> dict:
+def topk_cpu(out: Path, n: int = 100_000, d: int = 384, batches=(1, 2, 4, 8, 16, 64), ks=(10, 100), repeats: int = 9,
+             rounds: int = 3) -> dict:
+    """Every CPU search against faiss-cpu ``IndexFlatIP`` on the same vectors, in the same process.
+
+    Rounds run the implementations interleaved (a round visits every cell once); a cell's figure is
+    the median of its rounds' medians, with their min and max. Pin the process to one core
+    (``taskset -c 0``) to measure what one core of a serving machine does; the affinity is recorded.
+    """
+    import os
+
     import faiss
 
     from kernels.topk import NumpyTopK
@@ -40,35 +50,79 @@ def topk_cpu(out: Path, n: int = 100_000, d: int = 384, batches=(1, 64), ks=(10,
     index = _unit(rng, n, d)
     flat = faiss.IndexFlatIP(d)
     flat.add(index)
-    ours = {"numpy": NumpyTopK(index), "chunked": ChunkedTopK(index, store_dtype=np.float32)}
+    impls = {"faiss": lambda q, k: flat.search(q, k)[::-1],  # faiss returns (scores, ids)
+             "numpy": NumpyTopK(index, gemm="numpy").search,  # OpenBLAS for every batch
+             "numpy+torch": NumpyTopK(index).search,  # the served default: OpenBLAS GEMV for 1, MKL GEMM for 2+
+             "chunked": ChunkedTopK(index, store_dtype=np.float32).search}
+    cells = [(b, k, _unit(rng, b, d)) for b in batches for k in ks]
+    times = {(b, k, name): [] for b, k, _ in cells for name in impls}
+    agreement = {}
+    for r in range(rounds):
+        for b, k, queries in cells:
+            ref_ids = flat.search(queries, k)[1]
+            for name, search in impls.items():
+                ids, _ = search(queries, k)
+                agreement[(b, k, name)] = float(np.mean([len(set(a) & set(x)) / k for a, x in zip(ids, ref_ids)]))
+                times[(b, k, name)].append(1e3 * median_seconds(lambda: search(queries, k), repeats))
+        print(f"[topk-cpu] round {r + 1}/{rounds} done", flush=True)
     rows = []
-    for b in batches:
-        queries = _unit(rng, b, d)
-        for k in ks:
-            _, ref_ids = flat.search(queries, k)  # faiss returns (scores, ids)
-            row = {"batch": b, "k": k, "faiss_ms": 1e3 * median_seconds(lambda: flat.search(queries, k), repeats)}
-            for name, impl in ours.items():
-                ids, _ = impl.search(queries, k)
-                agree = float(np.mean([len(set(a) & set(r)) / k for a, r in zip(ids, ref_ids)]))
-                row[f"{name}_ms"] = 1e3 * median_seconds(lambda impl=impl: impl.search(queries, k), repeats)
-                row[f"{name}_speedup_vs_faiss"] = row["faiss_ms"] / row[f"{name}_ms"]
-                row[f"{name}_agreement_with_faiss"] = agree
-            rows.append(row)
-            print(json.dumps({k_: round(v, 3) if isinstance(v, float) else v for k_, v in row.items()}), flush=True)
+    for b, k, _ in cells:
+        row = {"batch": b, "k": k}
+        for name in impls:
+            ms = times[(b, k, name)]
+            row[f"{name}_ms"], row[f"{name}_ms_min"], row[f"{name}_ms_max"] = float(np.median(ms)), min(ms), max(ms)
+            row[f"{name}_agreement_with_faiss"] = agreement[(b, k, name)]
+        for name in impls:
+            row[f"{name}_speedup_vs_faiss"] = row["faiss_ms"] / row[f"{name}_ms"]
+        row["torch_vs_openblas_speedup"] = row["numpy_ms"] / row["numpy+torch_ms"]
+        rows.append(row)
+        print(json.dumps({k_: round(v, 3) if isinstance(v, float) else v for k_, v in row.items()}), flush=True)
     result = {**_header("topk-cpu", f"python -m benchmarks topk-cpu --out {out}"),
-              "sizes": {"n": n, "d": d, "dtype": "float32"}, "faiss": faiss.__version__, "rows": rows}
+              "sizes": {"n": n, "d": d, "dtype": "float32", "batches": list(batches), "ks": list(ks)},
+              "timing": {"rounds": rounds, "repeats_per_round": repeats, "figure": "median of the rounds' medians"},
+              "cpus_allowed": sorted(os.sched_getaffinity(0)), "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
+              "implementations": {"numpy": "NumpyTopK(gemm='numpy'): numpy @ (OpenBLAS) for every batch",
+                                  "numpy+torch": "NumpyTopK(): OpenBLAS GEMV for one query, torch.mm (MKL) for 2+",
+                                  "chunked": "ChunkedTopK: the GPU algorithm on numpy, fp32 store"},
+              "rows": rows}
     _write(out, result, _topk_markdown(result))
+    _plot_topk(result, out.with_suffix(".png"))
     return result
 
 
 def _topk_markdown(r: dict) -> str:
-    lines = [f"CPU top-k, N={r['sizes']['n']}, D={r['sizes']['d']}, fp32 ({r['date']}, {r['machine']['cpu_count']} CPUs)", "",
-             "| batch | k | faiss IndexFlatIP ms | numpy ms | numpy / faiss speed | chunked ms | chunked / faiss speed |",
-             "|---|---|---|---|---|---|---|"]
+    names = ("faiss", "numpy", "numpy+torch", "chunked")
+    lines = [f"CPU top-k, N={r['sizes']['n']}, D={r['sizes']['d']}, fp32 ({r['date']}, CPUs allowed {r['cpus_allowed']}, "
+             f"faiss threads {r['faiss_threads']}; median of {r['timing']['rounds']} rounds [min-max])", "",
+             "| batch | k | " + " | ".join(f"{n} ms" for n in names) + " | numpy+torch / faiss speed | numpy+torch / numpy speed |",
+             "|---|---|" + "---|" * (len(names) + 2)]
     for x in r["rows"]:
-        lines.append(f"| {x['batch']} | {x['k']} | {x['faiss_ms']:.2f} | {x['numpy_ms']:.2f} | {x['numpy_speedup_vs_faiss']:.2f}x "
-                     f"| {x['chunked_ms']:.2f} | {x['chunked_speedup_vs_faiss']:.2f}x |")
+        cells = " | ".join(f"{x[f'{n}_ms']:.2f} [{x[f'{n}_ms_min']:.2f}-{x[f'{n}_ms_max']:.2f}]" for n in names)
+        lines.append(f"| {x['batch']} | {x['k']} | {cells} | {x['numpy+torch_speedup_vs_faiss']:.2f}x | {x['torch_vs_openblas_speedup']:.2f}x |")
+    worst = min(min(x[f"{n}_agreement_with_faiss"] for n in names) for x in r["rows"])
+    lines += ["", f"Lowest agreement of any implementation's ids with faiss's, any cell: {worst:.4f}."]
     return "\n".join(lines) + "\n"
+
+
+def _plot_topk(result: dict, path: Path) -> None:
+    plt = pyplot()
+    k = result["sizes"]["ks"][0]
+    rows = [x for x in result["rows"] if x["k"] == k]
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name in ("faiss", "numpy", "numpy+torch", "chunked"):
+        ax.errorbar([x["batch"] for x in rows], [x[f"{name}_ms"] / x["batch"] for x in rows],
+                    yerr=[[(x[f"{name}_ms"] - x[f"{name}_ms_min"]) / x["batch"] for x in rows],
+                          [(x[f"{name}_ms_max"] - x[f"{name}_ms"]) / x["batch"] for x in rows]], marker="o", capsize=2, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("queries per search (batch)")
+    ax.set_ylabel("ms per query (lower is better)")
+    ax.set_title(f"CPU top-{k}, {result['sizes']['n']:,} x {result['sizes']['d']} fp32, CPUs {result['cpus_allowed']}", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def compression(out: Path, index_dir: Path, queries: list[str], pipeline, k: int = 10) -> dict:

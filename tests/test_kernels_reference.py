@@ -108,6 +108,23 @@ def test_topk_batched_equals_one_at_a_time():
         np.testing.assert_allclose(scores[row], one_scores[0], rtol=1e-6, atol=1e-6)
 
 
+def test_topk_batches_score_through_torch_and_agree_with_numpy():
+    """A batch of 2+ goes through torch's GEMM (the fast one for a few columns); one query through numpy's GEMV."""
+    rng = np.random.default_rng(7)
+    index = rng.standard_normal((5000, 64)).astype(np.float32)
+    fast, plain = NumpyTopK(index), NumpyTopK(index, gemm="numpy")
+    assert (fast.gemm, plain.gemm) == ("numpy+torch", "numpy")
+    for q in (1, 2, 5, 64):
+        queries = rng.standard_normal((q, 64)).astype(np.float32)
+        np.testing.assert_allclose(fast.scores(queries), queries @ index.T, rtol=1e-5, atol=1e-5)
+        ids, scores = fast.search(queries, 10)
+        ref_ids, ref_scores = plain.search(queries, 10)
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"gemm must be one of \['auto', 'numpy'\]; got 'mkl'"):
+        NumpyTopK(index, gemm="mkl")
+
+
 @pytest.mark.parametrize("k", [0, -1, 11])
 def test_topk_rejects_k_out_of_range(k):
     topk = NumpyTopK(np.eye(10, dtype=np.float32))
@@ -118,3 +135,19 @@ def test_topk_rejects_k_out_of_range(k):
 def test_topk_rejects_wrong_dimension():
     with pytest.raises(ValueError, match=r"queries must be \(Q, 10\); got shape \(1, 9\)"):
         NumpyTopK(np.eye(10, dtype=np.float32)).search(np.ones((1, 9), dtype=np.float32), 1)
+
+
+def test_topk_cpu_benchmark_runs_every_search_and_they_agree(tmp_path):
+    """The benchmark behind the README's CPU search table: every implementation answers as faiss does."""
+    pytest.importorskip("faiss")
+    from benchmarks import kernel_bench
+
+    out = tmp_path / "topk-cpu.json"
+    result = kernel_bench.topk_cpu(out, n=3000, d=32, batches=(1, 3), ks=(5,), repeats=2, rounds=2)
+    assert [(r["batch"], r["k"]) for r in result["rows"]] == [(1, 5), (3, 5)]
+    for row in result["rows"]:
+        for name in ("faiss", "numpy", "numpy+torch", "chunked"):
+            assert row[f"{name}_agreement_with_faiss"] == 1.0
+            assert row[f"{name}_ms_min"] <= row[f"{name}_ms"] <= row[f"{name}_ms_max"]
+    assert result["timing"]["rounds"] == 2 and result["cpus_allowed"]
+    assert out.with_suffix(".png").stat().st_size > 0 and "numpy+torch" in out.with_suffix(".md").read_text()
