@@ -46,6 +46,7 @@ def topk_cpu(out: Path, n: int = 100_000, d: int = 384, batches=(1, 2, 4, 8, 16,
     from kernels.topk import NumpyTopK
     from kernels.topk_chunked import ChunkedTopK
 
+    header = _header("topk-cpu", f"python -m benchmarks topk-cpu --n {n} --rounds {rounds} --out {out}")  # the commit that runs, not the one at the end
     rng = np.random.default_rng(0)
     index = _unit(rng, n, d)
     flat = faiss.IndexFlatIP(d)
@@ -77,7 +78,7 @@ def topk_cpu(out: Path, n: int = 100_000, d: int = 384, batches=(1, 2, 4, 8, 16,
         row["torch_vs_openblas_speedup"] = row["numpy_ms"] / row["numpy+torch_ms"]
         rows.append(row)
         print(json.dumps({k_: round(v, 3) if isinstance(v, float) else v for k_, v in row.items()}), flush=True)
-    result = {**_header("topk-cpu", f"python -m benchmarks topk-cpu --out {out}"),
+    result = {**header,
               "sizes": {"n": n, "d": d, "dtype": "float32", "batches": list(batches), "ks": list(ks)},
               "timing": {"rounds": rounds, "repeats_per_round": repeats, "figure": "median of the rounds' medians"},
               "cpus_allowed": sorted(os.sched_getaffinity(0)), "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),

@@ -80,6 +80,7 @@ class ServingSettings:
     # refusal p99 4.5-4.7 ms at nice 19 against 5.4-5.5 ms at nice 10, the same goodput
     # (benchmarks/results/overload-default-2026-11-24/nice-exploration/).
     encoder_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend query_encoder: nice value its stub takes at load, 0-19 (0: unchanged; -1: auto, 19 on cpu, 0 on gpu)"})
+    topk_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend mips_topk: nice value its stub takes at load, 0-19 (0: unchanged; -1: auto, 0)"})
     admission_ttl_s: float = dataclasses.field(default=5.0, metadata={"help": "an admitted request that never reaches pooling (cancelled, a stub killed) stops counting after this long"})
     encoder_batching: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: dynamic (Triton's dynamic batcher merges queued requests) or sequential (one request per execution, in arrival order; no batcher); auto: dynamic on gpu or with a queue policy, sequential on cpu"})
     # Opt-in: ONNX Runtime's dynamic int8 quantization of the query encoder (build/quantize.py);
@@ -125,9 +126,11 @@ class ServingSettings:
         if pooling_step not in POOLING_STEPS or (pooling_step == "encoder" and not fusable):
             raise ValueError(f"pooling_step must be one of {list(POOLING_STEPS)} ('encoder' needs the onnx encoder and numpy "
                              f"pooling); got {pooling_step!r} with encoder {encoder!r} and pooling {pool!r}")
-        if not -1 <= self.encoder_nice <= 19:
-            raise ValueError(f"encoder_nice must be in [0, 19], or -1 for auto; got {self.encoder_nice}")
+        for knob in ("encoder_nice", "topk_nice"):
+            if not -1 <= getattr(self, knob) <= 19:
+                raise ValueError(f"{knob} must be in [0, 19], or -1 for auto; got {getattr(self, knob)}")
         nice = self.encoder_nice if self.encoder_nice >= 0 else (0 if gpu else 19)
+        topk_nice = max(self.topk_nice, 0)
         if self.admission_max_rows < -1 or self.admission_ttl_s <= 0:
             raise ValueError(f"admission_max_rows must be >= 0 (or -1 for auto) and admission_ttl_s > 0; "
                              f"got {self.admission_max_rows} and {self.admission_ttl_s}")
@@ -137,7 +140,8 @@ class ServingSettings:
                 "encoder_implementation": encoder, "encoder_device": "cuda" if gpu else "cpu",
                 "encoder_dtype": "float16" if gpu else "float32", "encoder_cuda_graphs": self.encoder_cuda_graphs if gpu else 0,
                 "encoder_batch_buckets": ",".join(map(str, buckets)), "encoder_batching": batching, "max_queue_delay_us": delay,
-                "pooling_step": pooling_step, "admission_max_rows": admission, "encoder_nice": nice}
+                "pooling_step": pooling_step, "admission_max_rows": admission, "encoder_nice": nice,
+                "topk_nice": topk_nice}
 
 
 def _t(name: str, dtype: str, dims: str) -> dict:

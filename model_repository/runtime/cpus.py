@@ -28,3 +28,13 @@ def cpus_allowed(pid: int) -> str:
         if line.startswith("Cpus_allowed_list:"):
             return line.split(":", 1)[1].strip()
     return "?"
+
+
+def take_nice(model: str, nice: int, log) -> None:
+    """Set this process's nice value (absolute: a reload in the same process does not add up).
+
+    Call it before the engine's threads exist: they inherit it. 0 leaves it unchanged.
+    """
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        log(f"{model}: nice {os.getpriority(os.PRIO_PROCESS, 0)}")

@@ -21,6 +21,7 @@ from kernels.topk_chunked import ChunkedTopK, cupy_topk
 from kernels.topk_torch import TorchTopK
 from runtime import InvalidInput
 from runtime.adapter import execute_batched, input_tensor, version_folder
+from runtime.cpus import take_nice
 from runtime.index import load_index, snippet
 from runtime.params import ModelParams
 from runtime.placement import Placement
@@ -31,6 +32,7 @@ IMPLEMENTATIONS = {"numpy": NumpyTopK, "chunked": ChunkedTopK, "cupy": cupy_topk
 class TritonPythonModel:
     def initialize(self, args):
         params = ModelParams(args["model_config"])
+        take_nice("mips_topk", params.int("nice"), pb_utils.Logger.log_info)
         self.input_names = [i["name"] for i in params.config["input"]]  # embedding, k
         self.output_names = params.output_names()
         self.index = load_index(f"{version_folder(args)}/{params.str('index_dir')}", params.str("query_tower_fingerprint"), mmap=True)

@@ -17,8 +17,6 @@ answer is cut back to its own length. In NVIDIA's container the GPU flavour is a
 TensorRT plan served by Triton's tensorrt backend, with no python at all
 (``build/tensorrt.py``).
 """
-import os
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -26,6 +24,7 @@ from kernels.pooling import Pooling, pool_normalize_reference
 from runtime import InvalidInput
 from runtime.adapter import execute_batched, input_array, version_folder
 from runtime.admission import Admission, table_path
+from runtime.cpus import take_nice
 from runtime.files import verify_artifacts
 from runtime.params import ModelParams
 from runtime.placement import Placement
@@ -50,10 +49,7 @@ class TritonPythonModel:
         implementation = params.optional("implementation", "onnx")
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"query_encoder: implementation must be one of {list(IMPLEMENTATIONS)}; got {implementation!r}")
-        nice = params.int("nice")
-        if nice:  # absolute (a reload in the same process does not add up), before the engine's threads exist: they inherit it
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
-            pb_utils.Logger.log_info(f"query_encoder: nice {os.getpriority(os.PRIO_PROCESS, 0)}")
+        take_nice("query_encoder", params.int("nice"), pb_utils.Logger.log_info)
         folder = version_folder(args)
         verify_artifacts(folder)  # the ONNX graph or the tower's weights, against the sha256 rendered with them
         if implementation == "torch":
