@@ -80,6 +80,9 @@ class ServingSettings:
     # refusal p99 4.5-4.7 ms at nice 19 against 5.4-5.5 ms at nice 10, the same goodput
     # (benchmarks/results/overload-default-2026-11-24/nice-exploration/).
     encoder_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend query_encoder: nice value its stub takes at load, 0-19 (0: unchanged; -1: auto, 19 on cpu, 0 on gpu)"})
+    # OpenBLAS's SGEMM with a few columns scored 2 queries of a 100k-row index in 60 ms where one took
+    # 15 ms (one core); torch's MKL GEMM takes 22 ms (benchmarks/results/topk-cpu-2026-11-24/).
+    topk_gemm: str = dataclasses.field(default="auto", metadata={"help": "mips_topk numpy: auto (OpenBLAS GEMV for one query, torch's MKL GEMM for 2+) or numpy (OpenBLAS for every batch)"})
     topk_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend mips_topk: nice value its stub takes at load, 0-19 (0: unchanged; -1: auto, 0)"})
     admission_ttl_s: float = dataclasses.field(default=5.0, metadata={"help": "an admitted request that never reaches pooling (cancelled, a stub killed) stops counting after this long"})
     encoder_batching: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: dynamic (Triton's dynamic batcher merges queued requests) or sequential (one request per execution, in arrival order; no batcher); auto: dynamic on gpu or with a queue policy, sequential on cpu"})
@@ -131,6 +134,8 @@ class ServingSettings:
                 raise ValueError(f"{knob} must be in [0, 19], or -1 for auto; got {getattr(self, knob)}")
         nice = self.encoder_nice if self.encoder_nice >= 0 else (0 if gpu else 19)
         topk_nice = max(self.topk_nice, 0)
+        if self.topk_gemm not in ("auto", "numpy"):
+            raise ValueError(f"topk_gemm must be one of ['auto', 'numpy']; got {self.topk_gemm!r}")
         if self.admission_max_rows < -1 or self.admission_ttl_s <= 0:
             raise ValueError(f"admission_max_rows must be >= 0 (or -1 for auto) and admission_ttl_s > 0; "
                              f"got {self.admission_max_rows} and {self.admission_ttl_s}")

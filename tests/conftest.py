@@ -16,6 +16,7 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from model_repository.launcher import ServerConfig, TritonServer, free_port  # noqa: E402
@@ -119,3 +120,15 @@ def retrieval(server):
 
     with RetrievalClient(server.grpc_url) as client:
         yield client
+
+
+def assert_same_ranking(ids_a, scores_a, ids_b, scores_b, atol: float = 1e-6) -> None:
+    """Equal top-k answers up to the order of near-ties: scores agree within ``atol``, and where the ids
+    differ, the score at that rank is within ``atol`` of another rank's (two BLAS libraries round a
+    dot product differently, so documents tied to ~1e-7 may swap)."""
+    scores_a, scores_b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    np.testing.assert_allclose(scores_a, scores_b, rtol=0, atol=atol)
+    for row, (ra, sa, rb) in enumerate(zip(np.asarray(ids_a), scores_a, np.asarray(ids_b))):
+        for j in np.flatnonzero(ra != rb):
+            assert (np.abs(sa - sa[j]) <= atol).sum() > 1, (
+                f"row {row}, rank {j}: id {ra[j]} against {rb[j]} (score {sa[j]:.7f}), and no near-tie explains it")

@@ -63,8 +63,11 @@ class TritonPythonModel:
                 self.search = RescoringTopK(self.index.rows, c["kind"], c["codes"], c["scales"], c["rescore"], xp=self.xp)
                 implementation = f"{implementation}+{c['kind']}(rescore {c['rescore']})"
             else:
-                vectors = self.index.embeddings if implementation == "numpy" else self.index.rows.float16()  # no fp32 copy
-                self.search = IMPLEMENTATIONS[implementation](vectors)
+                if implementation == "numpy":  # the float32 copy; which BLAS scores a batch (kernels/topk.py)
+                    self.search = NumpyTopK(self.index.embeddings, gemm=params.optional("gemm", "auto"))
+                    implementation = f"numpy(gemm {self.search.gemm})"
+                else:
+                    self.search = IMPLEMENTATIONS[implementation](self.index.rows.float16())  # no fp32 copy
             self.search.search(self.xp.zeros((1, self.search.dim), dtype=self.xp.float32), 1)  # warm: kernels, cuBLAS handle
         # One shard of a sharded index ("i/n"): answer with global ids, and at most the
         # shard's own rows; topk_merge checks k against the whole index.
