@@ -83,7 +83,7 @@ class ServingSettings:
     # OpenBLAS's SGEMM with a few columns scored 2 queries of a 100k-row index in 60 ms where one took
     # 15 ms (one core); torch's MKL GEMM takes 22 ms (benchmarks/results/topk-cpu-2026-11-24/).
     topk_gemm: str = dataclasses.field(default="auto", metadata={"help": "mips_topk numpy: auto (OpenBLAS GEMV for one query, torch's MKL GEMM for 2+) or numpy (OpenBLAS for every batch)"})
-    topk_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend mips_topk: nice value its stub takes at load, 0-19 (0: unchanged; -1: auto, 0)"})
+    topk_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend mips_topk: nice value its stub takes at load, 0-19, or 20 for SCHED_IDLE (0: unchanged; -1: auto, 0)"})
     admission_ttl_s: float = dataclasses.field(default=5.0, metadata={"help": "an admitted request that never reaches pooling (cancelled, a stub killed) stops counting after this long"})
     encoder_batching: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: dynamic (Triton's dynamic batcher merges queued requests) or sequential (one request per execution, in arrival order; no batcher); auto: dynamic on gpu or with a queue policy, sequential on cpu"})
     # Opt-in: ONNX Runtime's dynamic int8 quantization of the query encoder (build/quantize.py);
@@ -129,9 +129,9 @@ class ServingSettings:
         if pooling_step not in POOLING_STEPS or (pooling_step == "encoder" and not fusable):
             raise ValueError(f"pooling_step must be one of {list(POOLING_STEPS)} ('encoder' needs the onnx encoder and numpy "
                              f"pooling); got {pooling_step!r} with encoder {encoder!r} and pooling {pool!r}")
-        for knob in ("encoder_nice", "topk_nice"):
-            if not -1 <= getattr(self, knob) <= 19:
-                raise ValueError(f"{knob} must be in [0, 19], or -1 for auto; got {getattr(self, knob)}")
+        for knob, top in (("encoder_nice", 19), ("topk_nice", 20)):
+            if not -1 <= getattr(self, knob) <= top:
+                raise ValueError(f"{knob} must be in [0, {top}], or -1 for auto; got {getattr(self, knob)}")
         nice = self.encoder_nice if self.encoder_nice >= 0 else (0 if gpu else 19)
         topk_nice = max(self.topk_nice, 0)
         if self.topk_gemm not in ("auto", "numpy"):

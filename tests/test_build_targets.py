@@ -119,7 +119,7 @@ def test_admission_and_encoder_nice_are_checked():
     assert ServingSettings(topk_nice=12).resolved()["topk_nice"] == 12
     with pytest.raises(ValueError, match=r"topk_gemm must be one of \['auto', 'numpy'\]; got 'blas'"):
         ServingSettings(topk_gemm="blas").resolved()
-    with pytest.raises(ValueError, match=r"topk_nice must be in \[0, 19\], or -1 for auto; got -3"):
+    with pytest.raises(ValueError, match=r"topk_nice must be in \[0, 20\], or -1 for auto; got -3"):
         ServingSettings(topk_nice=-3).resolved()
 
 
