@@ -167,18 +167,21 @@ def test_the_dynamic_batching_encoder_merges_requests_and_each_equals_the_reques
 def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_rest(repository, render_info, queries, tmp_path):
     """--admission-max-rows 2: of a burst, the requests that would put more than 2 rows before
     pooling get UNAVAILABLE naming the limit; every admitted one equals the request alone; every
-    ticket comes back; the server goes on serving. (--encoder-nice 7 and --topk-nice 3: their stubs run at those.)"""
+    ticket comes back; the server goes on serving. (--encoder-nice 7: its stub runs at nice 7; --topk-nice 20: the
+    search's stub runs under SCHED_IDLE.)"""
     from benchmarks import openloop
     from benchmarks.procs import server_processes
     from model_repository.runtime.admission import Admission, table_path
     from tests.conftest import render_variant, start_server
 
-    render_variant(tmp_path / "repo", render_info, admission_max_rows=2, encoder_nice=7, topk_nice=3)
+    render_variant(tmp_path / "repo", render_info, admission_max_rows=2, encoder_nice=7, topk_nice=20)
     server = start_server(tmp_path / "repo", tmp_path / "work")
     try:
         stubs = server_processes(server.grpc_url)
         assert {name: os.getpriority(os.PRIO_PROCESS, pid) for name, pid in stubs.items() if name != "tritonserver"} == {
-            "stub:tokenizer_0_0": 0, "stub:query_encoder_0_0": 7, "stub:mips_topk_0_0": 3}  # the CPU encoder pools
+            "stub:tokenizer_0_0": 0, "stub:query_encoder_0_0": 7, "stub:mips_topk_0_0": 0}  # the CPU encoder pools
+        assert os.sched_getscheduler(stubs["stub:mips_topk_0_0"]) == os.SCHED_IDLE
+        assert os.sched_getscheduler(stubs["stub:query_encoder_0_0"]) == os.SCHED_OTHER
         client = grpcclient.InferenceServerClient(server.grpc_url)
         texts = queries[:32]
         alone = [client.infer("retrieve", retrieve_request([t], 5)) for t in texts]  # one at a time: all admitted
