@@ -31,6 +31,9 @@ def _header(kind: str, command: str) -> dict:
             "command": command, "git_commit": git_commit(), "machine": machine()}
 
 
+TOPK_CPU_SEARCHES = ("faiss", "numpy", "numpy+torch", "chunked")  # topk_cpu's implementations, in its tables' order
+
+
 def topk_cpu(out: Path, n: int = 100_000, d: int = 384, batches=(1, 2, 4, 8, 16, 64), ks=(10, 100), repeats: int = 9,
              rounds: int = 3) -> dict:
     """Every CPU search against faiss-cpu ``IndexFlatIP`` on the same vectors, in the same process.
@@ -92,7 +95,7 @@ def topk_cpu(out: Path, n: int = 100_000, d: int = 384, batches=(1, 2, 4, 8, 16,
 
 
 def _topk_markdown(r: dict) -> str:
-    names = ("faiss", "numpy", "numpy+torch", "chunked")
+    names = TOPK_CPU_SEARCHES
     lines = [f"CPU top-k, N={r['sizes']['n']}, D={r['sizes']['d']}, fp32 ({r['date']}, CPUs allowed {r['cpus_allowed']}, "
              f"faiss threads {r['faiss_threads']}; median of {r['timing']['rounds']} rounds [min-max])", "",
              "| batch | k | " + " | ".join(f"{n} ms" for n in names) + " | numpy+torch / faiss speed | numpy+torch / numpy speed |",
@@ -110,7 +113,7 @@ def _plot_topk(result: dict, path: Path) -> None:
     k = result["sizes"]["ks"][0]
     rows = [x for x in result["rows"] if x["k"] == k]
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for name in ("faiss", "numpy", "numpy+torch", "chunked"):
+    for name in TOPK_CPU_SEARCHES:
         ax.errorbar([x["batch"] for x in rows], [x[f"{name}_ms"] / x["batch"] for x in rows],
                     yerr=[[(x[f"{name}_ms"] - x[f"{name}_ms_min"]) / x["batch"] for x in rows],
                           [(x[f"{name}_ms_max"] - x[f"{name}_ms"]) / x["batch"] for x in rows]], marker="o", capsize=2, label=name)

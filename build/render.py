@@ -20,6 +20,7 @@ import jinja2
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from kernels.topk import NumpyTopK
 from model_repository.runtime.files import atomic_folder, write_artifacts_manifest
 from model_repository.runtime.index import resident_bytes
 
@@ -134,8 +135,8 @@ class ServingSettings:
                 raise ValueError(f"{knob} must be in [0, {top}], or -1 for auto; got {getattr(self, knob)}")
         nice = self.encoder_nice if self.encoder_nice >= 0 else (0 if gpu else 19)
         topk_nice = max(self.topk_nice, 0)
-        if self.topk_gemm not in ("auto", "numpy"):
-            raise ValueError(f"topk_gemm must be one of ['auto', 'numpy']; got {self.topk_gemm!r}")
+        if self.topk_gemm not in NumpyTopK.GEMMS:
+            raise ValueError(f"topk_gemm must be one of {list(NumpyTopK.GEMMS)}; got {self.topk_gemm!r}")
         if self.admission_max_rows < -1 or self.admission_ttl_s <= 0:
             raise ValueError(f"admission_max_rows must be >= 0 (or -1 for auto) and admission_ttl_s > 0; "
                              f"got {self.admission_max_rows} and {self.admission_ttl_s}")

@@ -70,10 +70,10 @@ class NumpyTopK(TopK):
         if gemm == "auto":
             try:
                 import torch
-            except ImportError:  # numpy alone: correct, slower for batches
-                torch = None
-            if torch is not None:
+
                 self.torch, self.index_t = torch, torch.from_numpy(self.index)  # shares the memory
+            except ImportError:  # numpy alone: correct, slower for batches
+                pass
         self.gemm = "numpy+torch" if self.torch else "numpy"
 
     def scores(self, queries: np.ndarray) -> np.ndarray:

@@ -5,10 +5,10 @@ another query tower, or a failed checksum, refuses the load. All valid requests 
 a dynamic batch share one search at the largest k asked for.
 
 The implementation is chosen explicitly by the config parameter ``implementation``:
-``numpy`` (one GEMM + argpartition, CPU), ``chunked`` (kernels/topk_chunked.py on
-numpy, CPU), ``cupy`` (the same chunked algorithm on the GPU: the index moves to
-the GPU once at load, query embeddings arrive by DLPack; only the k ids and scores
-per query come back to the host, to look up titles) or ``torch`` (kernels/topk_torch.py,
+``numpy`` (one GEMM + argpartition, CPU; torch's MKL scores a batch of 2+), ``chunked``
+(kernels/topk_chunked.py on numpy, CPU), ``cupy`` (the same chunked algorithm on the GPU:
+the index moves to the GPU once at load, query embeddings arrive by DLPack; only the k ids
+and scores per query come back to the host, to look up titles) or ``torch`` (kernels/topk_torch.py,
 the GPU search where CuPy cannot run beside the stub's numpy 1.x). ``cupy`` without a CUDA device
 refuses to load; each instance searches on the GPU Triton gave it
 (``runtime.placement``), so the shards of a sharded index sit on their own GPUs.
