@@ -114,6 +114,19 @@ def test_topk_batches_score_through_torch_and_agree_with_numpy():
     index = rng.standard_normal((5000, 64)).astype(np.float32)
     fast, plain = NumpyTopK(index), NumpyTopK(index, gemm="numpy")
     assert (fast.gemm, plain.gemm) == ("numpy+torch", "numpy")
+    import torch
+
+    columns = []
+
+    class CountingTorch:  # torch, with its GEMM counted: which batches take that path
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        def mm(self, a, b):
+            columns.append(b.shape[1])
+            return torch.mm(a, b)
+
+    fast.torch = CountingTorch()
     for q in (1, 2, 5, 64):
         queries = rng.standard_normal((q, 64)).astype(np.float32)
         np.testing.assert_allclose(fast.scores(queries), queries @ index.T, rtol=1e-5, atol=1e-5)
@@ -121,6 +134,7 @@ def test_topk_batches_score_through_torch_and_agree_with_numpy():
         ref_ids, ref_scores = plain.search(queries, 10)
         np.testing.assert_array_equal(ids, ref_ids)
         np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    assert columns == [2, 2, 5, 5, 64, 64], "(scores, then search) one query goes through numpy's GEMV, every batch of 2+ through torch's GEMM"
     with pytest.raises(ValueError, match=r"gemm must be one of \['auto', 'numpy'\]; got 'mkl'"):
         NumpyTopK(index, gemm="mkl")
 
