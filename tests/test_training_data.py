@@ -46,6 +46,10 @@ def test_no_held_out_query_or_document_in_training_or_distillation(data):
             # An independent check without normalisation: not one query verbatim.
             verbatim = {q["query"] for q in read_rows(queries)} & (raw["training queries"] | raw["distillation text"])
             assert not verbatim, f"{held_name}-{split}: {sorted(verbatim)[:3]}"
+    # Sentences cut from the Python docs come from outside the FAQ set's corpus, distractors included.
+    faq_text = "\x00".join(d["text"] for d in read_rows(data / "faq_corpus.jsonl"))
+    sentences = [r["query"] for r in read_rows(data / "distill_queries.jsonl") if r["source"] == "python-doc-sentence"]
+    assert sentences and not [s for s in sentences if s in faq_text]
 
 
 def test_dev_and_test_share_no_query_and_the_splits_are_real(data):
@@ -55,9 +59,10 @@ def test_dev_and_test_share_no_query_and_the_splits_are_real(data):
         assert dev and test and not dev & test
     manifest = json.loads((data / "manifest.json").read_text())
     counts = manifest["distillation_sources"]["counts"]
-    assert set(counts) == {"debian-short", "python-doc-title", "python-doc-question", "python-doc-index-term",
-                           "foldoc-headword"}
+    assert set(counts) == {"debian-short", "debian-long-sentence", "python-doc-title", "python-doc-question",
+                           "python-doc-sentence", "python-doc-index-term", "foldoc-headword", "english-word", "debian-faq-question"}
     assert min(counts.values()) >= 20 and sum(counts.values()) - counts["debian-short"] > 10_000, counts
+    assert counts["english-word"] > 50_000 and counts["debian-faq-question"] > 80, counts
 
 
 def test_clusters_join_packages_that_share_a_description():
@@ -90,14 +95,37 @@ def test_wordnet_parse_and_held_out_set():
         assert set(q["relevance"]) == {s["id"] for s in many if s["lemmas"][0] == q["query"]} <= ids
 
 
-def test_distillation_mix_keeps_small_sources_whole(tmp_path):
+def test_distillation_mix_keeps_small_sources_whole_and_shares_the_rest(tmp_path):
     path = tmp_path / "q.jsonl"
-    rows = [{"query": f"{s}-{i}", "source": s} for s, n in (("big", 100), ("small", 5), ("mid", 10)) for i in range(n)]
+    rows = [{"query": f"{s}-{i}", "source": s} for s, n in (("big", 100), ("small", 5), ("mid", 10), ("large", 60)) for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     texts, counts = stage2.distillation_queries(Path("unused"), 50, 0, path)
-    assert counts == {"small": 5, "mid": 10, "big": 35} and len(set(texts)) == 50
+    assert counts == {"small": 5, "mid": 10, "large": 17, "big": 18} and len(set(texts)) == 50
     again, _ = stage2.distillation_queries(Path("unused"), 50, 0, path)
     assert again == texts
+    _, counts = stage2.distillation_queries(Path("unused"), 1000, 0, path)
+    assert counts == {"small": 5, "mid": 10, "large": 60, "big": 100}  # a budget beyond the text takes it all
+
+
+def test_held_out_lemmas_hold_out_their_plurals_from_the_word_list():
+    rows = [{"query": w, "source": "english-word"} for w in ("ponies", "Kittens", "kitten", "boxes", "cat")]
+    rows += [{"query": "ponies", "source": "foldoc-headword"}]  # only the word list is matched by plural
+    kept, dropped = debian._drop_held_out(rows, ("query",), {"pony", "kitten", "box"})
+    assert [(r["query"], r["source"]) for r in kept] == [("cat", "english-word"), ("ponies", "foldoc-headword")] and dropped == 4
+
+
+def test_debian_faq_questions_come_from_the_table_of_contents_only():
+    text = ("Table of Contents\n\n1. Definitions\n    1.1. What is this FAQ?\n    1.5. What is the difference between\n"
+            "    Debian and others? Why should I choose Debian?\n2. Getting Debian\n    2.1. Where is it?\n"
+            "    2.2. Installation notes\n\nChapter\u00a01. Definitions\n\n    Please see Section 6.1, \u201cHow many are there?\n")
+    assert lexicons.parse_faq_questions(text) == ["What is this FAQ?", "What is the difference between Debian and others?",
+                                                  "Why should I choose Debian?", "Where is it?"]
+
+
+def test_first_sentence_of_a_long_description():
+    assert debian.first_sentence("Foo is a tool to frobnicate files. It is fast.") == "Foo is a tool to frobnicate files."
+    assert debian.first_sentence("Version 2.0 of foo e.g. frobnicates. More.") == "Version 2.0 of foo e.g. frobnicates."
+    assert debian.first_sentence("Too short. Yes.") is None
 
 
 def test_bootstrap_interval_brackets_the_mean():

@@ -22,8 +22,11 @@ Two more held-out sets, each split into dev and test: the Python FAQ
 title, among other documentation sections) and WordNet (lemma -> glosses,
 ``lexicons``). ``build_all`` writes every held-out set first and then removes every
 held-out query and relevant document, after normalisation, from the training pairs
-and the distillation text (``distill_queries.jsonl``: Debian short descriptions,
-Python doc section titles, question sentences and index terms, FOLDOC headwords).
+and the distillation text (``distill_queries.jsonl``: Debian short descriptions and
+the first sentence of the training split's long descriptions, Python doc section
+titles, question sentences, first sentences (outside the FAQ set's corpus) and index terms, FOLDOC headwords, SCOWL English words,
+the Debian FAQ's questions). Held-out WordNet lemmas also hold out their plurals
+from the word list.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from pathlib import Path
 
 from . import lexicons
 from .corpus import SOURCES, build_python_docs, fetch_deb, is_built, read_corpus, write_jsonl
-from .leaks import held_out_texts, normalise
+from .leaks import held_out_texts, normalise, read_rows
 from model_repository.runtime.files import sha256_file
 
 LISTS = Path("/var/lib/apt/lists")
@@ -302,20 +305,46 @@ def python_index_terms(deb: Path) -> list[str]:
     return sorted(set(terms))
 
 
-def distillation_texts(debian_train: list[dict], docs: list[dict], foldoc: list[str], index_terms: list[str]) -> list[dict]:
-    """Unlabelled query-like text for stage 2, by source (FAQ pages are never read)."""
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)][.!?]) (?=[A-Z])")
+
+
+def first_sentence(text: str) -> str | None:
+    """The first sentence of a long description, if it has 4 to 40 words."""
+    sentence = _SENTENCE_END.split(" ".join(text.split()), maxsplit=1)[0]
+    return sentence if 4 <= len(sentence.split()) <= 40 else None
+
+
+def distillation_texts(debian_train: list[dict], docs: list[dict], foldoc: list[str], index_terms: list[str],
+                       words: list[str] = (), faq_questions: list[str] = (), faq_corpus: list[dict] = ()) -> list[dict]:
+    """Unlabelled query-like text for stage 2, by source (Python FAQ pages are never read).
+
+    First sentences are taken only from documentation sections outside the FAQ set's
+    corpus (its distractors included), and none that occurs in that corpus's text.
+    """
+    faq_ids, faq_text = {d["id"] for d in faq_corpus}, "\x00".join(d["text"] for d in faq_corpus)
     rows = [{"query": r["short"], "source": "debian-short"} for r in debian_train]
+    rows += [{"query": s, "source": "debian-long-sentence"} for r in debian_train if (s := first_sentence(r["long"]))]
     pages = [d for d in docs if not d["id"].startswith("faq/")]
     rows += [{"query": d["title"], "source": "python-doc-title"} for d in pages]
     rows += [{"query": m, "source": "python-doc-question"} for d in pages for m in _QUESTION.findall(d["text"])
              if 4 <= len(m.split()) <= 30]
+    rows += [{"query": s, "source": "python-doc-sentence"} for d in pages
+             if d["id"] not in faq_ids and (s := first_sentence(d["text"])) and s not in faq_text]
     rows += [{"query": t, "source": "python-doc-index-term"} for t in index_terms]
     rows += [{"query": w, "source": "foldoc-headword"} for w in foldoc]
+    rows += [{"query": w, "source": "english-word"} for w in words]
+    rows += [{"query": q, "source": "debian-faq-question"} for q in faq_questions]
     return rows
 
 
 def _drop_held_out(rows: list[dict], fields: tuple[str, ...], held: set[str]) -> tuple[list[dict], int]:
-    kept = [r for r in rows if not any(normalise(r[f]) in held for f in fields)]
+    """Rows none of whose ``fields`` is held out; an English word also goes when it may be a held-out lemma's plural."""
+    def out(r: dict) -> bool:
+        if r.get("source") == "english-word":
+            return bool(lexicons.word_forms(normalise(r["query"])) & held)
+        return any(normalise(r[f]) in held for f in fields)
+
+    kept = [r for r in rows if not out(r)]
     return kept, len(rows) - len(kept)
 
 
@@ -333,8 +362,11 @@ def build_all(out: Path, cache: Path, corpus_size: int = 5000, test_queries: int
     train, dropped = _drop_held_out(train, ("short", "long"), held)
     write_jsonl(out / "train.jsonl", [{"query": r["short"], "positive": r["long"], "group": r["cluster"]} for r in train])
     foldoc, foldoc_source = lexicons.read_foldoc_headwords(cache)
+    words, words_source = lexicons.read_words(cache)
+    faq_questions, faq_source = lexicons.read_debian_faq_questions(cache)
     index_terms = python_index_terms(fetch_deb(cache))
-    distill, distill_dropped = _drop_held_out(distillation_texts(train, docs, foldoc, index_terms), ("query",), held)
+    distill, distill_dropped = _drop_held_out(
+        distillation_texts(train, docs, foldoc, index_terms, words, faq_questions, read_rows(out / "faq_corpus.jsonl")), ("query",), held)
     seen: set[str] = set()
     distill = [r for r in distill if not (normalise(r["query"]) in seen or seen.add(normalise(r["query"])))]
     write_jsonl(out / "distill_queries.jsonl", distill)
@@ -342,11 +374,17 @@ def build_all(out: Path, cache: Path, corpus_size: int = 5000, test_queries: int
     manifest["distillation_sources"] = {
         "counts": {s: sum(r["source"] == s for r in distill) for s in dict.fromkeys(r["source"] for r in distill)},
         "licences": {"debian-short": "Debian package descriptions (each package's own DFSG-free licence)",
+                     "debian-long-sentence": "Debian package descriptions (each package's own DFSG-free licence)",
+                     "english-word": words_source["licence"],
+                     "debian-faq-question": faq_source["licence"],
                      "python-doc-title": "Python Software Foundation License (python3.11-doc)",
                      "python-doc-question": "Python Software Foundation License (python3.11-doc)",
+                     "python-doc-sentence": "Python Software Foundation License (python3.11-doc)",
                      "python-doc-index-term": "Python Software Foundation License (python3.11-doc)",
                      "foldoc-headword": foldoc_source["licence"]},
         "foldoc_source": foldoc_source,
+        "english_word_source": words_source,
+        "debian_faq_source": faq_source,
         "not_used": "WordNet glosses (the third held-out set) and any man-page text (reserved)",
     }
     manifest["parameters"] = {"corpus_size": corpus_size, "test_queries": test_queries, "faq_distractors": faq_distractors,

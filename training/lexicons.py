@@ -1,4 +1,4 @@
-"""WordNet and FOLDOC from Debian: a third held-out set, and query-like text for distillation.
+"""WordNet, FOLDOC, a word list and the Debian FAQ from Debian: a third held-out set, and query-like text for distillation.
 
 - **WordNet** (``wordnet-base``, WordNet 3.0 licence): the lemma is the query, the
   glosses of its synsets (definition only, the quoted examples dropped, since they
@@ -7,13 +7,21 @@
   package's man pages are reserved and never opened.
 - **FOLDOC** (``dict-foldoc``, GNU FDL 1.1+): its headwords, computing terms, are
   unlabelled query-like text for stage 2.
+- **SCOWL** (``wamerican``, permissive): general English words, unlabelled query-like
+  text for stage 2 (one-word queries are what the WordNet set sends). Possessives are
+  dropped; the caller removes held-out lemmas and their plural forms (``word_forms``).
+- **The Debian FAQ** (``debian-faq``, SPI's verbatim-copying licence): its questions,
+  question-shaped text for stage 2.
 
-Both .debs come through ``apt-get download`` into the cache, like ``python3.11-doc``;
-their sha256 goes into the data manifest.
+Every .deb comes through ``apt-get download`` into the cache, like ``python3.11-doc``;
+only the named files are unpacked (a package's man page is never even written out,
+since man pages are reserved), and the .deb's sha256 goes into the data manifest.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -24,14 +32,23 @@ from model_repository.runtime.files import sha256_file
 
 WORDNET = "wordnet-base"
 FOLDOC = "dict-foldoc"
+WORDS = "wamerican"
+DEBIAN_FAQ = "debian-faq"
 LICENCES = {WORDNET: "WordNet 3.0 licence (Princeton University; permissive)",
-            FOLDOC: "GNU Free Documentation License 1.1 or later"}
+            FOLDOC: "GNU Free Documentation License 1.1 or later",
+            WORDS: "SCOWL copyright notice (Kevin Atkinson et al.; use for any purpose)",
+            DEBIAN_FAQ: "Debian FAQ licence (Software in the Public Interest; verbatim and modified copies permitted)"}
 POS = ("noun", "verb", "adj", "adv")
 MAX_SENSES = 3  # a lemma with more senses is too ambiguous to be a fair query
 
 
 def _extract(deb: Path, members: list[str], into: Path) -> None:
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], check=True)
+    """Unpack only ``members`` of ``deb`` into ``into``."""
+    tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(into), "--wildcards", *[f"*{m}" for m in members]], stdin=tar.stdout, check=True)
+    tar.stdout.close()
+    if tar.wait() != 0:
+        raise RuntimeError(f"dpkg-deb --fsys-tarfile {deb.name} exited {tar.returncode}")
     missing = [m for m in members if not (into / m).exists()]
     if missing:
         raise FileNotFoundError(f"{deb.name} lacks {missing}")
@@ -60,7 +77,7 @@ def read_wordnet(cache: Path) -> tuple[list[dict], dict]:
     with tempfile.TemporaryDirectory() as tmp:
         _extract(deb, files, Path(tmp))
         synsets = [s for p, f in zip(POS, files) for s in parse_wordnet_data((Path(tmp) / f).read_text(encoding="utf-8", errors="replace"), p)]
-    return synsets, {"package": WORDNET, "deb": deb.name, "sha256": sha256_file(deb), "licence": LICENCES[WORDNET]}
+    return synsets, _source(WORDNET, deb)
 
 
 def read_foldoc_headwords(cache: Path) -> tuple[list[str], dict]:
@@ -71,7 +88,65 @@ def read_foldoc_headwords(cache: Path) -> tuple[list[str], dict]:
         lines = (Path(tmp) / index).read_text(encoding="utf-8", errors="replace").splitlines()
     words = sorted({line.split("\t")[0].strip() for line in lines if "\t" in line})
     words = [w for w in words if sum(c.isalpha() for c in w) >= 3 and not w.startswith("00-database")]
-    return words, {"package": FOLDOC, "deb": deb.name, "sha256": sha256_file(deb), "licence": LICENCES[FOLDOC]}
+    return words, _source(FOLDOC, deb)
+
+
+def _source(package: str, deb: Path) -> dict:
+    return {"package": package, "deb": deb.name, "sha256": sha256_file(deb), "licence": LICENCES[package]}
+
+
+def read_words(cache: Path) -> tuple[list[str], dict]:
+    """SCOWL's American English word list, without possessives ("cat's")."""
+    deb = fetch_deb(cache, WORDS)
+    member = "usr/share/dict/american-english"
+    with tempfile.TemporaryDirectory() as tmp:
+        _extract(deb, [member], Path(tmp))
+        lines = (Path(tmp) / member).read_text(encoding="utf-8", errors="replace").splitlines()
+    words = sorted({w.strip() for w in lines if w.strip() and "'" not in w and sum(c.isalpha() for c in w) >= 3})
+    return words, _source(WORDS, deb)
+
+
+def word_forms(word: str) -> set[str]:
+    """The word and the stems it may be a plural of: a held-out lemma also holds out its plural."""
+    forms = {word}
+    if word.endswith("s"):
+        forms.add(word[:-1])
+    if word.endswith("es"):
+        forms.add(word[:-2])
+    if word.endswith("ies"):
+        forms.add(word[:-3] + "y")
+    return forms
+
+
+_TOC_ENTRY = re.compile(r"^ {4}\d+(?:\.\d+)+\. (.*)$")
+_CONTINUED = re.compile(r"^ {4}(?! *\d+(?:\.\d+)+\. )(\S.*)$")
+
+
+def parse_faq_questions(text: str) -> list[str]:
+    """The questions in the table of contents of the Debian FAQ's text edition.
+
+    An entry may wrap onto indented lines and hold two questions ("...? Why ...?").
+    """
+    toc = re.split(r"\nChapter\s1\.", text.split("Table of Contents", 1)[-1], maxsplit=1)[0]
+    entries: list[str] = []
+    for line in toc.splitlines():
+        if m := _TOC_ENTRY.match(line):
+            entries.append(m.group(1).strip())
+        elif entries and (m := _CONTINUED.match(line)):
+            entries[-1] += " " + m.group(1).strip()
+        elif line.strip():
+            entries.append("")  # a chapter title closes the entry before it
+    questions = [q.strip() for e in entries for q in re.findall(r"[^?]*\?", e)]
+    return [q for q in questions if len(q.split()) >= 3]
+
+
+def read_debian_faq_questions(cache: Path) -> tuple[list[str], dict]:
+    deb = fetch_deb(cache, DEBIAN_FAQ)
+    member = "usr/share/doc/debian/FAQ/debian-faq.en.txt.gz"
+    with tempfile.TemporaryDirectory() as tmp:
+        _extract(deb, [member], Path(tmp))
+        text = gzip.decompress((Path(tmp) / member).read_bytes()).decode("utf-8", errors="replace")
+    return sorted(set(parse_faq_questions(text))), _source(DEBIAN_FAQ, deb)
 
 
 def _rank(key: str, seed: str) -> str:

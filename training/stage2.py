@@ -30,9 +30,10 @@ from .towers import Tower, TowerError, cached_embeddings
 def distillation_queries(train_file: Path, limit: int, seed: int, queries_file: Path | None = None) -> tuple[list[str], dict[str, int]]:
     """-> (texts, count per source). Without ``queries_file``: the training pairs' queries.
 
-    With it (JSONL ``{"query", "source"}``): every source but the largest is taken whole
-    (in a seeded random order, while the budget lasts) and the largest fills what is
-    left, so that a small out-of-domain source is never crowded out by a big one.
+    With it (JSONL ``{"query", "source"}``): the budget is shared by water-filling, from
+    the smallest source up. Each source takes at most an equal share of what is left
+    (in a seeded random order), so a small out-of-domain source is taken whole and
+    never crowded out by a big one, and large sources split the rest evenly.
     """
     if queries_file is None:
         by_source = {"training pairs": sorted({p.query for p in read_pairs(train_file)})}
@@ -43,10 +44,11 @@ def distillation_queries(train_file: Path, limit: int, seed: int, queries_file: 
     rng = random.Random(seed)
     texts: list[str] = []
     counts: dict[str, int] = {}
-    for source in sorted(by_source, key=lambda s: (len(by_source[s]), s)):
+    order = sorted(by_source, key=lambda s: (len(set(by_source[s])), s))
+    for n, source in enumerate(order):
         rows = sorted(set(by_source[source]))
         rng.shuffle(rows)
-        take = rows[: max(0, limit - len(texts))]
+        take = rows[: max(0, limit - len(texts)) // (len(order) - n)]
         texts += take
         counts[source] = len(take)
     rng.shuffle(texts)
