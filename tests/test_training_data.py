@@ -157,9 +157,19 @@ def test_sweep_rules_pick_what_the_targets_ask_for():
     assert pick_stage1(s1)[0] == "keeps-all"  # the only one at or above the start everywhere
     del s1["keeps-all"]
     assert pick_stage1(s1) == ("best-debian", "no candidate reached the start on every dev set; largest worst-set margin")
-    s2 = {"big": {"ratio": {"a": 0.99, "b": 0.97}, "parameters": 20}, "small": {"ratio": {"a": 0.96, "b": 0.95}, "parameters": 10},
-          "tiny": {"ratio": {"a": 0.99, "b": 0.90}, "parameters": 5}}
+    fast, slow = {"batch1": 4.5, "batch64": 4.1}, {"batch1": 4.5, "batch64": 3.9}
+    s2 = {"big": {"ratio": {"a": 0.99, "b": 0.97}, "parameters": 20, "speedup": fast},
+          "small": {"ratio": {"a": 0.96, "b": 0.95}, "parameters": 10, "speedup": fast},
+          "tiny": {"ratio": {"a": 0.99, "b": 0.90}, "parameters": 5, "speedup": fast}}
     assert pick_stage2(s2)[0] == "small"  # the smallest that keeps 95% on every set
+    s2["small"]["speedup"] = slow  # too slow at batch 64: out, however good
+    assert pick_stage2(s2)[0] == "big"
+    s2["big"]["ratio"]["b"] = 0.93
+    assert pick_stage2(s2) == ("big", "no student at >= 4x kept 95% on every dev set; highest worst-set ratio among those at >= 4x")
+    for entry in s2.values():
+        entry["speedup"] = slow
+    s2["tiny"]["speedup"] = {"batch1": 3.95, "batch64": 3.95}
+    assert pick_stage2(s2)[0] == "tiny"  # none fast enough: the fastest
 
 
 def test_embedding_cache_hits_only_for_the_same_weights_and_data(tmp_path):

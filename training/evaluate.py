@@ -101,6 +101,14 @@ def query_latency(tower: Tower, texts: list[str]) -> dict:
             "parameters": sum(p.numel() for p in tower.parameters()), "threads": torch.get_num_threads()}
 
 
+def measure_latency(rows: list[Row], sample_set: EvalSet, latency_queries: int, tower=None) -> dict:
+    """Each row's query tower on the first ``latency_queries`` queries of ``sample_set``, one after another."""
+    tower = tower or (lambda path, role: Tower.load(path, f"eval {role} tower"))
+    docs = read_eval_corpus(sample_set.corpus)
+    sample = [x["query"] for x in read_eval_queries(sample_set.queries, {d["id"] for d in docs})][:latency_queries]
+    return {row.name: query_latency(tower(row.query_tower, "query"), sample) for row in rows}
+
+
 def evaluate(rows: list[Row], sets: list[EvalSet], batch_size: int = 64, latency_queries: int = 200,
              cache: Path | None = None) -> dict:
     """``latency_queries = 0`` skips the speed measurement (dev runs that only choose settings);
@@ -129,11 +137,7 @@ def evaluate(rows: list[Row], sets: list[EvalSet], batch_size: int = 64, latency
             q = tower(row.query_tower, "query").encode([x["query"] for x in queries], batch_size)
             results["sets"][s.name]["rows"][row.name] = retrieval_metrics(q, doc_cache[row.doc_tower], [d["id"] for d in docs], queries)
     if latency_queries:
-        sample_set = sets[0]
-        docs = read_eval_corpus(sample_set.corpus)
-        sample = [x["query"] for x in read_eval_queries(sample_set.queries, {d["id"] for d in docs})][:latency_queries]
-        for row in rows:
-            results["latency"][row.name] = query_latency(tower(row.query_tower, "query"), sample)
+        results["latency"] = measure_latency(rows, sets[0], latency_queries, tower)
     results["rows"] = [dataclasses.asdict(r) for r in rows]
     results["ratios"] = ratios(results)
     return results
