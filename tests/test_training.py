@@ -451,3 +451,28 @@ def test_smollm2_conversion_refuses_a_different_file(tmp_path):
     with pytest.raises(ConversionError, match=r"sha256 must be b179c952.* refusing to convert a different file"):
         convert(tmp_path / "out", fake)
     assert not (tmp_path / "out").exists()
+
+
+def test_latency_rounds_interleave_the_towers_and_report_the_median(tiny_bert, tmp_path, monkeypatch):
+    from training import evaluate
+    from training.config import EvalSet
+
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i}"}) + "\n" for i in range(3)))
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"query": f"query {i}", "positive": f"d{i}"}) + "\n" for i in range(3)))
+    sample = EvalSet("s", str(tmp_path / "c.jsonl"), str(tmp_path / "q.jsonl"), "dev")
+    rows = [evaluate.Row("a", "A", "A"), evaluate.Row("b", "B", "B")]
+    real = evaluate.measure_latency(rows[:1], sample, 2, lambda path, role: Tower.load(tiny_bert, role), rounds=1)["a"]
+    assert real["batch1_median_ms"] > 0 and real["batch64_ms_per_query"] > 0 and real["queries"] == 2
+    calls, figures = [], iter([5.0, 1.0, 9.0, 2.0, 7.0, 3.0])  # a, b, a, b, a, b
+
+    def fake(tower, texts):
+        calls.append(tower)
+        x = next(figures)
+        return {"batch1_median_ms": x, "batch64_ms_per_query": x / 10, "parameters": 1, "threads": 1}
+
+    monkeypatch.setattr(evaluate, "query_latency", fake)
+    got = evaluate.measure_latency(rows, sample, 3, lambda path, role: path, rounds=3)
+    assert calls == ["A", "B"] * 3  # interleaved, each tower loaded once
+    assert got["a"]["batch1_median_ms"] == 7.0 and got["a"]["batch1_median_rounds_ms"] == [5.0, 9.0, 7.0]
+    assert got["b"]["batch64_ms_per_query"] == pytest.approx(0.2) and got["b"]["queries"] == 3
+    assert evaluate.ratios({"sets": {}, "latency": {evaluate.STAGE1: got["a"], evaluate.STUDENT: got["b"]}})["speedup_batch1"] == 3.5

@@ -101,12 +101,29 @@ def query_latency(tower: Tower, texts: list[str]) -> dict:
             "parameters": sum(p.numel() for p in tower.parameters()), "threads": torch.get_num_threads()}
 
 
-def measure_latency(rows: list[Row], sample_set: EvalSet, latency_queries: int, tower=None) -> dict:
-    """Each row's query tower on the first ``latency_queries`` queries of ``sample_set``, one after another."""
-    tower = tower or (lambda path, role: Tower.load(path, f"eval {role} tower"))
+LATENCY_ROUNDS = 3
+
+
+def measure_latency(rows: list[Row], sample_set: EvalSet, latency_queries: int, tower=None, rounds: int = LATENCY_ROUNDS) -> dict:
+    """Each row's query tower on the first ``latency_queries`` queries of ``sample_set``: ``rounds``
+    interleaved rounds (every tower once a round), each figure the median over rounds, the rounds kept."""
+    towers = {}
+    load = tower or (lambda path, role: Tower.load(path, f"eval {role} tower"))
     docs = read_eval_corpus(sample_set.corpus)
     sample = [x["query"] for x in read_eval_queries(sample_set.queries, {d["id"] for d in docs})][:latency_queries]
-    return {row.name: query_latency(tower(row.query_tower, "query"), sample) for row in rows}
+    runs: dict[str, list[dict]] = {row.name: [] for row in rows}
+    for _ in range(rounds):
+        for row in rows:
+            towers.setdefault(row.name, load(row.query_tower, "query"))
+            runs[row.name].append(query_latency(towers[row.name], sample))
+    out = {}
+    for name, per_round in runs.items():
+        out[name] = dict(per_round[0])
+        for key in ("batch1_median_ms", "batch64_ms_per_query"):
+            out[name][key] = statistics.median(r[key] for r in per_round)
+            out[name][key.replace("_ms", "").replace("_per_query", "") + "_rounds_ms"] = [r[key] for r in per_round]
+        out[name]["queries"] = len(sample)
+    return out
 
 
 def evaluate(rows: list[Row], sets: list[EvalSet], batch_size: int = 64, latency_queries: int = 200,

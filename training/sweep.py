@@ -85,6 +85,11 @@ def run(recipe: str, base_overrides: list[str], stage: str, candidates: list[str
         summary = json.loads(previous.read_text(encoding="utf-8"))
         if summary["stage"] == stage and summary["base_overrides"] == base_overrides:
             scores = summary["candidates"]
+    if stage == "stage2":
+        c = load(recipe, base_overrides)
+        for label in [lab for lab in scores if "speedup" not in scores[lab]]:  # scored before speed was part of the rule
+            scores[label]["speedup"] = student_speedup(teacher, out / label, c.eval.of_split("dev"), c.eval.latency_queries)
+            log(f"sweep stage2 {label}: speed measured, {scores[label]['speedup']['batch1']:.2f}x at batch 1")
     for text in candidates:
         label, overrides = parse_candidate(text)
         c = load(recipe, base_overrides + overrides)
@@ -93,9 +98,6 @@ def run(recipe: str, base_overrides: list[str], stage: str, candidates: list[str
         if label in scores:
             if scores[label]["overrides"] != overrides:
                 raise ValueError(f"--try {label}: already scored in {previous} with {scores[label]['overrides']}; pick another label")
-            if stage == "stage2" and "speedup" not in scores[label]:  # scored before speed was part of the rule
-                scores[label]["speedup"] = student_speedup(teacher, folder, sets, c.eval.latency_queries)
-                write(out, stage, recipe, base_overrides, teacher, scores)
             log(f"sweep {stage} {label}: already scored, kept")
             continue
         started = time.monotonic()
