@@ -90,6 +90,8 @@ def run(recipe: str, base_overrides: list[str], stage: str, candidates: list[str
         for label in [lab for lab in scores if "speedup" not in scores[lab]]:  # scored before speed was part of the rule
             scores[label]["speedup"] = student_speedup(teacher, out / label, c.eval.of_split("dev"), c.eval.latency_queries)
             log(f"sweep stage2 {label}: speed measured, {scores[label]['speedup']['batch1']:.2f}x at batch 1")
+        if scores:
+            summary = write(out, stage, recipe, base_overrides, teacher, scores)
     for text in candidates:
         label, overrides = parse_candidate(text)
         c = load(recipe, base_overrides + overrides)
