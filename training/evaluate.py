@@ -119,9 +119,9 @@ def measure_latency(rows: list[Row], sample_set: EvalSet, latency_queries: int, 
     out = {}
     for name, per_round in runs.items():
         out[name] = dict(per_round[0])
-        for key in ("batch1_median_ms", "batch64_ms_per_query"):
+        for key, rounds_key in (("batch1_median_ms", "batch1_median_rounds_ms"), ("batch64_ms_per_query", "batch64_rounds_ms")):
             out[name][key] = statistics.median(r[key] for r in per_round)
-            out[name][key.replace("_ms", "").replace("_per_query", "") + "_rounds_ms"] = [r[key] for r in per_round]
+            out[name][rounds_key] = [r[key] for r in per_round]
         out[name]["queries"] = len(sample)
     return out
 
