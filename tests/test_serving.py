@@ -107,8 +107,12 @@ def retrieve_request(texts, k):
 def concurrent_equals_alone(grpc, texts, batched_model):
     """Fire ``texts`` as concurrent one-text requests; each answer equals that text sent alone.
     Returns the (inferences, executions) of ``batched_model`` and of query_encoder during the burst."""
+    models = (batched_model, "query_encoder")
+    start = {m: executions(grpc, m) for m in models}
     alone = [grpc.infer("retrieve", retrieve_request([t], 5)) for t in texts]
-    before = {m: executions(grpc, m) for m in (batched_model, "query_encoder")}
+    # Triton updates a model's statistics after the answer has gone out: wait until the one-at-a-time
+    # requests are all counted, or the last of them would be counted in the burst (65, not 64).
+    before = {m: executions(grpc, m, start[m][0] + len(texts)) for m in models}
     together = fire_concurrently(grpc, "retrieve", [retrieve_request([t], 5) for t in texts], OUTPUTS)
     for single, batched in zip(alone, together):
         assert not isinstance(batched, Exception), str(batched)
