@@ -14,6 +14,10 @@ What makes the figures comparable:
   rounds, with min and max.
 - **Enough samples.** The fixed-rate point runs at least ``--min-requests`` (2,000) requests,
   so its p99 is not the second-slowest request.
+- **Capacity, measured.** With ``--capacity``, after the fixed rate the same server runs the
+  planner's search (``planner.search_capacity``): open-loop rates up from ``--fixed-rps`` by
+  ``--capacity-factor`` while p99 holds the SLO, then bisected, every point at least
+  ``--min-requests`` requests. The headline is the highest rate that held, median of the rounds.
 - **Provenance.** A dirty tree is refused (``--allow-dirty`` to try things out; the summary
   says so). File names carry the model, the system and the round.
 """
@@ -31,7 +35,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from benchmarks import report
+from benchmarks import planner, report
 from benchmarks.common import stop_process_group, wait_healthy
 from model_repository.runtime.cpus import parse_cpus
 from model_repository.runtime.provenance import git_commit, machine
@@ -159,6 +163,7 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
             step_time = max(args.step_time, fixed_duration_s(args.min_requests, args.fixed_rps))
             fixed = run_load(argparse.Namespace(**{**common, "load_mode": "open", "steps": f"{args.fixed_rps:g}", "step_time": step_time,
                                                    "out": out_dir / f"{stem}-fixed.json"}))
+            capacity = search_capacity(args, common, stem, fixed, run_load) if args.capacity else None
             settings = _health_settings(health) if system != "triton" else {}
         finally:
             stop_process_group(proc)
@@ -172,12 +177,35 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
         "fixed_rate_failed": point["failed"],
         "max_qps_within_slo": best_within(closed["steps"], args.slo_p99_ms) if closed else None,
         "closed_steps": [{k: s[k] for k in ("target", "achieved_rps", "failed", "latency_ms")} for s in closed["steps"]] if closed else [],
+        "capacity": capacity,
         "reconciliation": fixed.get("reconciliation", {}).get("status"),
         "server_processes": fixed.get("server_processes"),
         "generator": fixed.get("generator"),
         "peer_settings": settings,
-        "files": [f"{stem}-fixed.json", *([f"{stem}-closed.json"] if closed else []), f"{stem}-server.log"],
+        "files": [f"{stem}-fixed.json", *([f"{stem}-closed.json"] if closed else []),
+                  *[p["file"] for p in (capacity or {}).get("points", []) if p["file"] != f"{stem}-fixed.json"], f"{stem}-server.log"],
     }
+
+
+def search_capacity(args: argparse.Namespace, common: dict, stem: str, fixed: dict, run_load) -> dict:
+    """The planner's open-loop search on the running server, starting at the fixed rate (whose step is
+    reused, not run again). Each point keeps its file, rate, p99, delivery and reconciliation."""
+    runs = {args.fixed_rps: (fixed, f"{stem}-fixed.json")}
+
+    def measure(rate: float) -> dict:
+        if rate not in runs:
+            name = f"{stem}-rate{rate:g}.json"
+            print(f"    capacity search: {rate:g} req/s", file=sys.stderr, flush=True)
+            runs[rate] = (run_load(argparse.Namespace(**{**common, "load_mode": "open", "steps": f"{rate:g}", "out": args.out.parent / name,
+                                                          "step_time": max(args.step_time, fixed_duration_s(args.min_requests, rate))})), name)
+        return runs[rate][0]["steps"][0]
+
+    found = planner.search_capacity(measure, args.slo_p99_ms, args.fixed_rps, args.capacity_factor, args.capacity_refine, args.capacity_max_rps)
+    for p in found["points"]:
+        result, p["file"] = runs[p["rate_rps"]]
+        p["requests"] = p.pop("step")["issued"]
+        p["reconciliation"] = result.get("reconciliation", {}).get("status")
+    return found
 
 
 def index_summary(repository: Path) -> dict:
@@ -201,6 +229,7 @@ def summarise(args: argparse.Namespace, systems: list[str], runs: dict[str, list
             "fixed_rate_p99_ms": spread([x["fixed_rate_p99_ms"] for x in rounds]),
             "fixed_rate_p50_ms": spread([x["fixed_rate_p50_ms"] for x in rounds]),
             "max_qps_within_slo": spread([x["max_qps_within_slo"] for x in rounds]),
+            "capacity_rps": spread([(x.get("capacity") or {}).get("capacity_rps") for x in rounds]),
             "enough_samples": all(x["fixed_rate_requests"] >= args.min_requests for x in rounds),
             "rounds": rounds,
         }
@@ -212,6 +241,11 @@ def summarise(args: argparse.Namespace, systems: list[str], runs: dict[str, list
                              for n, s in peers.items()}
         summary["best_peer"] = best
         summary["p99_vs_best_peer"] = summary["ratios"][f"p99 at {args.fixed_rps:g}/s, triton/{best}"]
+    capable = {n: s["capacity_rps"]["median"] for n, s in summary["systems"].items() if n != "triton" and s["capacity_rps"]["median"]}
+    if ours and ours["capacity_rps"]["median"] and capable:
+        best = max(capable, key=capable.get)
+        summary["best_peer_capacity"] = best
+        summary["capacity_vs_best_peer"] = ours["capacity_rps"]["median"] / capable[best]
     return summary
 
 
@@ -222,15 +256,24 @@ def markdown(summary: dict) -> str:
              f"({summary['machine']['processor']}); server cores {summary['pinning']['server_cpus']}, generator cores "
              f"{summary['pinning']['generator_cpus']}; peer threads: {summary['peer_threads']}"
              + (f"; index: {summary['index']['count']:,} x {summary['index']['dim']} {summary['index']['dtype']}" if summary.get("index") else ""), "",
-             "| system | p99 ms median (min–max) | p50 ms median | requests per round | max QPS, p99 within SLO (closed loop) |",
-             "|---|---|---|---|---|"]
+             f"| system | p99 ms median (min–max) | p50 ms median | requests per round | max QPS, p99 within SLO (closed loop) "
+             f"| highest open-loop req/s with p99 <= {summary['slo_p99_ms']:g} ms, median (min–max) |",
+             "|---|---|---|---|---|---|"]
+    fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
     for name, s in summary["systems"].items():
-        p99, p50, qps = s["fixed_rate_p99_ms"], s["fixed_rate_p50_ms"], s["max_qps_within_slo"]
-        fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+        p99, p50, qps, cap = s["fixed_rate_p99_ms"], s["fixed_rate_p50_ms"], s["max_qps_within_slo"], s["capacity_rps"]
         lines.append(f"| {name} | {fmt(p99['median'])} ({fmt(p99['min'])}–{fmt(p99['max'])}) | {fmt(p50['median'])} | "
-                     f"{', '.join(str(x['fixed_rate_requests']) for x in s['rounds'])} | {fmt(qps['median'])} |")
+                     f"{', '.join(str(x['fixed_rate_requests']) for x in s['rounds'])} | {fmt(qps['median'])} | "
+                     f"{fmt(cap['median'])} ({fmt(cap['min'])}–{fmt(cap['max'])}) |")
     if "p99_vs_best_peer" in summary:
         lines += ["", f"Our p99 / the best peer's ({summary['best_peer']}): **{summary['p99_vs_best_peer']:.3f}**"]
+    if "capacity_vs_best_peer" in summary:
+        lines += ["", f"Our capacity within the SLO / the best peer's ({summary['best_peer_capacity']}): **{summary['capacity_vs_best_peer']:.3f}**"]
+    searched = [(n, x["round"], x["capacity"]) for n, s in summary["systems"].items() for x in s["rounds"] if x.get("capacity")]
+    if searched:
+        lines += ["", "Every point of the capacity search (rate req/s: p99 ms, held or not):", ""]
+        lines += [f"- {n}, round {r}: " + "; ".join(f"{p['rate_rps']:g}: {fmt(p['p99_ms'])} {'held' if p['held'] else 'failed'}"
+                                                   for p in c["points"]) for n, r, c in searched]
     return "\n".join(lines) + "\n"
 
 
@@ -260,6 +303,8 @@ def run(args: argparse.Namespace, run_load) -> dict:
     args.out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     args.out.with_suffix(".md").write_text(markdown(summary), encoding="utf-8")
     report.plot_compare(summary, args.out.with_suffix(".png"))
+    if args.capacity:
+        report.plot_compare_load(summary, args.out.with_name(args.out.stem + "-load.png"))
     return summary
 
 
@@ -274,6 +319,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--infinity-engine", choices=("optimum", "torch"), default="optimum", help="Infinity's engine (optimum: ONNX)")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
                    help="the rendered repository every system serves: ours as is, the peers its ONNX encoder and index")
+    p.add_argument("--capacity", action="store_true",
+                   help="after the fixed rate, search each system's highest open-loop rate within --slo-p99-ms (planner.search_capacity)")
+    p.add_argument("--capacity-factor", type=float, default=1.5, help="the search's step up (or down) between rates")
+    p.add_argument("--capacity-refine", type=int, default=2, help="bisections between the last rate that held and the first that failed")
+    p.add_argument("--capacity-max-rps", type=float, default=1000.0, help="the search stops climbing here")
     p.add_argument("--allow-dirty", action="store_true", help="run on uncommitted code (the summary records -dirty)")
     p.add_argument("--start-timeout", type=float, default=240.0)
     p.set_defaults(steps="", out=None, model="embed")

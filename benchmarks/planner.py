@@ -41,15 +41,23 @@ def sizes_from_server(grpc_url: str) -> Sizes:
 
 def sustained_step(steps: list[dict], slo_p99_ms: float, max_error_rate: float = 0.001, min_delivered: float = 0.95) -> dict | None:
     """The step with the highest achieved QPS that met the SLO: p99 <= SLO, errors < max_error_rate,
-    and at least ``min_delivered`` of the wanted rate delivered (else the server is falling behind).
+    and at least ``min_delivered`` of the wanted rate delivered (else the server is falling behind),
+    less what Poisson arrivals may fall short by chance.
     The wanted rate is the step's target for open-loop steps, else what was offered."""
     def wanted(s: dict) -> float:
         return s["target"] if s.get("target_unit") == "requests/s" else s["offered_rps"]
 
+    def delivered(s: dict) -> float:
+        """The share of the wanted rate that must arrive. Open-loop arrivals are Poisson: over a step
+        that expects n of them, a shortfall within 3 standard deviations (3 / sqrt(n)) is the
+        arrivals' own chance, not a server falling behind (2,000 expected: 6.7%)."""
+        expected = wanted(s) * s.get("duration_s", 0) if s.get("target_unit") == "requests/s" else 0
+        return min(min_delivered, 1 - 3 / math.sqrt(expected)) if expected > 0 else min_delivered
+
     good = [
         s for s in steps
         if s["latency_ms"] and s["latency_ms"]["p99"] <= slo_p99_ms and s["error_rate"] < max_error_rate
-        and wanted(s) > 0 and s["achieved_rps"] >= min_delivered * wanted(s)
+        and wanted(s) > 0 and s["achieved_rps"] >= delivered(s) * wanted(s)
     ]
     return max(good, key=lambda s: s["achieved_rps"], default=None)
 
@@ -97,3 +105,52 @@ def plan(steps: list[dict], slo_p99_ms: float, target_qps: float, headroom: floa
         result["replicas"] = replicas_needed(target_qps, best["achieved_rps"], headroom)
         result["devices"] = result["replicas"] * memory["devices_for_index"]
     return result
+
+
+def search_capacity(measure, slo_p99_ms: float, start_rps: float, factor: float = 1.5, refine: int = 2,
+                    max_rps: float = 1000.0, min_rps: float = 1.0) -> dict:
+    """The highest open-loop rate that holds the SLO, found by measuring: ``measure(rate)`` runs one
+    open-loop step at ``rate`` requests/s and returns its step dict; a step holds when
+    ``sustained_step`` accepts it (p99 <= SLO, errors < 0.1%, >= 95% of the rate delivered).
+
+    Up from ``start_rps`` by ``factor`` while the SLO holds (down by ``factor`` if the start fails),
+    then ``refine`` geometric bisections between the highest rate that held and the lowest that
+    failed, so the answer is within ``factor ** (1 / 2 ** refine)`` of the edge. Every point is kept,
+    in the order it ran."""
+    if factor <= 1 or start_rps <= 0 or min_rps <= 0:
+        raise ValueError(f"need factor > 1, start_rps > 0 and min_rps > 0; got {factor}, {start_rps}, {min_rps}")
+    points: list[dict] = []
+
+    def holds(rate: float) -> bool:
+        step = measure(rate)
+        ok = sustained_step([step], slo_p99_ms) is not None
+        points.append({"rate_rps": rate, "held": ok, "p99_ms": (step["latency_ms"] or {}).get("p99"),
+                       "achieved_rps": step["achieved_rps"], "failed": step.get("failed", 0), "step": step})
+        return ok
+
+    held = failed = None
+    if holds(start_rps):
+        held = start_rps
+        while held * factor <= max_rps:
+            if not holds(round(held * factor, 2)):
+                failed = round(held * factor, 2)
+                break
+            held = round(held * factor, 2)
+    else:
+        failed = start_rps
+        while failed / factor >= min_rps:
+            rate = round(failed / factor, 2)
+            if holds(rate):
+                held = rate
+                break
+            failed = rate
+    if held is not None and failed is not None:
+        for _ in range(refine):
+            rate = round(math.sqrt(held * failed), 2)
+            if holds(rate):
+                held = rate
+            else:
+                failed = rate
+    best = max((p for p in points if p["held"]), key=lambda p: p["rate_rps"], default=None)
+    return {"slo_p99_ms": slo_p99_ms, "capacity_rps": held, "capacity_achieved_rps": best["achieved_rps"] if best else None,
+            "lowest_failed_rps": failed, "factor": factor, "refine": refine, "points": points}

@@ -174,3 +174,24 @@ def plot_compare(summary: dict, path: Path) -> Path:
     title = f"{summary['model']}{rows}, all-MiniLM-L6-v2 on CPU · {summary['fixed_rps']:g} req/s open loop · {summary['repeats']} rounds"
     return _finish(fig, ax, path, title=title, xlabel="system (dots: rounds; bar: median)",
                    ylabel="p99 latency, ms (log)", slo_p99_ms=summary["slo_p99_ms"])
+
+
+def plot_compare_load(summary: dict, path: Path) -> Path:
+    """p99 against offered open-loop load, every system on the same axes: each round's capacity search
+    as a line through its points in rate order (filled: held the SLO), the median capacity as a mark."""
+    fig, ax = _axes()
+    for i, (name, s) in enumerate(summary["systems"].items()):
+        median = s["capacity_rps"]["median"]
+        for j, x in enumerate(r for r in s["rounds"] if r.get("capacity")):
+            points = sorted((p for p in x["capacity"]["points"] if p["p99_ms"] is not None), key=lambda p: p["rate_rps"])
+            label = f"{name}: capacity {median:g} req/s (median)" if j == 0 and median else (name if j == 0 else None)
+            ax.plot([p["rate_rps"] for p in points], [p["p99_ms"] for p in points], "-", color=f"C{i}", alpha=0.6, label=label)
+            for p in points:
+                ax.plot(p["rate_rps"], p["p99_ms"], "o", color=f"C{i}", fillstyle="full" if p["held"] else "none")
+        if median:
+            ax.axvline(median, color=f"C{i}", linestyle=":", alpha=0.8)
+    index = summary.get("index")
+    rows = f" · {index['count']:,} documents" if index else ""
+    title = f"{summary['model']}{rows}, open loop · {summary['repeats']} rounds · filled: p99 held the SLO"
+    return _finish(fig, ax, path, title=title, xlabel="offered requests/s (Poisson)", ylabel="p99 latency, ms (log)",
+                   slo_p99_ms=summary["slo_p99_ms"])

@@ -116,10 +116,13 @@ def test_compare_runs_interleaved_pinned_rounds_and_writes_the_medians(tmp_path)
     out = tmp_path / "compare-embed.json"
     code = benchmarks_main(["compare", "--systems", systems, "--repeats", "2", "--min-requests", "30", "--fixed-rps", "15",
                             "--step-time", "1", "--warmup", "1", "--allow-dirty", "--out", str(out),
+                            # the capacity search with an SLO every point meets: up from 15 req/s to the 30 req/s ceiling
+                            "--capacity", "--capacity-factor", "2", "--capacity-max-rps", "30", "--slo-p99-ms", "5000",
                             "--queries", str(ARTIFACTS / "corpus" / "python-docs" / "queries.jsonl")])
     assert code == 0
     summary = json.loads(out.read_text())
     assert out.with_suffix(".png").exists() and "median of 2 interleaved rounds" in out.with_suffix(".md").read_text()
+    assert (tmp_path / "compare-embed-load.png").exists() and "Every point of the capacity search" in out.with_suffix(".md").read_text()
     server_cpus, generator_cpus = summary["pinning"]["server_cpus"], summary["pinning"]["generator_cpus"]
     for name, system in summary["systems"].items():
         assert [r["round"] for r in system["rounds"]] == [0, 1]
@@ -128,5 +131,9 @@ def test_compare_runs_interleaved_pinned_rounds_and_writes_the_medians(tmp_path)
             assert all((tmp_path / f).exists() for f in r["files"]) and f"-{name}-r{r['round']}-" in r["files"][0]
             assert r["fixed_rate_failed"] == 0 and r["fixed_rate_requests"] >= 30
             assert r["peer_settings"]["threads"] == max(1, len(server_cpus))  # one compute thread per server core
+            points = r["capacity"]["points"]  # the fixed-rate step is the search's first point, not run again
+            assert [p["rate_rps"] for p in points] == [15, 30] and all(p["held"] for p in points)
+            assert points[0]["file"] == r["files"][0] and points[1]["file"] in r["files"] and points[1]["requests"] >= 30
             if len(os.sched_getaffinity(0)) >= 2:
                 assert r["server_processes"][name]["cpus"] == server_cpus and r["generator"]["cpus"] == generator_cpus
+        assert system["capacity_rps"]["median"] == 30

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from benchmarks.__main__ import main as bench_main
-from benchmarks.planner import GIB, Sizes, memory_per_replica, plan, replicas_needed, sizes_from_server, sustained_step
+from benchmarks.planner import GIB, Sizes, memory_per_replica, plan, replicas_needed, search_capacity, sizes_from_server, sustained_step
 from tests.conftest import ARTIFACTS
 
 
@@ -28,12 +28,58 @@ def test_open_loop_steps_are_judged_against_their_target_rate():
     steps = [{**step(0, 10.7, 10.0, 20.0), "target": 10, "target_unit": "requests/s"},
              {**step(1, 20, 18.0, 20.0), "target": 20, "target_unit": "requests/s"}]
     assert sustained_step(steps, slo_p99_ms=50)["index"] == 0  # 10.0 of a 10/s target; 18 of 20 is behind
+    # a Poisson step that expected 2,000 arrivals may deliver 6.7% fewer by chance (3 sigma), not more
+    poisson = lambda achieved: {**step(0, 20, achieved, 20.0), "target": 20, "target_unit": "requests/s", "duration_s": 100}  # noqa: E731
+    assert sustained_step([poisson(18.7)], slo_p99_ms=50) is not None and sustained_step([poisson(18.6)], slo_p99_ms=50) is None
 
 
 def test_sustained_step_is_the_fastest_that_meets_every_condition():
     assert sustained_step(SWEEP, slo_p99_ms=50)["index"] == 2
     assert sustained_step(SWEEP, slo_p99_ms=60)["index"] == 3
     assert sustained_step(SWEEP, slo_p99_ms=5) is None
+
+
+class Queue:
+    """A server whose open-loop p99 grows like an M/M/1 queue's with its load: p99 = base / (1 - rate / rps)
+    (unbounded at or past ``rps``), delivering every request. Records the rates it was asked for."""
+
+    def __init__(self, rps: float, base_ms: float = 10.0, error_rate: float = 0.0):
+        self.rps, self.base_ms, self.error_rate, self.asked = rps, base_ms, error_rate, []
+
+    def __call__(self, rate: float) -> dict:
+        self.asked.append(rate)
+        p99 = self.base_ms / (1 - rate / self.rps) if rate < self.rps else 1e9
+        return {**step(len(self.asked), rate, rate, p99, self.error_rate), "target": rate, "target_unit": "requests/s",
+                "issued": 2000, "failed": 0}
+
+
+def test_capacity_search_climbs_then_bisects_to_the_edge():
+    server = Queue(rps=100)  # p99 = 50 ms at 80 req/s: the edge
+    found = search_capacity(server, slo_p99_ms=50, start_rps=20, factor=1.5, refine=2)
+    assert server.asked[:5] == [20, 30, 45, 67.5, 101.25]  # up by 1.5 while it holds; 101.25 fails
+    assert [p["held"] for p in found["points"]] == [True, True, True, True, False, False, True]
+    assert found["capacity_rps"] <= 80 < found["lowest_failed_rps"]
+    assert found["lowest_failed_rps"] / found["capacity_rps"] <= 1.5 ** (1 / 4) * 1.001  # two bisections: a quarter step
+    assert found["capacity_achieved_rps"] == found["capacity_rps"] == max(p["rate_rps"] for p in found["points"] if p["held"])
+    assert len(search_capacity(Queue(rps=100), 50, 20, 1.5, refine=0)["points"]) == 5
+
+
+def test_capacity_search_steps_down_when_the_start_already_fails():
+    server = Queue(rps=25)  # edge at 20 req/s
+    found = search_capacity(server, slo_p99_ms=50, start_rps=40, factor=2, refine=3)
+    assert server.asked[:3] == [40, 20, 10] and found["points"][1]["held"] is False  # 20 is exactly the edge: p99 50.0000...1
+    assert found["capacity_rps"] <= 20 <= found["lowest_failed_rps"]
+    assert found["lowest_failed_rps"] / found["capacity_rps"] <= 2 ** (1 / 8) * 1.001  # rates are rounded to 0.01
+    nothing = search_capacity(Queue(rps=1), slo_p99_ms=50, start_rps=8, factor=2, min_rps=1)
+    assert nothing["capacity_rps"] is None and [p["rate_rps"] for p in nothing["points"]] == [8, 4, 2, 1]
+
+
+def test_capacity_search_fails_a_rate_with_errors_and_stops_at_the_ceiling():
+    assert search_capacity(Queue(rps=1000, error_rate=0.01), 50, 20, refine=0)["capacity_rps"] is None  # 1% failed: never held
+    capped = search_capacity(Queue(rps=10_000), 50, 20, factor=2, refine=2, max_rps=100)
+    assert capped["capacity_rps"] == 80 and capped["lowest_failed_rps"] is None  # a lower bound: the ceiling was reached
+    with pytest.raises(ValueError, match="factor > 1"):
+        search_capacity(Queue(rps=100), 50, 20, factor=1.0)
 
 
 @pytest.mark.parametrize("target,sustained,headroom,expected", [
