@@ -107,7 +107,9 @@ def plan_markdown(result: dict, plan: dict, sizes, png: Path) -> str:
         "# Capacity plan", "",
         f"- Date: {result['finished_at']}; commit `{result['git_commit']}`; machine: {result['machine']['cpu_count']} CPUs, "
         f"{result['machine']['platform']}",
-        f"- Sweep: `{cfg['model']}`, open loop, steps {cfg['steps']} requests/s x {cfg['step_time']:g} s, batch {cfg['batch_size']}, k {cfg['k']}",
+        f"- Sweep: `{cfg['model']}`, open loop, steps {cfg['steps']} requests/s x {cfg['step_time']} s, batch {cfg['batch_size']}, k {cfg['k']}"
+        + (f" (searched by the planner: up by {result['search']['factor']:g}x while the SLO held, then {result['search']['refine']} "
+           f"bisections; >= {result['search']['min_requests']} requests a rate)" if "search" in result else ""),
         f"- SLO: p99 <= {plan['slo_p99_ms']:g} ms, errors < 0.1%, >= 95% of the target rate delivered", "",
         report.format_steps(result), "",
     ]
@@ -135,10 +137,34 @@ def plan_markdown(result: dict, plan: dict, sizes, png: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def search_load(args: argparse.Namespace) -> dict:
+    """``plan --search-from R``: the planner finds the edge itself (``planner.search_capacity``), one
+    open-loop run per rate, each at least ``--min-requests`` requests; the steps come back as one
+    sweep in the order they ran, with the search's trail under ``"search"``."""
+    from benchmarks.compare import fixed_duration_s
+
+    runs: list[dict] = []
+
+    def measure(rate: float) -> dict:
+        print(f"capacity search: {rate:g} req/s", file=sys.stderr, flush=True)
+        step_time = max(args.step_time, fixed_duration_s(args.min_requests, rate))
+        runs.append(run_load(argparse.Namespace(**{**vars(args), "steps": f"{rate:g}", "step_time": step_time,
+                                                   "out": args.out.with_name(f"{args.out.stem}-rate{rate:g}.json")})))
+        return runs[-1]["steps"][0]
+
+    found = planner.search_capacity(measure, args.slo_p99_ms, args.search_from, args.search_factor, args.search_refine, args.search_max_rps)
+    result = {**runs[-1], "steps": [{**r["steps"][0], "index": i} for i, r in enumerate(runs)]}
+    result["config"] = {**result["config"], "steps": ",".join(f"{p['rate_rps']:g}" for p in found["points"]), "step_time": "per rate"}
+    points = [{**{k: v for k, v in p.items() if k != "step"}, "file": f"{args.out.stem}-rate{p['rate_rps']:g}.json",
+               "reconciliation": r.get("reconciliation", {}).get("status")} for p, r in zip(found["points"], runs)]
+    result["search"] = {k: v for k, v in found.items() if k != "points"} | {"points": points, "min_requests": args.min_requests}
+    return result
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     args.load_mode = "open"
     sizes = planner.sizes_from_server(args.grpc_url)
-    result = run_load(args)
+    result = search_load(args) if args.search_from else run_load(args)
     plan = planner.plan(result["steps"], args.slo_p99_ms, args.target_qps, args.headroom, sizes,
                         int(args.workspace_gib * planner.GIB), int(args.device_memory_gib * planner.GIB))
     result["plan"] = plan
@@ -289,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--headroom", type=float, default=0.3, help="spare capacity per replica (0.3: run at most at 1/1.3 of sustained)")
     p.add_argument("--workspace-gib", type=float, default=1.0, help="per-replica working memory beyond engine and index (estimate)")
     p.add_argument("--device-memory-gib", type=float, default=80.0, help="memory of one device (H100: 80)")
+    p.add_argument("--search-from", type=float, default=0.0,
+                   help="requests/s: instead of --steps, search the highest rate within the SLO from here (up, then bisected)")
+    p.add_argument("--search-factor", type=float, default=1.5, help="the search's step between rates")
+    p.add_argument("--search-refine", type=int, default=2, help="bisections between the last rate that held and the first that failed")
+    p.add_argument("--search-max-rps", type=float, default=1000.0, help="the search stops climbing here")
+    p.add_argument("--min-requests", type=int, default=2000, help="requests per searched rate (sets its duration)")
     p.set_defaults(steps="10,20,40,80,120,160", out=Path("artifacts/benchmarks/plan.json"))
     p = sub.add_parser("overload", help="capacity, then 3x it truly open loop: admitted p99, rejections, per 5 s window")
     from benchmarks import overload

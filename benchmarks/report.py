@@ -192,6 +192,6 @@ def plot_compare_load(summary: dict, path: Path) -> Path:
             ax.axvline(median, color=f"C{i}", linestyle=":", alpha=0.8)
     index = summary.get("index")
     rows = f" · {index['count']:,} documents" if index else ""
-    title = f"{summary['model']}{rows}, open loop · {summary['repeats']} rounds · filled: p99 held the SLO"
+    title = f"{summary['model']}{rows}, open loop · {summary['repeats']} rounds · filled: held (p99, errors, delivery); open: failed"
     return _finish(fig, ax, path, title=title, xlabel="offered requests/s (Poisson)", ylabel="p99 latency, ms (log)",
                    slo_p99_ms=summary["slo_p99_ms"])

@@ -6,8 +6,9 @@
    Locust step, so each has its own p99 and failure count), after a discarded warm-up.
 3. Meanwhile the RSS of tritonserver and of every python-backend stub is sampled from /proc.
 
-Verdicts (each written with the numbers behind it): 0 failed requests; p99 of the last window within
-``--max-p99-drift`` of the first; RSS of every process within ``--max-rss-growth`` of its value at the
+Verdicts (each written with the numbers behind it): 0 failed requests; no answer slower than
+``--max-latency-ms`` (200) in any window, the slowest sample itself, not a percentile; p99 of the last
+window within ``--max-p99-drift`` of the first; RSS of every process within ``--max-rss-growth`` of its value at the
 end of the first window (warm-up done: arenas, caches and the batcher's buffers have grown by then).
 The results JSON holds RSS per window per process; the PNG plots p99 and RSS over time.
 
@@ -54,8 +55,9 @@ def per_window(samples, start: float, window_s: float, windows: int) -> list[dic
     return out
 
 
-def verdicts(windows: list[dict], rss: list[dict], max_rss_growth: float, max_p99_drift: float) -> dict:
+def verdicts(windows: list[dict], rss: list[dict], max_rss_growth: float, max_p99_drift: float, max_latency_ms: float) -> dict:
     failed = sum(w["failed"] for w in windows)
+    slowest = [w["latency_ms"].get("max") for w in windows]
     p99 = [w["latency_ms"].get("p99") for w in windows]
     drift = (p99[-1] / p99[0] - 1.0) if p99 and p99[0] and p99[-1] else None
     growth = {}
@@ -65,6 +67,8 @@ def verdicts(windows: list[dict], rss: list[dict], max_rss_growth: float, max_p9
     return {
         "failed_requests": failed,
         "no_failures": failed == 0,
+        "slowest_ms_per_window": slowest,
+        "max_latency_ok": bool(slowest) and all(m is not None and m <= max_latency_ms for m in slowest),
         "p99_first_last_ms": [p99[0], p99[-1]] if p99 else None,
         "p99_drift": drift,
         "p99_drift_ok": drift is not None and drift <= max_p99_drift,
@@ -126,12 +130,13 @@ def run(args: argparse.Namespace, run_load) -> dict:
         "fraction_of_capacity": rate / capacity if capacity else args.fraction,
         "window_s": args.window_s, "windows": windows, "processes": processes, "rss_per_window": rss,
         "rss_samples_every_s": sampler.interval_s,
-        "limits": {"max_rss_growth": args.max_rss_growth, "max_p99_drift": args.max_p99_drift},
-        "verdict": verdicts(windows, rss, args.max_rss_growth, args.max_p99_drift),
+        "limits": {"max_rss_growth": args.max_rss_growth, "max_p99_drift": args.max_p99_drift, "max_latency_ms": args.max_latency_ms},
+        "verdict": verdicts(windows, rss, args.max_rss_growth, args.max_p99_drift, args.max_latency_ms),
         "run_total": locust["run_total"], "git_commit": locust["git_commit"], "machine": locust["machine"],
         "config": locust["config"],
     }
-    result["verdict"]["passed"] = all(result["verdict"][k] for k in ("no_failures", "p99_drift_ok", "rss_ok", "processes_alive_at_end"))
+    result["verdict"]["passed"] = all(result["verdict"][k] for k in ("no_failures", "max_latency_ok", "p99_drift_ok", "rss_ok",
+                                                                               "processes_alive_at_end"))
     base.parent.mkdir(parents=True, exist_ok=True)
     base.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     plot(result, base.with_suffix(".png"))
@@ -147,3 +152,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window-s", type=float, default=60.0)
     p.add_argument("--max-rss-growth", type=float, default=0.05)
     p.add_argument("--max-p99-drift", type=float, default=0.10)
+    p.add_argument("--max-latency-ms", type=float, default=200.0, help="no answer in any window may take longer")

@@ -143,3 +143,22 @@ def test_plan_end_to_end_on_a_short_sweep(server, tmp_path, capsys):
     md = out.with_suffix(".md").read_text(encoding="utf-8")
     assert f"**{p['replicas']} replica(s)**" in md and "The index fits on one device." in md
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_plan_searches_the_edge_itself_against_the_real_server(server, tmp_path):
+    """``plan --search-from``: the planner picks the rates (here 5, then 10 = the ceiling), each run apart with
+    at least --min-requests requests, and plans from the steps it measured."""
+    out = tmp_path / "plan.json"
+    code = bench_main([
+        "plan", "--grpc-url", server.grpc_url, "--metrics-url", server.metrics_url,
+        "--queries", str(ARTIFACTS / "corpus" / "python-docs" / "queries.jsonl"),
+        "--slo-p99-ms", "2000", "--target-qps", "100", "--search-from", "5", "--search-factor", "2", "--search-max-rps", "10",
+        "--min-requests", "20", "--step-time", "1", "--warmup", "1", "--arrivals", "uniform", "--out", str(out),
+    ])
+    assert code == 0
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert [p["rate_rps"] for p in result["search"]["points"]] == [5, 10] and all(p["held"] for p in result["search"]["points"])
+    assert [s["target"] for s in result["steps"]] == [5, 10] and all(s["issued"] >= 20 for s in result["steps"])
+    assert all((tmp_path / p["file"]).exists() and p["reconciliation"] == "ok" for p in result["search"]["points"])
+    assert result["plan"]["sustained_step"] == 1 and result["search"]["capacity_rps"] == 10
+    assert "searched by the planner" in out.with_suffix(".md").read_text(encoding="utf-8")

@@ -5,6 +5,22 @@ from __future__ import annotations
 import json
 
 from benchmarks.__main__ import main as bench_main
+from benchmarks.soak import verdicts
+
+
+def window(p99, slowest, failed=0):
+    return {"failed": failed, "latency_ms": {"p99": p99, "max": slowest}}
+
+
+def test_the_verdict_judges_the_slowest_sample_not_a_percentile():
+    """Issue 14's check: no answer above 200 ms in a run at half capacity. One slow call in a window of
+    quick ones fails it even though every p99 is low; drift and RSS are judged as before."""
+    rss = [{"tritonserver": 100}, {"tritonserver": 101}]
+    calm = verdicts([window(30, 120), window(31, 199.9)], rss, 0.05, 0.10, 200)
+    assert calm["max_latency_ok"] and calm["slowest_ms_per_window"] == [120, 199.9] and calm["p99_drift_ok"] and calm["rss_ok"]
+    stalled = verdicts([window(30, 120), window(31, 480.0)], rss, 0.05, 0.10, 200)
+    assert not stalled["max_latency_ok"] and stalled["p99_drift_ok"]
+    assert not verdicts([window(30, None)], rss, 0.05, 0.10, 200)["max_latency_ok"]  # an empty window proves nothing
 
 
 def test_a_one_minute_soak_at_half_capacity_holds(server, tmp_path):
