@@ -163,7 +163,7 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
             step_time = max(args.step_time, fixed_duration_s(args.min_requests, args.fixed_rps))
             fixed = run_load(argparse.Namespace(**{**common, "load_mode": "open", "steps": f"{args.fixed_rps:g}", "step_time": step_time,
                                                    "out": out_dir / f"{stem}-fixed.json"}))
-            capacity = search_capacity(args, common, stem, fixed, run_load) if args.capacity else None
+            capacity = capacity_on_server(args, common, stem, fixed, run_load) if args.capacity else None
             settings = _health_settings(health) if system != "triton" else {}
         finally:
             stop_process_group(proc)
@@ -187,7 +187,7 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
     }
 
 
-def search_capacity(args: argparse.Namespace, common: dict, stem: str, fixed: dict, run_load) -> dict:
+def capacity_on_server(args: argparse.Namespace, common: dict, stem: str, fixed: dict, run_load) -> dict:
     """The planner's open-loop search on the running server, starting at the fixed rate (whose step is
     reused, not run again). Each point keeps its file, rate, p99, delivery and reconciliation."""
     runs = {args.fixed_rps: (fixed, f"{stem}-fixed.json")}
