@@ -37,7 +37,20 @@ def log(message: str) -> None:
     print(f"[build] {message}", file=sys.stderr, flush=True)
 
 
+def built_corpus(c: cfg.BuildConfig) -> str | None:
+    """The --corpus the repository in ``c.artifacts`` was last rendered from (its build.json), if not the default."""
+    try:
+        corpus = json.loads((c.repository / "build.json").read_text(encoding="utf-8")).get("corpus")
+    except (OSError, ValueError):
+        return None
+    return None if corpus in (None, "None") else corpus
+
+
 def corpus_step(c: cfg.BuildConfig) -> tuple[Path, list[dict], str]:
+    if c.corpus is None and (earlier := built_corpus(c)):
+        # without this, a re-render of e.g. artifacts/wordnet silently re-encoded the default corpus into it
+        raise CorpusError(f"--corpus is not given, but {c.repository} was built from --corpus {earlier}: pass "
+                          f"--corpus {earlier} to rebuild it, or a new --artifacts folder for the default corpus")
     if c.corpus is not None:
         path = c.corpus
     else:

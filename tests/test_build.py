@@ -159,3 +159,16 @@ def test_wordnet_glosses_make_a_corpus_that_the_index_build_reads(tmp_path):
     assert [d["id"] for d in docs] == ["wordnet/noun/00001740", "wordnet/noun/00002137", "wordnet/verb/00001740"]
     assert [d["title"] for d in docs] == ["entity, Entity", "abstraction, abstract entity", "breathe"]
     assert docs[1]["text"] == "a general concept"
+
+
+def test_a_rebuild_without_corpus_refuses_a_folder_built_from_another_corpus(tmp_path, capsys):
+    """``build render --artifacts X`` without ``--corpus``, where X was built from a corpus of its own, used to
+    re-encode the default corpus into X; it now stops before touching X, and names the corpus to pass."""
+    from build.__main__ import main
+
+    (tmp_path / "model_repository").mkdir()
+    (tmp_path / "model_repository" / "build.json").write_text(json.dumps({"corpus": "/data/wordnet/corpus.jsonl"}))
+    assert main(["render", "--artifacts", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "was built from --corpus /data/wordnet/corpus.jsonl: pass --corpus /data/wordnet/corpus.jsonl" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".build.lock", "model_repository"]  # nothing built
