@@ -138,26 +138,18 @@ def plan_markdown(result: dict, plan: dict, sizes, png: Path) -> str:
 
 
 def search_load(args: argparse.Namespace) -> dict:
-    """``plan --search-from R``: the planner finds the edge itself (``planner.search_capacity``), one
+    """``plan --search-from R``: the planner finds the edge itself (``compare.search_rates``), one
     open-loop run per rate, each at least ``--min-requests`` requests; the steps come back as one
     sweep in the order they ran, with the search's trail under ``"search"``."""
-    from benchmarks.compare import fixed_duration_s
+    from benchmarks.compare import search_rates
 
-    runs: list[dict] = []
-
-    def measure(rate: float) -> dict:
-        print(f"capacity search: {rate:g} req/s", file=sys.stderr, flush=True)
-        step_time = max(args.step_time, fixed_duration_s(args.min_requests, rate))
-        runs.append(run_load(argparse.Namespace(**{**vars(args), "steps": f"{rate:g}", "step_time": step_time,
-                                                   "out": args.out.with_name(f"{args.out.stem}-rate{rate:g}.json")})))
-        return runs[-1]["steps"][0]
-
-    found = planner.search_capacity(measure, args.slo_p99_ms, args.search_from, args.search_factor, args.search_refine, args.search_max_rps)
-    result = {**runs[-1], "steps": [{**r["steps"][0], "index": i} for i, r in enumerate(runs)]}
-    result["config"] = {**result["config"], "steps": ",".join(f"{p['rate_rps']:g}" for p in found["points"]), "step_time": "per rate"}
-    points = [{**{k: v for k, v in p.items() if k != "step"}, "file": f"{args.out.stem}-rate{p['rate_rps']:g}.json",
-               "reconciliation": r.get("reconciliation", {}).get("status")} for p, r in zip(found["points"], runs)]
-    result["search"] = {k: v for k, v in found.items() if k != "points"} | {"points": points, "min_requests": args.min_requests}
+    found, runs = search_rates(vars(args), args.out.parent, args.out.stem, run_load, slo_p99_ms=args.slo_p99_ms,
+                               start_rps=args.search_from, factor=args.search_factor, refine=args.search_refine,
+                               max_rps=args.search_max_rps, min_requests=args.min_requests, step_time=args.step_time)
+    points = found.pop("points")
+    result = {**runs[points[-1]["rate_rps"]], "steps": [{**runs[p["rate_rps"]]["steps"][0], "index": i} for i, p in enumerate(points)]}
+    result["config"] = {**result["config"], "steps": ",".join(f"{p['rate_rps']:g}" for p in points), "step_time": "per rate"}
+    result["search"] = {**found, "points": points, "min_requests": args.min_requests}
     return result
 
 

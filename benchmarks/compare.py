@@ -189,23 +189,37 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
 
 def capacity_on_server(args: argparse.Namespace, common: dict, stem: str, fixed: dict, run_load) -> dict:
     """The planner's open-loop search on the running server, starting at the fixed rate (whose step is
-    reused, not run again). Each point keeps its file, rate, p99, delivery and reconciliation."""
-    runs = {args.fixed_rps: (fixed, f"{stem}-fixed.json")}
+    reused, not run again)."""
+    found, _ = search_rates(common, args.out.parent, stem, run_load, slo_p99_ms=args.slo_p99_ms, start_rps=args.fixed_rps,
+                            factor=args.capacity_factor, refine=args.capacity_refine, max_rps=args.capacity_max_rps,
+                            min_requests=args.min_requests, step_time=args.step_time,
+                            known={args.fixed_rps: (fixed, f"{stem}-fixed.json")})
+    return found
+
+
+def search_rates(base: dict, out_dir: Path, stem: str, run_load, *, slo_p99_ms: float, start_rps: float, factor: float,
+                 refine: int, max_rps: float, min_requests: int, step_time: float, known: dict | None = None) -> tuple[dict, dict]:
+    """``planner.search_capacity`` against a running server (``compare --capacity``, ``plan --search-from``):
+    each rate is one open-loop ``run_load`` with the options ``base``, of at least ``min_requests``
+    requests, written to ``out_dir/<stem>-rate<R>.json``; ``known`` ({rate: (result, file)}) is reused,
+    not run again. Returns the search, each point with its file, requests and reconciliation (its
+    step dropped), and every rate's result."""
+    runs = dict(known or {})
 
     def measure(rate: float) -> dict:
         if rate not in runs:
             name = f"{stem}-rate{rate:g}.json"
             print(f"    capacity search: {rate:g} req/s", file=sys.stderr, flush=True)
-            runs[rate] = (run_load(argparse.Namespace(**{**common, "load_mode": "open", "steps": f"{rate:g}", "out": args.out.parent / name,
-                                                          "step_time": max(args.step_time, fixed_duration_s(args.min_requests, rate))})), name)
+            runs[rate] = (run_load(argparse.Namespace(**{**base, "load_mode": "open", "steps": f"{rate:g}", "out": out_dir / name,
+                                                          "step_time": max(step_time, fixed_duration_s(min_requests, rate))})), name)
         return runs[rate][0]["steps"][0]
 
-    found = planner.search_capacity(measure, args.slo_p99_ms, args.fixed_rps, args.capacity_factor, args.capacity_refine, args.capacity_max_rps)
+    found = planner.search_capacity(measure, slo_p99_ms, start_rps, factor, refine, max_rps)
     for p in found["points"]:
         result, p["file"] = runs[p["rate_rps"]]
         p["requests"] = p.pop("step")["issued"]
         p["reconciliation"] = result.get("reconciliation", {}).get("status")
-    return found
+    return found, {rate: result for rate, (result, _) in runs.items()}
 
 
 def index_summary(repository: Path) -> dict:

@@ -111,7 +111,8 @@ def search_capacity(measure, slo_p99_ms: float, start_rps: float, factor: float 
                     max_rps: float = 1000.0, min_rps: float = 1.0) -> dict:
     """The highest open-loop rate that holds the SLO, found by measuring: ``measure(rate)`` runs one
     open-loop step at ``rate`` requests/s and returns its step dict; a step holds when
-    ``sustained_step`` accepts it (p99 <= SLO, errors < 0.1%, >= 95% of the rate delivered).
+    ``sustained_step`` accepts it (p99 <= SLO, errors < 0.1%, the rate delivered: >= 95%, or within
+    3 standard deviations of its Poisson count).
 
     Up from ``start_rps`` by ``factor`` while the SLO holds (down by ``factor`` if the start fails),
     then ``refine`` geometric bisections between the highest rate that held and the lowest that
@@ -132,10 +133,10 @@ def search_capacity(measure, slo_p99_ms: float, start_rps: float, factor: float 
     if holds(start_rps):
         held = start_rps
         while held * factor <= max_rps:
-            if not holds(round(held * factor, 2)):
-                failed = round(held * factor, 2)
+            if not holds(rate := round(held * factor, 2)):
+                failed = rate
                 break
-            held = round(held * factor, 2)
+            held = rate
     else:
         failed = start_rps
         while failed / factor >= min_rps:
