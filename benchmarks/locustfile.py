@@ -179,20 +179,31 @@ class MeasuredUser(User):
         self.rng = random.Random()
         self.stopping = False  # Locust stopped this user while a call was on the wire (TritonUser.send)
 
-    def wait_time(self):
+    def on_start(self):
+        """Open loop: the first call waits its own first gap too. Locust runs a user's task before its
+        first wait, so every user spawned at a step would otherwise fire at once: a burst of --users-per-rps
+        x rate calls (29 at once in a 56 req/s soak, 21 of them refused by an 8-row admission) and, with
+        --arrivals uniform, every later call in lock-step with it."""
+        if self.options.load_mode != "closed":
+            gevent.sleep(self._next_gap(first=True))
+
+    def _next_gap(self, first: bool = False) -> float:
+        """Seconds until this user's next arrival (0: now; it fell behind, and the achieved rate will show it)."""
         o = self.options
-        if o.load_mode == "closed":
-            return 0
         target = steps_of(o)[min(max(recorder.step, 0), len(steps_of(o)) - 1)]
         per_user = target / users_for(o, target)
-        if o.arrivals == "poisson":  # exponential gaps: users never fire in lock-step bursts
-            self.next_at += self.rng.expovariate(per_user)
-        else:  # fixed interval; each user starts at a random phase of it
-            self.next_at += 1 / per_user if self.counter else self.rng.uniform(0, 1 / per_user)
         now = time.monotonic()
-        if self.next_at < now:  # fell behind: the achieved rate will show it
-            self.next_at = now
-        return self.next_at - now
+        if o.arrivals == "poisson":  # exponential gaps: users never fire in lock-step bursts
+            self.next_at = max(now, self.next_at + self.rng.expovariate(per_user))
+        else:  # fixed interval; each user starts at a random phase of it and keeps that phase
+            interval = 1 / per_user
+            self.next_at += self.rng.uniform(0, interval) if first else interval
+            if self.next_at < now:  # skip the slots it missed: resetting them to now would line users up
+                self.next_at += math.ceil((now - self.next_at) / interval) * interval
+        return max(0.0, self.next_at - now)
+
+    def wait_time(self):
+        return 0 if self.options.load_mode == "closed" else self._next_gap()
 
     def texts_for_request(self) -> list[str]:
         self.counter += 1

@@ -14,7 +14,7 @@ import pytest
 from benchmarks.__main__ import add_load_arguments, run_load
 from benchmarks.common import check_loopback
 from benchmarks.triton_metrics import breakdown, parse, scrape
-from tests.conftest import ARTIFACTS, start_server
+from tests.conftest import ARTIFACTS, render_variant, start_server
 
 
 def load_args(server, tmp_path, *extra: str) -> argparse.Namespace:
@@ -77,6 +77,22 @@ def test_poisson_arrivals_offer_the_rate_within_their_own_noise(server, tmp_path
     assert set(step["errors"]) <= {"StatusCode.UNAVAILABLE"} and step["failed"] <= 0.1 * step["issued"], step["errors"]
     run = result["run_total"]  # the calls on the wire when Locust stopped its users are counted too
     assert run["issued"] == run["succeeded"] + run["failed"] and run["succeeded"] == run["server_requests"], run
+
+
+def test_open_loop_users_keep_apart_not_in_lock_step_bursts(render_info, tmp_path):
+    """Fixed intervals, 10 users at 20 req/s, against a repository that refuses a call while 2 rows are in
+    flight: users that fire together (each spawned user's first call at once, and every 0.5 s after in
+    lock-step) see most of each burst refused; users at random phases, 50 ms apart, see almost none."""
+    render_variant(tmp_path / "repo", render_info, admission_max_rows=2)
+    srv = start_server(tmp_path / "repo", tmp_path / "work")
+    try:
+        result = run_load(load_args(srv, tmp_path, "--load-mode", "open", "--arrivals", "uniform", "--steps", "20",
+                                    "--step-time", "5", "--warmup", "1"))
+    finally:
+        srv.stop()
+    step = result["steps"][0]
+    assert step["users"] == 10 and abs(step["issued"] - 100) <= step["users"] + 1, step
+    assert set(step["errors"]) <= {"StatusCode.UNAVAILABLE"} and step["failed"] <= 0.2 * step["issued"], step["errors"]
 
 
 def freeze_once_it_answers(server, model: str = "retrieve", timeout_s: float = 60.0) -> threading.Thread:
