@@ -6,7 +6,8 @@
    Locust step, so each has its own p99 and failure count), after a discarded warm-up.
 3. Meanwhile the RSS of tritonserver and of every python-backend stub is sampled from /proc.
 
-Verdicts (each written with the numbers behind it): 0 failed requests; no answer slower than
+Verdicts (each written with the numbers behind it): 0 failed requests (counted by gRPC status: an
+admission refusal reads UNAVAILABLE); no answer slower than
 ``--max-latency-ms`` (200) in any window, the slowest sample itself, not a percentile; p99 of the last
 window within ``--max-p99-drift`` of the first; RSS of every process within ``--max-rss-growth`` of its value at the
 end of the first window (warm-up done: arenas, caches and the batcher's buffers have grown by then).
@@ -57,6 +58,10 @@ def per_window(samples, start: float, window_s: float, windows: int) -> list[dic
 
 def verdicts(windows: list[dict], rss: list[dict], max_rss_growth: float, max_p99_drift: float, max_latency_ms: float) -> dict:
     failed = sum(w["failed"] for w in windows)
+    by_kind: dict[str, int] = {}
+    for w in windows:
+        for kind, n in (w.get("errors") or {}).items():
+            by_kind[kind] = by_kind.get(kind, 0) + n
     slowest = [w["latency_ms"].get("max") for w in windows]
     p99 = [w["latency_ms"].get("p99") for w in windows]
     drift = (p99[-1] / p99[0] - 1.0) if p99 and p99[0] and p99[-1] else None
@@ -66,6 +71,7 @@ def verdicts(windows: list[dict], rss: list[dict], max_rss_growth: float, max_p9
         growth[name] = None if not first or not last else last / first - 1.0
     return {
         "failed_requests": failed,
+        "failed_by_kind": by_kind,  # UNAVAILABLE: refused by admission (load shed at once), or the server gone
         "no_failures": failed == 0,
         "slowest_ms_per_window": slowest,
         "max_latency_ok": bool(slowest) and all(m is not None and m <= max_latency_ms for m in slowest),

@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.__main__ import main as bench_main
 from benchmarks.soak import verdicts
 
+from tests.conftest import render_variant, start_server
 
-def window(p99, slowest, failed=0):
-    return {"failed": failed, "latency_ms": {"p99": p99, "max": slowest}}
+
+def window(p99, slowest, failed=0, errors=None):
+    return {"failed": failed, "errors": errors or {}, "latency_ms": {"p99": p99, "max": slowest}}
+
+
+@pytest.fixture(scope="module")
+def unadmitted(render_info, tmp_path_factory):
+    """The default repository rendered without admission. At half the closed-loop capacity the 8-row
+    default refuses a burst now and then on this shared, unpinned 2-core machine (1 and 3 calls in two
+    clean-clone CI runs, UNAVAILABLE "8 rows in flight"): a stall of ~100 ms at 56 req/s is Poisson's
+    8 arrivals one time in five. Shedding such bursts is admission's job, tested in test_admission and
+    test_overload; this soak is about leaks, drift and errors, and holds every failed call against it."""
+    folder = tmp_path_factory.mktemp("soak")
+    render_variant(folder / "repo", render_info, admission_max_rows=0)
+    srv = start_server(folder / "repo", folder / "work")
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def test_the_verdict_judges_the_slowest_sample_not_a_percentile():
@@ -21,9 +41,14 @@ def test_the_verdict_judges_the_slowest_sample_not_a_percentile():
     stalled = verdicts([window(30, 120), window(31, 480.0)], rss, 0.05, 0.10, 200)
     assert not stalled["max_latency_ok"] and stalled["p99_drift_ok"]
     assert not verdicts([window(30, None)], rss, 0.05, 0.10, 200)["max_latency_ok"]  # an empty window proves nothing
+    shed = verdicts([window(30, 90, 1, {"StatusCode.UNAVAILABLE": 1}), window(31, 90, 3, {"StatusCode.UNAVAILABLE": 2, "StatusCode.INTERNAL": 1})],
+                    rss, 0.05, 0.10, 200)
+    assert shed["failed_requests"] == 4 and shed["failed_by_kind"] == {"StatusCode.UNAVAILABLE": 3, "StatusCode.INTERNAL": 1}
+    assert not shed["no_failures"] and calm["no_failures"] and calm["failed_by_kind"] == {}
 
 
-def test_a_one_minute_soak_at_half_capacity_holds(server, tmp_path):
+def test_a_one_minute_soak_at_half_capacity_holds(unadmitted, tmp_path):
+    server = unadmitted
     out = tmp_path / "soak.json"
     code = bench_main(["soak", "--grpc-url", server.grpc_url, "--metrics-url", server.metrics_url, "--model", "retrieve",
                        "--capacity-s", "10", "--capacity-users", "4", "--windows", "3", "--window-s", "20",
