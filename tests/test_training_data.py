@@ -172,6 +172,28 @@ def test_sweep_rules_pick_what_the_targets_ask_for():
     assert pick_stage2(s2)[0] == "tiny"  # none fast enough: the fastest
 
 
+def test_students_of_one_shape_share_the_median_of_their_timings():
+    """The 2026-12-01 sweep: two 1-layer students, same shape, timed 4.17x and 3.67x alone; the first
+    passed the 4x rule and its twin did not. Pooled per shape, both stand at the median."""
+    from training.sweep import pick_stage2, speedup_by_shape
+
+    one = {"student": "teacher", "student_layers": 1, "projection": None, "dim": 384, "parameters": 13840896}
+    two = {**one, "student_layers": 2, "parameters": 15615360}
+    s2 = {"1L": {"ratio": {"a": 0.96}, "parameters": 13840896, "shape": one, "speedup": {"batch1": 4.17, "batch64": 5.43}},
+          "1L-lr": {"ratio": {"a": 0.97}, "parameters": 13840896, "shape": dict(one), "speedup": {"batch1": 3.67, "batch64": 5.10}},
+          "2L": {"ratio": {"a": 0.99}, "parameters": 15615360, "shape": two, "speedup": {"batch1": 2.41, "batch64": 2.49}}}
+    pooled = speedup_by_shape(s2)
+    assert pooled["1L"] == pooled["1L-lr"] == {"batch1": pytest.approx(3.92), "batch64": pytest.approx(5.265), "timings": 2}
+    assert pooled["2L"] == {"batch1": 2.41, "batch64": 2.49, "timings": 1}
+    assert pick_stage2(s2)[0] == "1L-lr"  # no shape at 4x: the fastest shape, and of its two the better worst-set ratio
+    s2["1L-lr"]["speedup"]["batch1"] = 4.2  # a third timing of the shape would move the median; here both clear 4x
+    assert speedup_by_shape(s2)["1L"]["batch1"] == pytest.approx(4.185)
+    assert pick_stage2(s2)[0] == "1L-lr"  # same size, the better worst-set ratio
+    for entry in s2.values():  # without shapes (older sweeps), each candidate keeps its own timing, as before
+        del entry["shape"]
+    assert speedup_by_shape(s2)["1L"]["batch1"] == 4.17 and speedup_by_shape(s2)["1L"]["timings"] == 1
+
+
 def test_embedding_cache_hits_only_for_the_same_weights_and_data(tmp_path):
     from training.towers import cached_embeddings
 
