@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import fcntl
 import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -117,6 +119,30 @@ class Repository:
         self._call(f"/v2/repository/models/{model}/load", {"parameters": {"config": json.dumps(config)}})
 
 
+def admission_table(server_pid: int) -> Path:
+    """runtime/admission.py's ``table_path``, restated in the standard library (tests/test_admission.py keeps them equal)."""
+    root = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    return root / f"scalingnote-admission-{server_pid}"
+
+
+def clear_admission(server_pid: int) -> None:
+    """Once a reload has swapped the new instances in, forget every admission ticket (runtime.admission:
+    ``reset``, which zeroes every slot after the one-word header, under the table's lock). The new stub
+    cleared the table at its load, but that comes before the swap: until then requests were admitted,
+    sent to the dead stub and failed there, and such a request never reaches the step that gives its
+    ticket back. Those tickets would refuse every request for the tickets' ttl (5 s)."""
+    try:
+        fd = os.open(admission_table(server_pid), os.O_RDWR)
+    except FileNotFoundError:  # admission off, or no stub has opened it
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.pwrite(fd, bytes(max(0, os.fstat(fd).st_size - 8)), 8)  # the stubs' maps see it: one page cache
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 class StubSupervisor(threading.Thread):
     """Watches ``server``'s stubs every ``interval_s`` until stop() or the server exits."""
 
@@ -198,6 +224,7 @@ class StubSupervisor(threading.Thread):
         for instance in instances:  # the new stubs bring their names back on the next check
             self._known.pop(instance, None)
             self._missing_since.pop(instance, None)
+        clear_admission(self.server.pid)
         self._event("restarted", model)
 
 

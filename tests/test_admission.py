@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 
 import pytest
@@ -110,3 +111,27 @@ def test_processes_racing_never_exceed_the_limit(tmp_path):
         p.join(timeout=60)
     peaks = [seen.get(timeout=5) for _ in procs]
     assert max(peaks) <= 3 and Admission(tmp_path / "table", 3).in_flight() == 0
+
+
+def test_the_supervisor_clears_the_table_as_reset_does(tmp_path):
+    """After a reload the supervisor (standard library only: the image runs it as a script) clears the
+    server's table: the tickets of requests that failed at the dead stub stop counting, the ticket
+    numbers go on, and its idea of the table's path is the stubs' own."""
+    from model_repository import supervisor
+    from model_repository.runtime.admission import table_path
+
+    pid = 2**22 + os.getpid()  # no server has this pid: a table of its own
+    assert supervisor.admission_table(pid) == table_path(pid)
+    gate = Admission(table_path(pid), 8)
+    try:
+        held = [gate.admit(3)[0] for _ in range(3)]
+        assert all(held) and gate.in_flight() == 9 and not gate.admit(1)[0]
+        supervisor.clear_admission(pid)
+        assert gate.in_flight() == 0
+        after = gate.admit(1)[0]
+        assert after == held[-1] + 1 and gate.in_flight() == 1  # the header (next ticket) is kept
+        gate.release(held[0])  # a ticket from before the clear: nothing happens
+        assert gate.in_flight() == 1
+        supervisor.clear_admission(pid + 1)  # no table: nothing to do, no error
+    finally:
+        gate.close(unlink=True)
