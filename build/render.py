@@ -75,7 +75,7 @@ class ServingSettings:
     # without a limit the queue grew to the clients' deadline. Off on the GPU, where batching wants
     # many rows in flight and no limit has been measured. A burst above the limit is refused, not
     # queued (README, "Overload").
-    admission_max_rows: int = dataclasses.field(default=-1, metadata={"help": "rows in flight between tokenizer and pooling before new requests are refused at once with UNAVAILABLE (0: no limit; -1: auto, 8 on cpu, 0 on gpu)"})
+    admission_max_rows: int = dataclasses.field(default=-1, metadata={"help": "rows in flight between the tokenizer and the step that answers (pooling for embed, the search for retrieve) before new requests are refused at once with UNAVAILABLE (0: no limit; -1: auto, 8 on cpu, 0 on gpu)"})
     # On a shared CPU core the encoder is the one long computation; a higher nice value lets the
     # short stages (and the tokenizer's refusals) run as soon as they are ready. At 3x capacity,
     # refusal p99 4.5-4.7 ms at nice 19 against 5.4-5.5 ms at nice 10, the same goodput
@@ -85,7 +85,7 @@ class ServingSettings:
     # 15 ms (one core); torch's MKL GEMM takes 22 ms (benchmarks/results/topk-cpu-2026-11-24/).
     topk_gemm: str = dataclasses.field(default="auto", metadata={"help": "mips_topk numpy: auto (OpenBLAS GEMV for one query, torch's MKL GEMM for 2+) or numpy (OpenBLAS for every batch)"})
     topk_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend mips_topk: nice value its stub takes at load, 0-19, or 20 for SCHED_IDLE (0: unchanged; -1: auto, 0)"})
-    admission_ttl_s: float = dataclasses.field(default=5.0, metadata={"help": "an admitted request that never reaches pooling (cancelled, a stub killed) stops counting after this long"})
+    admission_ttl_s: float = dataclasses.field(default=5.0, metadata={"help": "an admitted request that never gets its answer step (cancelled, a stub killed) stops counting after this long"})
     encoder_batching: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: dynamic (Triton's dynamic batcher merges queued requests) or sequential (one request per execution, in arrival order; no batcher); auto: dynamic on gpu or with a queue policy, sequential on cpu"})
     # Opt-in: ONNX Runtime's dynamic int8 quantization of the query encoder (build/quantize.py);
     # the document index stays as the float doc tower built it. Its quality cost: README.
@@ -170,6 +170,9 @@ def ensembles(dim: int, shard_count: int = 0, pooling_step: str = "separate") ->
                                                       "admission_ticket": "_admission_ticket"}}
     topk_outputs = {"doc_ids": "DOC_IDS", "scores": "SCORES", "doc_keys": "DOC_KEYS", "titles": "TITLES",
                     "snippets": "SNIPPETS", "index_version": "INDEX_VERSION"}
+    # retrieve's ticket comes back after its search, not at pooling: the rows admission bounds include the
+    # search's queue (a search stub at a low priority, --topk-nice, must not queue outside the limit)
+    untaken = {**pool, "inputs": {k: v for k, v in pool["inputs"].items() if k != "admission_ticket"}}
     return [
         {
             "name": "embed",
@@ -182,18 +185,20 @@ def ensembles(dim: int, shard_count: int = 0, pooling_step: str = "separate") ->
             "inputs": [_t("TEXT", "TYPE_STRING", "1"), _t("K", "TYPE_INT32", "1")],
             "outputs": [_t("DOC_IDS", "TYPE_INT64", "-1"), _t("SCORES", "TYPE_FP32", "-1"), _t("DOC_KEYS", "TYPE_STRING", "-1"),
                         _t("TITLES", "TYPE_STRING", "-1"), _t("SNIPPETS", "TYPE_STRING", "-1"), _t("INDEX_VERSION", "TYPE_STRING", "1")],
-            "steps": [*encode_steps, {**pool, "outputs": {"embedding": "_embedding"}}, *search_steps(shard_count, topk_outputs)],
+            "steps": [*encode_steps, {**untaken, "outputs": {"embedding": "_embedding"}}, *search_steps(shard_count, topk_outputs)],
         },
     ]
 
 
 def search_steps(shard_count: int, topk_outputs: dict) -> list[dict]:
-    """One mips_topk step, or (sharded) one step per shard in parallel and a topk_merge step."""
+    """One mips_topk step, or (sharded) one step per shard in parallel and a topk_merge step; the last
+    step gives the admission ticket back."""
+    ticket = {"admission_ticket": "_admission_ticket"}
     if shard_count < 2:
-        return [{"model": "mips_topk", "inputs": {"embedding": "_embedding", "k": "K"}, "outputs": topk_outputs}]
+        return [{"model": "mips_topk", "inputs": {"embedding": "_embedding", "k": "K", **ticket}, "outputs": topk_outputs}]
     steps = [{"model": f"mips_topk_{i}", "inputs": {"embedding": "_embedding", "k": "K"},
               "outputs": {name: f"_{name}_{i}" for name in topk_outputs}} for i in range(shard_count)]
-    merge_inputs = {"k": "K", **{f"{name}_{i}": f"_{name}_{i}" for i in range(shard_count) for name in topk_outputs}}
+    merge_inputs = {"k": "K", **ticket, **{f"{name}_{i}": f"_{name}_{i}" for i in range(shard_count) for name in topk_outputs}}
     return [*steps, {"model": "topk_merge", "inputs": merge_inputs, "outputs": topk_outputs}]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -84,6 +85,19 @@ def fire_concurrently(grpc, model, requests, outputs):
     for _ in requests:
         assert done.acquire(timeout=180), "a request never completed"
     return results
+
+
+def fire_concurrently_later(grpc, model, requests, outputs):
+    """fire_concurrently without waiting: returns a function that waits, then gives the results."""
+    results: list = []
+    thread = threading.Thread(target=lambda: results.extend(fire_concurrently(grpc, model, requests, outputs)), daemon=True)
+    thread.start()
+
+    def wait():
+        thread.join(120)
+        return results
+
+    return wait
 
 
 def executions(grpc, model, at_least: int = 0):
@@ -168,6 +182,32 @@ def test_the_dynamic_batching_encoder_merges_requests_and_each_equals_the_reques
     assert inferences == 64 and runs < 64, "the encoder's dynamic batcher never formed a batch; the test proves nothing"
 
 
+def assert_a_stalled_search_holds_the_tickets(client, search_pid, table, texts, alone):
+    """retrieve's tickets come back after its search, not after encoding: with the search's stub stopped,
+    two encoded requests still hold the 2-row limit, so a third is refused at once; once it runs again,
+    both are answered as alone and their tickets come back. (Given back at pooling, the search's queue
+    was outside the limit: a search stub at SCHED_IDLE could fall behind without bound.)"""
+    encoded = executions(client, "query_encoder")[0]
+    os.kill(search_pid, signal.SIGSTOP)
+    try:
+        held = fire_concurrently_later(client, "retrieve", [retrieve_request([t], 5) for t in texts], OUTPUTS)
+        assert executions(client, "query_encoder", encoded + len(texts))[0] >= encoded + len(texts), "never encoded"
+        time.sleep(0.3)  # the encoder has answered both: given back at pooling, the table would read 0 by now
+        assert table.in_flight() == len(texts), "the encoder gave a retrieve ticket back before its search"
+        with pytest.raises(InferenceServerException, match=r"admission_max_rows is 2, 2 rows are in flight") as refused:
+            client.infer("retrieve", retrieve_request([texts[0]], 5), client_timeout=30)
+        assert refused.value.status() == "StatusCode.UNAVAILABLE"
+    finally:
+        os.kill(search_pid, signal.SIGCONT)
+    for answer, single in zip(held(), alone):
+        assert not isinstance(answer, Exception), answer
+        np.testing.assert_array_equal(answer["DOC_IDS"], single.as_numpy("DOC_IDS"))
+    deadline = time.monotonic() + 5
+    while table.in_flight() and time.monotonic() < deadline:  # given back just after the answer went out
+        time.sleep(0.05)
+    assert table.in_flight() == 0, "a searched request's ticket never came back"
+
+
 def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_rest(repository, render_info, queries, tmp_path):
     """--admission-max-rows 2: of a burst, the requests that would put more than 2 rows before
     pooling get UNAVAILABLE naming the limit; every admitted one equals the request alone; every
@@ -205,6 +245,7 @@ def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_re
         assert table.in_flight() == 0, "an admitted request's ticket never came back"
         again = client.infer("retrieve", retrieve_request([texts[0]], 5))
         np.testing.assert_array_equal(again.as_numpy("DOC_IDS"), alone[0].as_numpy("DOC_IDS"))
+        assert_a_stalled_search_holds_the_tickets(client, stubs["stub:mips_topk_0_0"], table, texts[:2], alone[:2])
         client.close()
     finally:
         server.stop()

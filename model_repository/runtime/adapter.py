@@ -70,5 +70,32 @@ def execute_batched(
     return responses
 
 
+class TicketReturn:
+    """The step that gives admission tickets back (runtime.admission): pooling for ``embed``, the search's
+    last step for ``retrieve``. A ticket is the optional input ``admission_ticket``, absent outside the
+    ensembles; it comes back once the step has answered, whatever it answered. Taking part, the step
+    clears the table at (re)load: a reload follows a dead stub, whose requests' tickets are lost."""
+
+    NAME = "admission_ticket"
+
+    def __init__(self):
+        from .admission import Admission, table_path
+
+        self.admission = Admission(table_path(), 0)  # gives tickets back; the tokenizer holds the limit
+        self.admission.reset()
+
+    def execute(self, requests: Sequence[Any], run: Callable[[], list]) -> list:
+        tickets = [pb_utils.get_input_tensor_by_name(r, self.NAME) for r in requests]
+        try:
+            return run()
+        finally:  # answered or refused: these rows no longer count against the limit
+            for ticket in tickets:
+                if ticket is not None:
+                    self.admission.release(int(ticket.as_numpy().flat[0]))
+
+    def close(self) -> None:
+        self.admission.close()
+
+
 def version_folder(args: dict) -> str:
     return f"{args['model_repository']}/{args['model_version']}"

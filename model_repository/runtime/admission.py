@@ -1,4 +1,5 @@
-"""Admission control for one server: a bound on the rows between the tokenizer and pooling.
+"""Admission control for one server: a bound on the rows between the tokenizer and the step that
+answers (pooling for ``embed``, the search for ``retrieve``).
 
 The tokenizer admits a request only while fewer than ``limit_rows`` rows are in flight ahead
 of it; otherwise it answers UNAVAILABLE at once (no queueing, no compute), and the requests it
@@ -8,8 +9,10 @@ is in flight it holds the rows it brought, so the requests behind it are refused
 encoded (they would have waited for all of it).
 Each admitted request takes a ticket: a slot of a small table shared by the server's stubs
 (one file per tritonserver process) holding its ticket number, admission time and rows.
-pool_normalize gives the ticket back when the request reaches it (or the query_encoder once
-it has encoded it, when the encoder pools: render's ``pooling_step``). A ticket whose request
+An ``embed`` request's ticket comes back from pool_normalize once pooled (or the query_encoder
+once encoded, when the encoder pools: render's ``pooling_step``); a ``retrieve`` request's from
+the search's last step (mips_topk, or topk_merge of a sharded index), so that a search queue
+counts too (``runtime.adapter.TicketReturn``). A ticket whose request
 never gets there (the client cancelled it, a stub was killed) expires after ``ttl_s``, so
 a lost ticket costs capacity for seconds, never for good; and every stub that takes part
 clears the table when it (re)loads (``reset``): a stub is reloaded after it died, and the
@@ -60,7 +63,7 @@ class Admission:
         return (self._slots[:, 0] != 0) & (now_ns - self._slots[:, 1] < self.ttl_ns)
 
     def in_flight(self) -> int:
-        """Rows admitted and not yet at pooling (expired tickets not counted)."""
+        """Rows admitted and not yet answered (expired tickets not counted)."""
         return int(self._slots[self._live(time.monotonic_ns()), 2].sum())
 
     def admit(self, rows: int) -> tuple[int, int]:

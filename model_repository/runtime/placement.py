@@ -24,6 +24,16 @@ import numpy as np
 LIBRARIES = ("numpy", "cupy", "torch")
 
 
+def cupy_devices() -> tuple[int, str]:
+    """(CUDA devices CuPy sees, why none when 0): ImportError, or CUDARuntimeError without a driver."""
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount()), ""
+    except Exception as e:  # noqa: BLE001 - any failure means no device for CuPy; the caller names it
+        return 0, f"{type(e).__name__}: {e}"
+
+
 class Placement:
     def __init__(self, library: str = "numpy", device_id: int = 0, device_type: str = "cuda"):
         """``device_type`` 'cpu' runs the torch path on the CPU (tests)."""

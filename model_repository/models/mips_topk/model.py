@@ -1,8 +1,9 @@
 """mips_topk: embedding, k -> doc_ids, scores, doc_keys, titles, snippets, index_version.
 
-The index is loaded and verified once at model load; a manifest that pairs with
-another query tower, or a failed checksum, refuses the load. All valid requests of
-a dynamic batch share one search at the largest k asked for.
+The index is loaded and verified once at model load; a manifest that pairs with another query tower,
+or a failed checksum, refuses the load. All valid requests of a dynamic batch share one search at the
+largest k asked for. Unsharded, it gives back a ``retrieve`` request's admission ticket once it has
+answered (runtime.admission).
 
 The implementation is chosen explicitly by the config parameter ``implementation``:
 ``numpy`` (one GEMM + argpartition, CPU; torch's MKL scores a batch of 2+), ``chunked``
@@ -10,8 +11,8 @@ The implementation is chosen explicitly by the config parameter ``implementation
 the index moves to the GPU once at load, query embeddings arrive by DLPack; only the k ids
 and scores per query come back to the host, to look up titles) or ``torch`` (kernels/topk_torch.py,
 the GPU search where CuPy cannot run beside the stub's numpy 1.x). ``cupy`` without a CUDA device
-refuses to load; each instance searches on the GPU Triton gave it
-(``runtime.placement``), so the shards of a sharded index sit on their own GPUs.
+refuses to load; each instance searches on the GPU Triton gave it (``runtime.placement``), so the
+shards of a sharded index sit on their own GPUs.
 """
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -20,11 +21,11 @@ from kernels.topk import NumpyTopK
 from kernels.topk_chunked import ChunkedTopK, cupy_topk
 from kernels.topk_torch import TorchTopK
 from runtime import InvalidInput
-from runtime.adapter import execute_batched, input_tensor, version_folder
+from runtime.adapter import TicketReturn, execute_batched, input_tensor, version_folder
 from runtime.cpus import take_nice
 from runtime.index import load_index, snippet
 from runtime.params import ModelParams
-from runtime.placement import Placement
+from runtime.placement import Placement, cupy_devices
 
 IMPLEMENTATIONS = {"numpy": NumpyTopK, "chunked": ChunkedTopK, "cupy": cupy_topk, "torch": TorchTopK}
 
@@ -33,7 +34,8 @@ class TritonPythonModel:
     def initialize(self, args):
         params = ModelParams(args["model_config"])
         take_nice("mips_topk", params.int("nice"), pb_utils.Logger.log_info)
-        self.input_names = [i["name"] for i in params.config["input"]]  # embedding, k
+        self.input_names = [i["name"] for i in params.config["input"]]  # embedding, k (, admission_ticket)
+        self.tickets = TicketReturn()
         self.output_names = params.output_names()
         self.index = load_index(f"{version_folder(args)}/{params.str('index_dir')}", params.str("query_tower_fingerprint"), mmap=True)
         if params.int("index_rows") != len(self.index):
@@ -41,16 +43,9 @@ class TritonPythonModel:
         implementation = params.str("implementation")
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"mips_topk: implementation must be one of {sorted(IMPLEMENTATIONS)}; got {implementation!r}")
-        if implementation == "cupy":
-            try:
-                import cupy
-
-                devices = cupy.cuda.runtime.getDeviceCount()
-            except Exception as e:  # ImportError, or CUDARuntimeError without a driver
-                devices, cupy = 0, e
-            if not devices:
-                raise ValueError(f"mips_topk: implementation 'cupy' needs CuPy and a CUDA device ({cupy}); "
-                                 "render with --target cpu on this machine")
+        if implementation == "cupy" and not (cuda := cupy_devices())[0]:
+            raise ValueError(f"mips_topk: implementation 'cupy' needs CuPy and a CUDA device ({cuda[1]}); "
+                             "render with --target cpu on this machine")
         self.placement = Placement.for_instance(args, implementation if implementation in ("cupy", "torch") else "numpy")
         self.xp = self.placement.xp
         c = self.index.compressed
@@ -114,4 +109,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         with self.placement.scope():  # this instance's GPU is current for every array and launch
-            return execute_batched(requests, self.parse, self.compute, self.output_names)
+            return self.tickets.execute(requests, lambda: execute_batched(requests, self.parse, self.compute, self.output_names))
+
+    def finalize(self):
+        self.tickets.close()

@@ -1,7 +1,7 @@
 """pool_normalize: last_hidden_state, attention_mask -> L2-normalised embedding.
 
-A request arriving here gives back its admission ticket (``admission_ticket``, from the
-tokenizer; see runtime.admission): its rows no longer count against the admission limit.
+An ``embed`` request gives back its admission ticket here once pooled (``admission_ticket``, from
+the tokenizer; see runtime.admission); a ``retrieve`` request keeps it until its search has answered.
 
 The implementation is chosen explicitly by the config parameter ``implementation``
 and logged at load; nothing falls back silently:
@@ -18,8 +18,7 @@ import triton_python_backend_utils as pb_utils
 
 from kernels.pooling import Pooling, pool_normalize_reference
 from runtime import InvalidInput
-from runtime.adapter import execute_batched, input_array, input_tensor
-from runtime.admission import Admission, table_path
+from runtime.adapter import TicketReturn, execute_batched, input_array, input_tensor
 from runtime.params import ModelParams
 from runtime.placement import Placement
 
@@ -30,8 +29,7 @@ class TritonPythonModel:
     def initialize(self, args):
         params = ModelParams(args["model_config"])
         self.input_names = [i["name"] for i in params.config["input"]]  # last_hidden_state, attention_mask, admission_ticket
-        self.admission = Admission(table_path(), 0)  # gives tickets back; the tokenizer holds the limit
-        self.admission.reset()  # a reload follows a dead stub: the tickets of the requests it held are lost
+        self.tickets = TicketReturn()
         self.output_names = params.output_names()  # embedding
         self.pooling = Pooling.parse(params.str("pooling"))
         implementation = params.str("implementation")
@@ -56,9 +54,6 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"pool_normalize: pooling={self.pooling.value} implementation={implementation}")
 
     def parse(self, request):
-        ticket = pb_utils.get_input_tensor_by_name(request, self.input_names[2])  # optional: absent outside the ensembles
-        if ticket is not None:
-            self.admission.release(int(ticket.as_numpy().flat[0]))
         if self.gpu:
             hidden, mask = (self.placement.array(input_tensor(request, name)) for name in self.input_names[:2])
             if tuple(hidden.shape[:2]) != tuple(mask.shape):
@@ -80,7 +75,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         with self.placement.scope():  # this instance's GPU is current for every tensor and launch
-            return execute_batched(requests, self.parse, self.compute, self.output_names)
+            return self.tickets.execute(requests, lambda: execute_batched(requests, self.parse, self.compute, self.output_names))
 
     def finalize(self):
-        self.admission.close()
+        self.tickets.close()

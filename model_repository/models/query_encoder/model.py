@@ -2,8 +2,9 @@
 
 With the config parameter ``pooling`` (render's ``pooling_step`` "encoder", the CPU default),
 it also pools and L2-normalises, with the same function as pool_normalize, and answers
-``embedding``: one python hop fewer per request. It then gives back the request's admission
-ticket (``admission_ticket``, from the tokenizer; see runtime.admission) once it is encoded.
+``embedding``: one python hop fewer per request. It then gives back the admission ticket of an
+``embed`` request (``admission_ticket``, from the tokenizer; see runtime.admission) once it is
+encoded; a ``retrieve`` request keeps its ticket until its search has answered.
 
 ``implementation`` in config.pbtxt chooses the engine, and nothing falls back:
 
@@ -22,8 +23,7 @@ import triton_python_backend_utils as pb_utils
 
 from kernels.pooling import Pooling, pool_normalize_reference
 from runtime import InvalidInput
-from runtime.adapter import execute_batched, input_array, version_folder
-from runtime.admission import Admission, table_path
+from runtime.adapter import TicketReturn, execute_batched, input_array, version_folder
 from runtime.cpus import take_nice
 from runtime.files import verify_artifacts
 from runtime.params import ModelParams
@@ -39,12 +39,7 @@ class TritonPythonModel:
         self.output_names = params.output_names()  # last_hidden_state, or embedding when it pools
         pooling = params.optional("pooling", "")
         self.pooling = Pooling.parse(pooling) if pooling else None
-        # A reload follows a dead stub: the tickets of the requests it held are lost, so clear them.
-        self.admission = Admission(table_path(), 0)
-        self.admission.reset()
-        if not self.pooling:  # then pool_normalize gives tickets back
-            self.admission.close()
-            self.admission = None
+        self.tickets = TicketReturn() if self.pooling else None  # else pool_normalize gives them back
         self.max_tokens = params.int("max_tokens")
         implementation = params.optional("implementation", "onnx")
         if implementation not in IMPLEMENTATIONS:
@@ -84,16 +79,9 @@ class TritonPythonModel:
         return [(h,) for h in hidden]
 
     def execute(self, requests):
-        if not self.pooling:
-            return execute_batched(requests, self.parse, self.compute, self.output_names)
-        tickets = [pb_utils.get_input_tensor_by_name(r, "admission_ticket") for r in requests]  # absent outside the ensembles
-        try:
-            return execute_batched(requests, self.parse, self.compute, self.output_names)
-        finally:  # encoded or refused: these rows no longer wait for the encoder
-            for ticket in tickets:
-                if ticket is not None:
-                    self.admission.release(int(ticket.as_numpy().flat[0]))
+        run = lambda: execute_batched(requests, self.parse, self.compute, self.output_names)  # noqa: E731
+        return self.tickets.execute(requests, run) if self.tickets else run()
 
     def finalize(self):
-        if self.admission:
-            self.admission.close()
+        if self.tickets:
+            self.tickets.close()

@@ -1,8 +1,8 @@
 """tokenizer: TEXT (BYTES) -> input_ids, attention_mask (INT64), admission_ticket (INT64).
 
 Thin adapter over runtime.text, and the server's admission point (runtime.admission): a valid
-request that would put more than ``admission_max_rows`` rows in flight before pooling is
-answered UNAVAILABLE at once; an admitted one carries its ticket to pool_normalize.
+request that would put more than ``admission_max_rows`` rows in flight (not yet answered) is
+answered UNAVAILABLE at once; an admitted one carries its ticket to the step that gives it back.
 """
 import numpy as np
 

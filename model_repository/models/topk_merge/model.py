@@ -2,14 +2,15 @@
 
 Each shard answered with global doc ids and at most its own row count; this model
 checks k against the whole index and carries each winner's key, title and snippet
-along. Every shard must report the same source index, or the request fails.
+along. Every shard must report the same source index, or the request fails. It gives back
+a ``retrieve`` request's admission ticket once it has answered (runtime.admission).
 """
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from kernels.topk import merge_topk
 from runtime import InvalidInput
-from runtime.adapter import execute_batched, input_array
+from runtime.adapter import TicketReturn, execute_batched, input_array
 from runtime.params import ModelParams
 
 FIELDS = ("doc_ids", "scores", "doc_keys", "titles", "snippets", "index_version")
@@ -19,6 +20,7 @@ class TritonPythonModel:
     def initialize(self, args):
         params = ModelParams(args["model_config"])
         self.output_names = params.output_names()
+        self.tickets = TicketReturn()
         self.shards = params.int("shard_count")
         self.max_k = min(params.int("max_k"), params.int("index_rows"))
         self.index_version = params.str("index_version")
@@ -50,4 +52,7 @@ class TritonPythonModel:
         return results
 
     def execute(self, requests):
-        return execute_batched(requests, self.parse, self.compute, self.output_names)
+        return self.tickets.execute(requests, lambda: execute_batched(requests, self.parse, self.compute, self.output_names))
+
+    def finalize(self):
+        self.tickets.close()
