@@ -7,6 +7,7 @@ message that says why, never fall back.
 from __future__ import annotations
 
 import contextlib
+import time
 
 import numpy as np
 import pytest
@@ -129,6 +130,15 @@ def test_sharded_index_served_equals_the_whole_index(sharded_server, server, que
 
         with pytest.raises(InferenceServerException, match=r"k must be in \[1, 1000\]"):
             b.retrieve(texts[:1], k=1001)
+    # topk_merge gave every ticket back, the refused request's too (at 24 rows each, one kept would show)
+    from model_repository.runtime.admission import Admission, table_path
+
+    table = Admission(table_path(sharded.process.pid), 0)
+    deadline = time.monotonic() + 1  # well inside the tickets' 5 s ttl, so only a ticket given back reads 0
+    while table.in_flight() and time.monotonic() < deadline:  # given back just after each answer went out
+        time.sleep(0.05)
+    assert table.in_flight() == 0
+    table.close()
 
 
 def test_load_breakdown_follows_the_ensemble_the_server_runs(sharded_server, server, tmp_path):
