@@ -1,0 +1,35 @@
+#!/bin/bash
+# Overload at 3x capacity once retrieve's admission ticket comes back after its search (not at pooling):
+# the default repository (search stub at nice 0) against the same artifacts rendered with --topk-nice 20
+# (the search's stub under SCHED_IDLE), 3 rounds, the two swapped each round. Capacity is measured each
+# round on the same artifacts rendered with --admission-max-rows 0 (the probe's 8 closed-loop callers must
+# not meet refusals). Server on CPU 1 (serve --cpus 1), generator on CPU 0. Same method as
+# ../overload-default-2026-11-24/run.sh.
+set -u
+cd "$(dirname "$0")/../../.."
+OUT=benchmarks/results/overload-ticket-2026-12-02
+R=benchmarks/results/pooling-step-2026-11-24/render.py
+rm -rf /tmp/ovl-open /tmp/ovl-idle
+PYTHONPATH=. .venv/bin/python $R /tmp/ovl-open admission_max_rows=0
+PYTHONPATH=. .venv/bin/python $R /tmp/ovl-idle topk_nice=20
+one() {  # NAME REPO [overload args]
+  local name=$1 repo=$2; shift 2
+  local port=$(( 18000 + RANDOM % 1000 ))
+  .venv/bin/python -m model_repository serve --cpus 1 --repository "$repo" --grpc-port $port --http-port $((port+1)) \
+      --metrics-port $((port+2)) --supervisor-metrics-port 0 --workdir /tmp/ovl-work-$name > $OUT/server-$name.log 2>&1 &
+  local spid=$!
+  for i in $(seq 120); do curl -sf localhost:$((port+1))/v2/health/ready >/dev/null && break; sleep 1; done
+  .venv/bin/python -m benchmarks overload --grpc-url 127.0.0.1:$port --metrics-url http://127.0.0.1:$((port+2))/metrics \
+      --slo-p99-ms 150 --generator-cpus 0 --out $OUT/retrieve-$name.json "$@" > $OUT/retrieve-$name.log 2>&1
+  echo "rc=$? $name $(date +%T)"
+  kill -INT $spid; wait $spid
+}
+for r in 1 2 3; do
+  one no-admission-r$r /tmp/ovl-open --seed $r
+  c=$(python3 -c "import json;print(json.load(open('$OUT/retrieve-no-admission-r$r.json'))['capacity_rps'])")
+  if [ $((r % 2)) = 1 ]; then order="default idle"; else order="idle default"; fi
+  for v in $order; do
+    if [ $v = default ]; then repo=artifacts/model_repository; else repo=/tmp/ovl-idle; fi
+    one topk-$v-r$r $repo --seed $r --capacity-rps $c
+  done
+done
