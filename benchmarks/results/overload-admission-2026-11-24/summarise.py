@@ -1,13 +1,11 @@
 """Median (min-max) over the rounds of each repository's overload verdict: python summarise.py > summary.md"""
 import json
-import statistics
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-
-
-def spread(values: list[float], fmt: str = "{:.1f}") -> str:
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+sys.path.insert(0, str(HERE.parent))
+from overload_summary import spread  # noqa: E402
 
 
 runs = {name: [json.loads(p.read_text(encoding="utf-8")) for p in sorted(HERE.glob(f"retrieve-{name}-r*.json"))]
