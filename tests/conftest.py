@@ -122,6 +122,17 @@ def retrieval(server):
         yield client
 
 
+def rows_in_flight_settled(table, within_s: float = 1.0) -> int:
+    """``table.in_flight()`` once it reads 0 or ``within_s`` has passed: a ticket comes back just after its
+    answer went out. 1 s is well inside the tickets' 5 s ttl, so only a ticket given back reads 0."""
+    import time
+
+    deadline = time.monotonic() + within_s
+    while table.in_flight() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return table.in_flight()
+
+
 def assert_same_ranking(ids_a, scores_a, ids_b, scores_b, atol: float = 1e-6) -> None:
     """Equal top-k answers up to the order of near-ties: scores agree within ``atol``, and where the ids
     differ, the score at that rank is within ``atol`` of another rank's (two BLAS libraries round a

@@ -7,7 +7,6 @@ message that says why, never fall back.
 from __future__ import annotations
 
 import contextlib
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from build.__main__ import main as build_main
 from clients.retrieval import RetrievalClient
 from model_repository.launcher import ServerStartError
-from tests.conftest import ARTIFACTS, assert_same_ranking, start_server
+from tests.conftest import ARTIFACTS, assert_same_ranking, rows_in_flight_settled, start_server
 
 
 def _artifacts(tmp_path_factory, name: str):
@@ -134,10 +133,7 @@ def test_sharded_index_served_equals_the_whole_index(sharded_server, server, que
     from model_repository.runtime.admission import Admission, table_path
 
     table = Admission(table_path(sharded.process.pid), 0)
-    deadline = time.monotonic() + 1  # well inside the tickets' 5 s ttl, so only a ticket given back reads 0
-    while table.in_flight() and time.monotonic() < deadline:  # given back just after each answer went out
-        time.sleep(0.05)
-    assert table.in_flight() == 0
+    assert rows_in_flight_settled(table) == 0
     table.close()
 
 

@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clients.retrieval import k_input, text_input
-from tests.conftest import ARTIFACTS, ROOT
+from tests.conftest import ARTIFACTS, ROOT, rows_in_flight_settled
 
 COSINE_MIN = 0.9999
 
@@ -202,10 +202,7 @@ def assert_a_stalled_search_holds_the_tickets(client, search_pid, table, texts, 
     for answer, single in zip(held(), alone):
         assert not isinstance(answer, Exception), answer
         np.testing.assert_array_equal(answer["DOC_IDS"], single.as_numpy("DOC_IDS"))
-    deadline = time.monotonic() + 1  # well inside the tickets' 5 s ttl: only a ticket given back reads 0
-    while table.in_flight() and time.monotonic() < deadline:  # given back just after the answer went out
-        time.sleep(0.05)
-    assert table.in_flight() == 0, "a searched request's ticket never came back"
+    assert rows_in_flight_settled(table) == 0, "a searched request's ticket never came back"
 
 
 def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_rest(repository, render_info, queries, tmp_path):
