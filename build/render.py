@@ -84,7 +84,12 @@ class ServingSettings:
     # OpenBLAS's SGEMM with a few columns scored 2 queries of a 100k-row index in 60 ms where one took
     # 15 ms (one core); torch's MKL GEMM takes 22 ms (benchmarks/results/topk-cpu-2026-11-24/).
     topk_gemm: str = dataclasses.field(default="auto", metadata={"help": "mips_topk numpy: auto (OpenBLAS GEMV for one query, torch's MKL GEMM for 2+) or numpy (OpenBLAS for every batch)"})
-    topk_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend mips_topk: nice value its stub takes at load, 0-19, or 20 for SCHED_IDLE (0: unchanged; -1: auto, 0)"})
+    # Under SCHED_IDLE the search's stub runs only while the encoder has nothing to do, so on a shared
+    # core the encoder runs ahead and queued searches merge into one MKL GEMM: on the 117,659-document
+    # index at 30 req/s p99 234.6 ms against 332 at nice 0 (benchmarks/results/compare-100k-30rps-2026-11-24/);
+    # on the default index at 20 req/s not separable (../topk-nice-20rps-2026-12-02/). Bounded: retrieve's
+    # admission ticket comes back after its search, so the rows waiting there count against the limit.
+    topk_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend mips_topk: nice value its stub takes at load, 0-19, or 20 for SCHED_IDLE (0: unchanged; -1: auto, 20 on cpu with an admission limit, else 0)"})
     admission_ttl_s: float = dataclasses.field(default=5.0, metadata={"help": "an admitted request that never gets its answer step (cancelled, a stub killed) stops counting after this long"})
     encoder_batching: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: dynamic (Triton's dynamic batcher merges queued requests) or sequential (one request per execution, in arrival order; no batcher); auto: dynamic on gpu or with a queue policy, sequential on cpu"})
     # Opt-in: ONNX Runtime's dynamic int8 quantization of the query encoder (build/quantize.py);
@@ -134,13 +139,14 @@ class ServingSettings:
             if not -1 <= getattr(self, knob) <= top:
                 raise ValueError(f"{knob} must be in [0, {top}], or -1 for auto; got {getattr(self, knob)}")
         nice = self.encoder_nice if self.encoder_nice >= 0 else (0 if gpu else 19)
-        topk_nice = max(self.topk_nice, 0)
         if self.topk_gemm not in NumpyTopK.GEMMS:
             raise ValueError(f"topk_gemm must be one of {list(NumpyTopK.GEMMS)}; got {self.topk_gemm!r}")
         if self.admission_max_rows < -1 or self.admission_ttl_s <= 0:
             raise ValueError(f"admission_max_rows must be >= 0 (or -1 for auto) and admission_ttl_s > 0; "
                              f"got {self.admission_max_rows} and {self.admission_ttl_s}")
         admission = self.admission_max_rows if self.admission_max_rows >= 0 else (0 if gpu else 8)
+        # an idle-class search with no admission limit could fall behind without bound
+        topk_nice = self.topk_nice if self.topk_nice >= 0 else (20 if admission and not gpu else 0)
         return {**dataclasses.asdict(self), "pool_implementation": pool, "topk_implementation": topk,
                 "preferred_batch_sizes": sizes, "pad_to_multiple": self.pad_to_multiple if gpu else 0,
                 "encoder_implementation": encoder, "encoder_device": "cuda" if gpu else "cpu",

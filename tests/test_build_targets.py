@@ -115,7 +115,10 @@ def test_admission_and_encoder_nice_are_checked():
         ServingSettings(admission_max_rows=-2).resolved()
     with pytest.raises(ValueError, match=r"encoder_nice must be in \[0, 19\], or -1 for auto; got 20"):
         ServingSettings(encoder_nice=20).resolved()
-    assert [ServingSettings(target=t).resolved()["topk_nice"] for t in ("cpu", "gpu")] == [0, 0]
+    # the search's stub idles behind the encoder on the CPU, only where admission bounds its queue
+    assert [ServingSettings(target=t).resolved()["topk_nice"] for t in ("cpu", "gpu")] == [20, 0]
+    assert ServingSettings(admission_max_rows=0).resolved()["topk_nice"] == 0
+    assert ServingSettings(admission_max_rows=0, topk_nice=20).resolved()["topk_nice"] == 20
     assert ServingSettings(topk_nice=12).resolved()["topk_nice"] == 12
     with pytest.raises(ValueError, match=r"topk_gemm must be one of \['auto', 'numpy'\]; got 'blas'"):
         ServingSettings(topk_gemm="blas").resolved()
