@@ -7,6 +7,7 @@ Every step reuses what an earlier run built from the same inputs, so a second
     python -m build rollback [--url 127.0.0.1:8001]                 back to the previous version
     python -m build int8-report --out DIR/int8.json                 the int8 query encoder's quality cost and speed
     python -m build wordnet-corpus [--out DIR]                      ~117k WordNet glosses: a corpus for serving at scale
+    python -m build variant --out DIR [serving settings]            a rendered repository's tower and index, served another way
 """
 from __future__ import annotations
 
@@ -214,6 +215,29 @@ def synthetic_main(argv: list[str]) -> int:
     return 0
 
 
+def variant_main(argv: list[str]) -> int:
+    """variant: a rendered repository's own tower and index, rendered again into --out with other serving settings
+    (every setting not given takes its default, as in `python -m build`); nothing is encoded again."""
+    from .render import ServingSettings, render_variant
+
+    parser = argparse.ArgumentParser(prog="python -m build variant", description=variant_main.__doc__)
+    parser.add_argument("command", choices=["variant"])
+    parser.add_argument("--repository", type=Path, default=Path("artifacts/model_repository"), help="the rendered repository it starts from")
+    parser.add_argument("--out", type=Path, required=True, help="the variant's repository folder (replaced whole)")
+    cfg.add_serving_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        resolved = render_variant(args.repository, args.out,
+                                  ServingSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServingSettings)}))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    log(f"{args.out}: the tower and index of {args.repository}, " + ", ".join(
+        f"{k} {resolved['context'][k]}" for k in ("encoder_batching", "max_queue_delay_us", "admission_max_rows", "encoder_nice", "topk_nice")))
+    print(args.out)
+    return 0
+
+
 def wordnet_corpus_main(argv: list[str]) -> int:
     """wordnet-corpus: every WordNet synset's gloss as a corpus (a real ~117k-document index for speed runs)."""
     from .wordnet_corpus import build_wordnet_corpus
@@ -278,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         return int8_report_main(argv)
     if argv and argv[0] == "synthetic":
         return synthetic_main(argv)
+    if argv and argv[0] == "variant":
+        return variant_main(argv)
     if argv and argv[0] == "wordnet-corpus":
         return wordnet_corpus_main(argv)
     if argv and argv[0] in ("deploy-index", "rollback"):

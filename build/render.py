@@ -350,3 +350,25 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
                                                   and f.relative_to(encoder_folder).parts[0] not in SHIPPED_FOLDERS])
         (tmp / "render.json").write_text(rendered, encoding="utf-8")
     return resolved
+
+
+def render_variant(repository: Path, out: Path, settings: ServingSettings) -> dict:
+    """``repository``'s own query tower and index (from its render.json, in the artifacts folder that holds it)
+    rendered into ``out`` with ``settings``: the same model and documents served another way, for a side-by-side
+    run (``benchmarks compare --variant``). Nothing is encoded again."""
+    try:
+        built = json.loads((repository / "render.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"{repository} has no readable render.json (render it with `python -m build` first): {e}") from e
+    if built["context"].get("shard_count", 0) > 1:
+        raise ValueError(f"{repository} is sharded ({built['context']['shard_count']} shards): render a variant of it with "
+                         "`python -m build --shards N` and the settings instead")
+    artifacts = repository.parent
+    tower = artifacts / "towers" / built["query_tower"]["fingerprint"]
+    index = artifacts / "index" / built["index"]["index_version"]
+    for what, folder in (("query tower", tower), ("index", index)):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"the {what} {repository} was rendered from is not at {folder}")
+    if out.resolve() == repository.resolve():
+        raise ValueError(f"--out {out} is the repository itself: a variant goes into a folder of its own")
+    return render_repository(out, ExportedTower(tower), index, settings)

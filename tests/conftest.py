@@ -79,13 +79,12 @@ def linked_copy(repository: Path, folder: Path) -> Path:
     return repo
 
 
-def render_variant(out: Path, render_info: dict, **settings) -> dict:
-    """The default repository's tower and index rendered into ``out`` with ServingSettings overrides."""
-    from build.export import ExportedTower
-    from build.render import ServingSettings, render_repository
+def render_variant(out: Path, repository: Path, **settings) -> dict:
+    """``repository``'s tower and index rendered into ``out`` with ServingSettings overrides (`python -m build variant`)."""
+    from build.render import ServingSettings
+    from build.render import render_variant as render
 
-    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
-    return render_repository(out, tower, ARTIFACTS / "index" / render_info["index"]["index_version"], ServingSettings(**settings))
+    return render(repository, out, ServingSettings(**settings))
 
 
 def start_server(repository: Path, workdir: Path, **overrides) -> TritonServer:

@@ -79,11 +79,11 @@ def test_poisson_arrivals_offer_the_rate_within_their_own_noise(server, tmp_path
     assert run["issued"] == run["succeeded"] + run["failed"] and run["succeeded"] == run["server_requests"], run
 
 
-def test_open_loop_users_keep_apart_not_in_lock_step_bursts(render_info, tmp_path):
+def test_open_loop_users_keep_apart_not_in_lock_step_bursts(repository, tmp_path):
     """Fixed intervals, 10 users at 20 req/s, against a repository that refuses a call while 2 rows are in
     flight: users that fire together (each spawned user's first call at once, and every 0.5 s after in
     lock-step) see most of each burst refused; users at random phases, 50 ms apart, see almost none."""
-    render_variant(tmp_path / "repo", render_info, admission_max_rows=2)
+    render_variant(tmp_path / "repo", repository, admission_max_rows=2)
     srv = start_server(tmp_path / "repo", tmp_path / "work")
     try:
         result = run_load(load_args(srv, tmp_path, "--load-mode", "open", "--arrivals", "uniform", "--steps", "20",

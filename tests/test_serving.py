@@ -143,7 +143,7 @@ def unlimited(repository, render_info, tmp_path_factory):
     from tests.conftest import render_variant, start_server
 
     folder = tmp_path_factory.mktemp("unlimited")
-    resolved = render_variant(folder / "repo", render_info, admission_max_rows=0)
+    resolved = render_variant(folder / "repo", repository, admission_max_rows=0)
     assert resolved["context"]["admission_max_rows"] == 0 and render_info["context"]["admission_max_rows"] == 8
     server = start_server(folder / "repo", folder / "work")
     client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -166,11 +166,11 @@ def test_64_concurrent_requests_each_equal_the_request_alone(unlimited, queries)
     assert counts["query_encoder"] == (64, 64), "the CPU encoder must run one request per execution"
 
 
-def test_the_dynamic_batching_encoder_merges_requests_and_each_equals_the_request_alone(repository, render_info, queries, tmp_path):
+def test_the_dynamic_batching_encoder_merges_requests_and_each_equals_the_request_alone(repository, queries, tmp_path):
     """--encoder-batching dynamic (the GPU default): queued requests run as one padded, ragged batch."""
     from tests.conftest import render_variant, start_server
 
-    resolved = render_variant(tmp_path / "repo", render_info, encoder_batching="dynamic", admission_max_rows=0)
+    resolved = render_variant(tmp_path / "repo", repository, encoder_batching="dynamic", admission_max_rows=0)
     assert resolved["context"]["encoder_batching"] == "dynamic"
     server = start_server(tmp_path / "repo", tmp_path / "work")
     try:
@@ -205,7 +205,7 @@ def assert_a_stalled_search_holds_the_tickets(client, search_pid, table, texts, 
     assert rows_in_flight_settled(table) == 0, "a searched request's ticket never came back"
 
 
-def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_rest(repository, render_info, queries, tmp_path):
+def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_rest(repository, queries, tmp_path):
     """--admission-max-rows 2: of a burst, the requests that would put more than 2 rows before
     pooling get UNAVAILABLE naming the limit; every admitted one equals the request alone; every
     ticket comes back; the server goes on serving. (--encoder-nice 7: its stub runs at nice 7; the search's stub
@@ -215,7 +215,7 @@ def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_re
     from model_repository.runtime.admission import Admission, table_path
     from tests.conftest import render_variant, start_server
 
-    render_variant(tmp_path / "repo", render_info, admission_max_rows=2, encoder_nice=7)
+    render_variant(tmp_path / "repo", repository, admission_max_rows=2, encoder_nice=7)
     server = start_server(tmp_path / "repo", tmp_path / "work")
     try:
         stubs = server_processes(server.grpc_url)

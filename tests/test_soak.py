@@ -17,14 +17,14 @@ def window(p99, slowest, failed=0, errors=None):
 
 
 @pytest.fixture(scope="module")
-def unadmitted(render_info, tmp_path_factory):
+def unadmitted(repository, tmp_path_factory):
     """The default repository rendered without admission. At half the closed-loop capacity the 8-row
     default refuses a burst now and then on this shared, unpinned 2-core machine (1 and 3 calls in two
     clean-clone CI runs, UNAVAILABLE "8 rows in flight"): a stall of ~100 ms at 56 req/s is Poisson's
     8 arrivals one time in five. Shedding such bursts is admission's job, tested in test_admission and
     test_overload; this soak is about leaks, drift and errors, and holds every failed call against it."""
     folder = tmp_path_factory.mktemp("soak")
-    render_variant(folder / "repo", render_info, admission_max_rows=0)
+    render_variant(folder / "repo", repository, admission_max_rows=0)
     srv = start_server(folder / "repo", folder / "work")
     try:
         yield srv
