@@ -18,6 +18,9 @@ What makes the figures comparable:
   planner's search (``planner.search_capacity``): open-loop rates up from ``--fixed-rps`` by
   ``--capacity-factor`` while p99 holds the SLO, then bisected, every point at least
   ``--min-requests`` requests. The headline is the highest rate that held, median of the rounds.
+- **Ours at its best, too.** ``--variant NAME=REPOSITORY`` adds ``triton-NAME``: our server on a
+  repository of the same tower and index rendered with other settings (``python -m build variant``),
+  run in the same rounds. The ratios name which of ours was best, and the default's own.
 - **Provenance.** A dirty tree is refused (``--allow-dirty`` to try things out; the summary
   says so). File names carry the model, the system and the round.
 """
@@ -45,6 +48,47 @@ PEERS = ROOT / "artifacts" / "peers"
 SYSTEMS = ("triton", "infinity", "st", "fastembed")
 RETRIEVE_SYSTEMS = ("triton", "st", "fastembed")  # the peers that can answer top-k: the shim with faiss-cpu
 INSTALL = {"infinity": "make peers", "fastembed": "make peers (make test installs fastembed too)"}
+
+
+def is_ours(system: str) -> bool:
+    return system == "triton" or system.startswith("triton-")
+
+
+def parse_variants(specs: list[str], base: Path) -> dict[str, Path]:
+    """``--variant NAME=REPOSITORY`` -> {"triton-NAME": repository}; each must serve the tower and index of ``base``
+    (their render.json), so that every system answers with the same model over the same documents."""
+    want = _served(base)
+    variants: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder or "/" in name:
+            raise ValueError(f"--variant takes NAME=REPOSITORY; got {spec!r}")
+        if f"triton-{name}" in variants:
+            raise ValueError(f"--variant {name!r} is given twice")
+        got = _served(Path(folder))
+        if got != want:
+            raise ValueError(f"--variant {name}: {folder} serves tower/index {got}, not {want} of --repository {base}; "
+                             f"render it from that repository with `python -m build variant --repository {base} --out {folder} ...`")
+        variants[f"triton-{name}"] = Path(folder)
+    return variants
+
+
+def _served(repository: Path) -> tuple[str, str]:
+    try:
+        built = json.loads((repository / "render.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"{repository} has no readable render.json: {e}") from e
+    return built["query_tower"]["fingerprint"], built["index"]["index_version"]
+
+
+# what a repository's render.json says of how ours was set up: recorded for each of ours in the summary
+SETTINGS = ("encoder_batching", "max_queue_delay_us", "admission_max_rows", "encoder_nice", "topk_nice", "instances",
+            "intra_op_threads", "pooling_step", "topk_gemm")
+
+
+def our_settings(repository: Path) -> dict:
+    context = json.loads((repository / "render.json").read_text(encoding="utf-8"))["context"]
+    return {k: context[k] for k in SETTINGS if k in context}
 
 
 def round_order(systems: list[str], r: int) -> list[str]:
@@ -101,9 +145,10 @@ def onnx_folder(model_path: Path, repository: Path) -> Path:
 
 def peer_command(system: str, args: argparse.Namespace, port: int, model_path: Path) -> tuple[list[str], str]:
     """(command that serves ``system`` on 127.0.0.1:port, health URL)."""
-    if system == "triton":
+    if is_ours(system):
+        repository = args.repository if system == "triton" else args.variants[system]
         return ([sys.executable, "-m", "model_repository", "serve", "--grpc-port", str(port), "--http-port", str(port + 1),
-                 "--metrics-port", str(port + 2), "--workdir", "artifacts/server-compare", "--repository", str(args.repository)],
+                 "--metrics-port", str(port + 2), "--workdir", "artifacts/server-compare", "--repository", str(repository)],
                 f"http://127.0.0.1:{port + 1}/v2/health/ready")
     threads = ["--threads", str(args.peer_threads)]
     if system == "infinity":
@@ -152,11 +197,12 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pin)
         try:
             wait_healthy(health, proc, args.start_timeout)
-            common = dict(vars(args), target=system if system != "fastembed" else "st", grpc_url=f"127.0.0.1:{port}",
-                          metrics_url=f"http://127.0.0.1:{port + 2}/metrics" if system == "triton" else "http://127.0.0.1:1/none",
+            target = "triton" if is_ours(system) else system if system != "fastembed" else "st"
+            common = dict(vars(args), target=target, grpc_url=f"127.0.0.1:{port}",
+                          metrics_url=f"http://127.0.0.1:{port + 2}/metrics" if is_ours(system) else "http://127.0.0.1:1/none",
                           http_url=f"http://127.0.0.1:{port}", peer_model="minilm",
                           generator_cpus=",".join(map(str, generator_cpus or ())),
-                          server_pids=None if system == "triton" else {system: proc.pid})
+                          server_pids=None if is_ours(system) else {system: proc.pid})
             closed = None
             if args.steps.strip():
                 closed = run_load(argparse.Namespace(**{**common, "load_mode": "closed", "out": out_dir / f"{stem}-closed.json"}))
@@ -164,7 +210,8 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
             fixed = run_load(argparse.Namespace(**{**common, "load_mode": "open", "steps": f"{args.fixed_rps:g}", "step_time": step_time,
                                                    "out": out_dir / f"{stem}-fixed.json"}))
             capacity = capacity_on_server(args, common, stem, fixed, run_load) if args.capacity else None
-            settings = _health_settings(health) if system != "triton" else {}
+            settings = _health_settings(health) if not is_ours(system) else our_settings(
+                args.repository if system == "triton" else args.variants[system])
         finally:
             stop_process_group(proc)
     point = fixed["steps"][0]
@@ -236,7 +283,7 @@ def summarise(args: argparse.Namespace, systems: list[str], runs: dict[str, list
         "order": [round_order(systems, r) for r in range(args.repeats)],
         "pinning": {"server_cpus": list(pinning[0] or []), "generator_cpus": list(pinning[1] or [])},
         "peer_threads": args.peer_threads or "one per server core", "infinity_engine": args.infinity_engine,
-        "repository": str(args.repository), "index": index_summary(args.repository) if args.model == "retrieve" else None, "systems": {},
+        "repository": str(args.repository), "variants": {n: str(f) for n, f in getattr(args, "variants", {}).items()}, "index": index_summary(args.repository) if args.model == "retrieve" else None, "systems": {},
     }
     for system, rounds in runs.items():
         summary["systems"][system] = {
@@ -247,19 +294,28 @@ def summarise(args: argparse.Namespace, systems: list[str], runs: dict[str, list
             "enough_samples": all(x["fixed_rate_requests"] >= args.min_requests for x in rounds),
             "rounds": rounds,
         }
-    ours = summary["systems"].get("triton")
-    peers = {n: s for n, s in summary["systems"].items() if n != "triton" and s["fixed_rate_p99_ms"]["median"]}
-    if ours and ours["fixed_rate_p99_ms"]["median"] and peers:
-        best = min(peers, key=lambda n: peers[n]["fixed_rate_p99_ms"]["median"])
-        summary["ratios"] = {f"p99 at {args.fixed_rps:g}/s, triton/{n}": ours["fixed_rate_p99_ms"]["median"] / s["fixed_rate_p99_ms"]["median"]
-                             for n, s in peers.items()}
+    rate = f"{args.fixed_rps:g}"
+    p99 = {n: s["fixed_rate_p99_ms"]["median"] for n, s in summary["systems"].items() if s["fixed_rate_p99_ms"]["median"]}
+    ours = {n: v for n, v in p99.items() if is_ours(n)}
+    peers = {n: v for n, v in p99.items() if not is_ours(n)}
+    if ours and peers:
+        best = min(peers, key=peers.get)
+        summary["ratios"] = {f"p99 at {rate}/s, {o}/{n}": ours[o] / v for o in ours for n, v in peers.items()}
         summary["best_peer"] = best
-        summary["p99_vs_best_peer"] = summary["ratios"][f"p99 at {args.fixed_rps:g}/s, triton/{best}"]
-    capable = {n: s["capacity_rps"]["median"] for n, s in summary["systems"].items() if n != "triton" and s["capacity_rps"]["median"]}
-    if ours and ours["capacity_rps"]["median"] and capable:
-        best = max(capable, key=capable.get)
+        summary["ours_best"] = min(ours, key=ours.get)  # the lowest p99 of ours (the default and each --variant)
+        summary["p99_vs_best_peer"] = ours[summary["ours_best"]] / peers[best]
+        if "triton" in ours:
+            summary["default_p99_vs_best_peer"] = ours["triton"] / peers[best]
+    capacity = {n: s["capacity_rps"]["median"] for n, s in summary["systems"].items() if s["capacity_rps"]["median"]}
+    ours_cap = {n: v for n, v in capacity.items() if is_ours(n)}
+    peers_cap = {n: v for n, v in capacity.items() if not is_ours(n)}
+    if ours_cap and peers_cap:
+        best = max(peers_cap, key=peers_cap.get)
         summary["best_peer_capacity"] = best
-        summary["capacity_vs_best_peer"] = ours["capacity_rps"]["median"] / capable[best]
+        summary["ours_best_capacity"] = max(ours_cap, key=ours_cap.get)
+        summary["capacity_vs_best_peer"] = ours_cap[summary["ours_best_capacity"]] / peers_cap[best]
+        if "triton" in ours_cap:
+            summary["default_capacity_vs_best_peer"] = ours_cap["triton"] / peers_cap[best]
     return summary
 
 
@@ -280,9 +336,18 @@ def markdown(summary: dict) -> str:
                      f"{', '.join(str(x['fixed_rate_requests']) for x in s['rounds'])} | {fmt(qps['median'])} | "
                      f"{fmt(cap['median'])} ({fmt(cap['min'])}–{fmt(cap['max'])}) |")
     if "p99_vs_best_peer" in summary:
-        lines += ["", f"Our p99 / the best peer's ({summary['best_peer']}): **{summary['p99_vs_best_peer']:.3f}**"]
+        lines += ["", f"Our p99 ({summary['ours_best']}) / the best peer's ({summary['best_peer']}): **{summary['p99_vs_best_peer']:.3f}**"
+                  + (f"; the default's: {summary['default_p99_vs_best_peer']:.3f}" if summary.get("ours_best") != "triton"
+                     and "default_p99_vs_best_peer" in summary else "")]
     if "capacity_vs_best_peer" in summary:
-        lines += ["", f"Our capacity within the SLO / the best peer's ({summary['best_peer_capacity']}): **{summary['capacity_vs_best_peer']:.3f}**"]
+        lines += ["", f"Our capacity within the SLO ({summary['ours_best_capacity']}) / the best peer's ({summary['best_peer_capacity']}): "
+                  f"**{summary['capacity_vs_best_peer']:.3f}**"
+                  + (f"; the default's: {summary['default_capacity_vs_best_peer']:.3f}" if summary.get("ours_best_capacity") != "triton"
+                     and "default_capacity_vs_best_peer" in summary else "")]
+    settings = [(n, s["rounds"][0]["peer_settings"]) for n, s in summary["systems"].items() if s["rounds"] and s["rounds"][0].get("peer_settings")]
+    if settings:
+        lines += ["", "Settings (ours: from each repository's render.json; peers: what each said on /health):", ""]
+        lines += [f"- {n}: " + ", ".join(f"{k} {v}" for k, v in x.items()) for n, x in settings]
     searched = [(n, x["round"], x["capacity"]) for n, s in summary["systems"].items() for x in s["rounds"] if x.get("capacity")]
     if searched:
         lines += ["", "Every point of the capacity search (rate req/s: p99 ms, held or not):", ""]
@@ -298,6 +363,9 @@ def run(args: argparse.Namespace, run_load) -> dict:
     allowed = RETRIEVE_SYSTEMS if args.model == "retrieve" else SYSTEMS
     if not systems or set(systems) - set(allowed):
         raise ValueError(f"--systems for {args.model} are among {', '.join(allowed)}; got {args.systems!r}")
+    args.variants = parse_variants(args.variant, args.repository)
+    at = systems.index("triton") + 1 if "triton" in systems else 0
+    systems[at:at] = list(args.variants)  # each of ours next to the default, so the rotation spreads them too
     commit = git_commit()
     if commit.endswith("-dirty") and not args.allow_dirty:
         raise RuntimeError(f"the tree is dirty ({commit}): commit first, so the results name the code that made them "
@@ -338,6 +406,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity-factor", type=float, default=1.5, help="the search's step up (or down) between rates")
     p.add_argument("--capacity-refine", type=int, default=2, help="bisections between the last rate that held and the first that failed")
     p.add_argument("--capacity-max-rps", type=float, default=1000.0, help="the search stops climbing here")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=REPOSITORY",
+                   help="also run ours as triton-NAME on REPOSITORY, the same tower and index rendered with other settings "
+                        "(`python -m build variant`); repeatable")
     p.add_argument("--allow-dirty", action="store_true", help="run on uncommitted code (the summary records -dirty)")
     p.add_argument("--start-timeout", type=float, default=240.0)
     p.set_defaults(steps="", out=None, model="embed")

