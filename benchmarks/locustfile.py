@@ -38,7 +38,7 @@ from locust import LoadTestShape, User, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from tritonclient.utils import InferenceServerException
 
-from benchmarks import report, triton_metrics
+from benchmarks import procs, report, triton_metrics
 from benchmarks.common import check_loopback, error_kind, read_queries
 from benchmarks.options import add_load_options
 from benchmarks.recorder import Recorder
@@ -130,6 +130,7 @@ def start_step(environment, step: int) -> None:
     options = environment.parsed_options
     recorder.step = step
     recorder.step_started[step] = before = time.monotonic()
+    recorder.cpu_stat[step] = procs.cpu_stat()
     try:
         recorder.snapshots[step] = triton_metrics.scrape(metrics_url(options))
     except OSError as e:
@@ -148,7 +149,9 @@ class StepShape(LoadTestShape):
         measured = self.get_run_time() - options.warmup
         step = -1 if measured < 0 else int(measured // options.step_time)  # -1: warm-up, discarded
         if step >= len(steps):
-            recorder.step_started.setdefault(len(steps), time.monotonic())  # end of the last step
+            if len(steps) not in recorder.step_started:  # end of the last step
+                recorder.step_started[len(steps)] = time.monotonic()
+                recorder.cpu_stat[len(steps)] = procs.cpu_stat()
             if isinstance(self.runner, MasterRunner):
                 stop_workers_and_collect(self.runner)
             return None

@@ -125,3 +125,25 @@ def usage_delta(before: dict[str, dict], after: dict[str, dict], seconds: float)
                      "voluntary_switches": a["voluntary"] - b.get("voluntary", 0),
                      "involuntary_switches": a["involuntary"] - b.get("involuntary", 0)}
     return out
+
+
+def cpu_stat(path: Path = Path("/proc/stat")) -> dict[int, tuple[int, int]]:
+    """core -> (all jiffies, stolen jiffies) since boot, from the ``cpuN`` lines of /proc/stat. Steal is
+    time the hypervisor ran something else while this virtual core wanted to run: it inflates every
+    latency measured here, and no setting of ours can remove it."""
+    out = {}
+    for line in path.read_text(encoding="ascii").splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal (guest is inside user)
+            out[int(name[3:])] = (sum(ticks), ticks[7] if len(ticks) > 7 else 0)
+    return out
+
+
+def steal_fraction(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> dict[str, float | None]:
+    """core -> the share of its time stolen between two ``cpu_stat`` readings (None: no time passed)."""
+    out = {}
+    for core, (total, steal) in sorted(after.items()):
+        t0, s0 = before.get(core, (total, steal))
+        out[str(core)] = (steal - s0) / (total - t0) if total > t0 else None
+    return out

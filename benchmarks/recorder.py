@@ -23,6 +23,7 @@ class Recorder:
         self.issued: Counter = Counter()
         self.snapshots: dict[int, dict] = {}  # master/local: metrics at the start of each step
         self.step_started: dict[int, float] = {}
+        self.cpu_stat: dict[int, dict] = {}  # master/local: /proc/stat per core at each step's start (procs.cpu_stat)
         self.scraped_at: dict[int, tuple[float, float]] = {}  # master/local: (before, after) each step's scrape, monotonic
         self.ensemble_steps: list[str] = []  # master/local: the composing models the served ensemble runs
         self.succeeded_by_worker: Counter = Counter()  # master: successful calls merged from each worker

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import triton_metrics
+from benchmarks import procs, triton_metrics
 from model_repository.runtime.provenance import git_commit, machine, pyplot
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
@@ -37,7 +37,7 @@ def assemble(options, recorder, final_snapshot: dict, ensemble_steps: list[str],
         errors = dict(recorder.errors.get(i, {}))
         failed = sum(errors.values())
         before, after = recorder.snapshots.get(i, {}), recorder.snapshots.get(i + 1, final_snapshot)
-        server = None
+        server, cpu = None, (recorder.cpu_stat.get(i), recorder.cpu_stat.get(i + 1))
         if before and after and "error" not in before and "error" not in after:
             server = triton_metrics.breakdown(before, after, options.model, ensemble_steps)
         steps.append({
@@ -56,6 +56,8 @@ def assemble(options, recorder, final_snapshot: dict, ensemble_steps: list[str],
             "latency_ms": latency_ms(hist),
             "failure_latency_ms": latency_ms(recorder.fail_hist.get(i)),
             "server": server,
+            # the hypervisor's share of each core over the step: latency no setting of ours can remove
+            "cpu_steal": procs.steal_fraction(*cpu) if all(cpu) else None,
         })
     first = recorder.snapshots.get(-1) or recorder.snapshots.get(0) or {}
     server_total = None

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from benchmarks import procs
 from benchmarks.__main__ import add_load_arguments, run_load
 from benchmarks.common import check_loopback
 from benchmarks.triton_metrics import breakdown, parse, scrape
@@ -65,6 +66,20 @@ def test_open_loop_holds_the_offered_rate(server, tmp_path):
         expected = target * step["duration_s"]
         assert abs(step["issued"] - expected) <= step["users"] + 1, (step["issued"], expected, step["users"])
         assert abs(step["succeeded"] - expected) <= step["users"] + 1, (step["succeeded"], expected, step["users"])
+        # every core's stolen share over the step, from /proc/stat at the step's two ends
+        assert set(step["cpu_steal"]) == {str(c) for c in range(os.cpu_count())}
+        assert all(v is None or 0.0 <= v <= 1.0 for v in step["cpu_steal"].values())
+
+
+def test_stolen_time_is_the_steal_column_over_all_of_a_cores_time(tmp_path):
+    stat = tmp_path / "stat"
+    line = lambda name, *t: f"{name} " + " ".join(map(str, t))  # noqa: E731  user nice system idle iowait irq softirq steal guest
+    stat.write_text("\n".join([line("cpu", 30, 0, 10, 150, 0, 0, 0, 10, 0), line("cpu0", 10, 0, 5, 80, 0, 0, 0, 5, 7),
+                                line("cpu1", 20, 0, 5, 70, 0, 0, 0, 5, 0), "intr 1 2 3", "ctxt 99"]) + "\n")
+    before = procs.cpu_stat(stat)
+    assert before == {0: (100, 5), 1: (100, 5)}  # guest time is inside user: not counted twice
+    stat.write_text("\n".join([line("cpu0", 10, 0, 5, 160, 0, 0, 0, 25, 7), line("cpu1", 20, 0, 5, 70, 0, 0, 0, 5, 0)]) + "\n")
+    assert procs.steal_fraction(before, procs.cpu_stat(stat)) == {"0": 0.2, "1": None}  # 20 of 100 jiffies; cpu1 had none
 
 
 def test_poisson_arrivals_offer_the_rate_within_their_own_noise(server, tmp_path):
