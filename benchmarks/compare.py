@@ -222,6 +222,7 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
         "fixed_rate_requests": point["issued"],
         "fixed_rate_achieved_rps": point["achieved_rps"],
         "fixed_rate_failed": point["failed"],
+        "fixed_rate_cpu_steal": point.get("cpu_steal"),  # the hypervisor's share of each core (procs.steal_fraction)
         "max_qps_within_slo": best_within(closed["steps"], args.slo_p99_ms) if closed else None,
         "closed_steps": [{k: s[k] for k in ("target", "achieved_rps", "failed", "latency_ms")} for s in closed["steps"]] if closed else [],
         "capacity": capacity,
@@ -239,13 +240,15 @@ def capacity_on_server(args: argparse.Namespace, common: dict, stem: str, fixed:
     reused, not run again)."""
     found, _ = search_rates(common, args.out.parent, stem, run_load, slo_p99_ms=args.slo_p99_ms, start_rps=args.fixed_rps,
                             factor=args.capacity_factor, refine=args.capacity_refine, max_rps=args.capacity_max_rps,
+                            min_rps=args.capacity_min_rps,
                             min_requests=args.min_requests, step_time=args.step_time,
                             known={args.fixed_rps: (fixed, f"{stem}-fixed.json")})
     return found
 
 
 def search_rates(base: dict, out_dir: Path, stem: str, run_load, *, slo_p99_ms: float, start_rps: float, factor: float,
-                 refine: int, max_rps: float, min_requests: int, step_time: float, known: dict | None = None) -> tuple[dict, dict]:
+                 refine: int, max_rps: float, min_requests: int, step_time: float, known: dict | None = None,
+                 min_rps: float = 1.0) -> tuple[dict, dict]:
     """``planner.search_capacity`` against a running server (``compare --capacity``, ``plan --search-from``):
     each rate is one open-loop ``run_load`` with the options ``base``, of at least ``min_requests``
     requests, written to ``out_dir/<stem>-rate<R>.json``; ``known`` ({rate: (result, file)}) is reused,
@@ -261,11 +264,12 @@ def search_rates(base: dict, out_dir: Path, stem: str, run_load, *, slo_p99_ms: 
                                                           "step_time": max(step_time, fixed_duration_s(min_requests, rate))})), name)
         return runs[rate][0]["steps"][0]
 
-    found = planner.search_capacity(measure, slo_p99_ms, start_rps, factor, refine, max_rps)
+    found = planner.search_capacity(measure, slo_p99_ms, start_rps, factor, refine, max_rps, min_rps)
     for p in found["points"]:
         result, p["file"] = runs[p["rate_rps"]]
         p["requests"] = p.pop("step")["issued"]
         p["reconciliation"] = result.get("reconciliation", {}).get("status")
+        p["cpu_steal"] = result["steps"][0].get("cpu_steal")
     return found, {rate: result for rate, (result, _) in runs.items()}
 
 
@@ -344,6 +348,11 @@ def markdown(summary: dict) -> str:
                   f"**{summary['capacity_vs_best_peer']:.3f}**"
                   + (f"; the default's: {summary['default_capacity_vs_best_peer']:.3f}" if summary.get("ours_best_capacity") != "triton"
                      and "default_capacity_vs_best_peer" in summary else "")]
+    steal = {n: [max(v for v in (x.get("fixed_rate_cpu_steal") or {}).values() if v is not None) for x in s["rounds"]
+                 if any(v is not None for v in (x.get("fixed_rate_cpu_steal") or {}).values())] for n, s in summary["systems"].items()}
+    if any(steal.values()):
+        lines += ["", f"CPU time stolen by the hypervisor at {rate} req/s (the core with the most stolen, each round): "
+                  + "; ".join(f"{n} " + ", ".join(f"{v:.1%}" for v in vs) for n, vs in steal.items() if vs)]
     settings = [(n, s["rounds"][0]["peer_settings"]) for n, s in summary["systems"].items() if s["rounds"] and s["rounds"][0].get("peer_settings")]
     if settings:
         lines += ["", "Settings (ours: from each repository's render.json; peers: what each said on /health):", ""]
@@ -406,6 +415,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity-factor", type=float, default=1.5, help="the search's step up (or down) between rates")
     p.add_argument("--capacity-refine", type=int, default=2, help="bisections between the last rate that held and the first that failed")
     p.add_argument("--capacity-max-rps", type=float, default=1000.0, help="the search stops climbing here")
+    p.add_argument("--capacity-min-rps", type=float, default=5.0,
+                   help="the search stops descending here: a system that holds no rate above it has no capacity within the SLO "
+                        "(each point runs --min-requests, so the low rates are the long ones: 400 s at 5 req/s)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=REPOSITORY",
                    help="also run ours as triton-NAME on REPOSITORY, the same tower and index rendered with other settings "
                         "(`python -m build variant`); repeatable")
