@@ -294,7 +294,8 @@ def summarise(args: argparse.Namespace, systems: list[str], runs: dict[str, list
             "fixed_rate_p99_ms": spread([x["fixed_rate_p99_ms"] for x in rounds]),
             "fixed_rate_p50_ms": spread([x["fixed_rate_p50_ms"] for x in rounds]),
             "max_qps_within_slo": spread([x["max_qps_within_slo"] for x in rounds]),
-            "capacity_rps": spread([(x.get("capacity") or {}).get("capacity_rps") for x in rounds]),
+            # a round whose search held no rate down to --capacity-min-rps counts as 0, not as missing
+            "capacity_rps": spread([None if not x.get("capacity") else x["capacity"].get("capacity_rps") or 0.0 for x in rounds]),
             "enough_samples": all(x["fixed_rate_requests"] >= args.min_requests for x in rounds),
             "rounds": rounds,
         }
@@ -310,10 +311,10 @@ def summarise(args: argparse.Namespace, systems: list[str], runs: dict[str, list
         summary["p99_vs_best_peer"] = ours[summary["ours_best"]] / peers[best]
         if "triton" in ours:
             summary["default_p99_vs_best_peer"] = ours["triton"] / peers[best]
-    capacity = {n: s["capacity_rps"]["median"] for n, s in summary["systems"].items() if s["capacity_rps"]["median"]}
+    capacity = {n: s["capacity_rps"]["median"] for n, s in summary["systems"].items() if s["capacity_rps"]["median"] is not None}
     ours_cap = {n: v for n, v in capacity.items() if is_ours(n)}
     peers_cap = {n: v for n, v in capacity.items() if not is_ours(n)}
-    if ours_cap and peers_cap:
+    if ours_cap and peers_cap and max(peers_cap.values()) > 0:
         best = max(peers_cap, key=peers_cap.get)
         summary["best_peer_capacity"] = best
         summary["ours_best_capacity"] = max(ours_cap, key=ours_cap.get)
@@ -321,6 +322,12 @@ def summarise(args: argparse.Namespace, systems: list[str], runs: dict[str, list
         if "triton" in ours_cap:
             summary["default_capacity_vs_best_peer"] = ours_cap["triton"] / peers_cap[best]
     return summary
+
+
+def most_stolen(steal: dict | None) -> float | None:
+    """The largest share any core lost to the hypervisor over a step (``procs.steal_fraction``), or None."""
+    values = [v for v in (steal or {}).values() if v is not None]
+    return max(values) if values else None
 
 
 def markdown(summary: dict) -> str:
@@ -348,8 +355,8 @@ def markdown(summary: dict) -> str:
                   f"**{summary['capacity_vs_best_peer']:.3f}**"
                   + (f"; the default's: {summary['default_capacity_vs_best_peer']:.3f}" if summary.get("ours_best_capacity") != "triton"
                      and "default_capacity_vs_best_peer" in summary else "")]
-    steal = {n: [max(v for v in (x.get("fixed_rate_cpu_steal") or {}).values() if v is not None) for x in s["rounds"]
-                 if any(v is not None for v in (x.get("fixed_rate_cpu_steal") or {}).values())] for n, s in summary["systems"].items()}
+    steal = {n: [v for x in s["rounds"] if (v := most_stolen(x.get("fixed_rate_cpu_steal"))) is not None]
+             for n, s in summary["systems"].items()}
     if any(steal.values()):
         lines += ["", f"CPU time stolen by the hypervisor at {rate} req/s (the core with the most stolen, each round): "
                   + "; ".join(f"{n} " + ", ".join(f"{v:.1%}" for v in vs) for n, vs in steal.items() if vs)]
@@ -359,8 +366,10 @@ def markdown(summary: dict) -> str:
         lines += [f"- {n}: " + ", ".join(f"{k} {v}" for k, v in x.items()) for n, x in settings]
     searched = [(n, x["round"], x["capacity"]) for n, s in summary["systems"].items() for x in s["rounds"] if x.get("capacity")]
     if searched:
-        lines += ["", "Every point of the capacity search (rate req/s: p99 ms, held or not):", ""]
+        lines += ["", "Every point of the capacity search (rate req/s: p99 ms, held or not; the CPU time the hypervisor stole "
+                  "from the most-stolen core, where recorded):", ""]
         lines += [f"- {n}, round {r}: " + "; ".join(f"{p['rate_rps']:g}: {fmt(p['p99_ms'])} {'held' if p['held'] else 'failed'}"
+                                                   + (f" (steal {s:.1%})" if (s := most_stolen(p.get("cpu_steal"))) is not None else "")
                                                    for p in c["points"]) for n, r, c in searched]
     return "\n".join(lines) + "\n"
 

@@ -79,6 +79,9 @@ def test_ours_at_its_best_setting_is_the_headline_and_the_default_is_kept_beside
     assert summary["default_capacity_vs_best_peer"] == pytest.approx(60.0 / 80.0)
     text = compare.markdown(summary)
     assert "(triton-dynamic) / the best peer's (infinity): **1.125**; the default's: 0.750" in text
+    # a round whose search held no rate counts as 0 in the median, not as a round left out
+    runs["triton"] = [round_(22.0, 60.0), round_(80.0, None), round_(90.0, None)]
+    assert compare.summarise(args, list(runs), runs, "abc", ((0,), (1,)))["systems"]["triton"]["capacity_rps"]["median"] == 0.0
     assert "- triton-dynamic: encoder_batching sequential" in text
 
 
