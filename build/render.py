@@ -76,20 +76,22 @@ class ServingSettings:
     # many rows in flight and no limit has been measured. A burst above the limit is refused, not
     # queued (README, "Overload").
     admission_max_rows: int = dataclasses.field(default=-1, metadata={"help": "rows in flight between the tokenizer and the step that answers (pooling for embed, the search for retrieve) before new requests are refused at once with UNAVAILABLE (0: no limit; -1: auto, 8 on cpu, 0 on gpu)"})
-    # On a shared CPU core the encoder is the one long computation; a higher nice value lets the
-    # short stages (and the tokenizer's refusals) run as soon as they are ready. At 3x capacity,
-    # refusal p99 4.5-4.7 ms at nice 19 against 5.4-5.5 ms at nice 10, the same goodput
-    # (benchmarks/results/overload-default-2026-11-24/nice-exploration/).
-    encoder_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend query_encoder: nice value its stub takes at load, 0-19 (0: unchanged; -1: auto, 19 on cpu, 0 on gpu)"})
+    # 19 on the CPU until 2026-12-03: at 3x capacity it took the refusal p99 from 5.4-5.5 to 4.5-4.7 ms
+    # (benchmarks/results/overload-default-2026-11-24/nice-exploration/), but at ordinary load the
+    # encoder's compute waited behind every other stage: retrieve at 20 req/s, 3 interleaved rounds,
+    # p99 78.9 ms (59.4-100.4) at 19 (search SCHED_IDLE) against 45.0 (37.0-58.8) at 0/0
+    # (benchmarks/results/capacity-retrieve-2026-12-03/). Opt-in now.
+    encoder_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend query_encoder: nice value its stub takes at load, 0-19 (0: unchanged; -1: auto, 0; 19 lets the short stages and refusals run ahead of it under overload, at a cost to the tail at ordinary load)"})
     # OpenBLAS's SGEMM with a few columns scored 2 queries of a 100k-row index in 60 ms where one took
     # 15 ms (one core); torch's MKL GEMM takes 22 ms (benchmarks/results/topk-cpu-2026-11-24/).
     topk_gemm: str = dataclasses.field(default="auto", metadata={"help": "mips_topk numpy: auto (OpenBLAS GEMV for one query, torch's MKL GEMM for 2+) or numpy (OpenBLAS for every batch)"})
     # Under SCHED_IDLE the search's stub runs only while the encoder has nothing to do, so on a shared
     # core the encoder runs ahead and queued searches merge into one MKL GEMM: on the 117,659-document
-    # index at 30 req/s p99 234.6 ms against 332 at nice 0 (benchmarks/results/compare-100k-30rps-2026-11-24/);
-    # on the default index at 20 req/s not separable (../topk-nice-20rps-2026-12-02/). Bounded: retrieve's
-    # admission ticket comes back after its search, so the rows waiting there count against the limit.
-    topk_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend mips_topk: nice value its stub takes at load, 0-19, or 20 for SCHED_IDLE (0: unchanged; -1: auto, 20 on cpu with an admission limit, else 0)"})
+    # index at 30 req/s p99 234.6 ms against 332 at nice 0 with the encoder at 19, and 238 with both at 0
+    # (benchmarks/results/compare-100k-30rps-2026-11-24/). The CPU default from 2026-12-02 to -03; with the
+    # encoder back at 0 it is opt-in (see encoder_nice). Bounded: retrieve's admission ticket comes back
+    # after its search, so the rows waiting there count against the limit.
+    topk_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend mips_topk: nice value its stub takes at load, 0-19, or 20 for SCHED_IDLE (0: unchanged; -1: auto, 0)"})
     admission_ttl_s: float = dataclasses.field(default=5.0, metadata={"help": "an admitted request that never gets its answer step (cancelled, a stub killed) stops counting after this long"})
     encoder_batching: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: dynamic (Triton's dynamic batcher merges queued requests) or sequential (one request per execution, in arrival order; no batcher); auto: dynamic on gpu or with a queue policy, sequential on cpu"})
     # Opt-in: ONNX Runtime's dynamic int8 quantization of the query encoder (build/quantize.py);
@@ -138,15 +140,14 @@ class ServingSettings:
         for knob, top in (("encoder_nice", 19), ("topk_nice", 20)):
             if not -1 <= getattr(self, knob) <= top:
                 raise ValueError(f"{knob} must be in [0, {top}], or -1 for auto; got {getattr(self, knob)}")
-        nice = self.encoder_nice if self.encoder_nice >= 0 else (0 if gpu else 19)
+        nice = max(self.encoder_nice, 0)
         if self.topk_gemm not in NumpyTopK.GEMMS:
             raise ValueError(f"topk_gemm must be one of {list(NumpyTopK.GEMMS)}; got {self.topk_gemm!r}")
         if self.admission_max_rows < -1 or self.admission_ttl_s <= 0:
             raise ValueError(f"admission_max_rows must be >= 0 (or -1 for auto) and admission_ttl_s > 0; "
                              f"got {self.admission_max_rows} and {self.admission_ttl_s}")
         admission = self.admission_max_rows if self.admission_max_rows >= 0 else (0 if gpu else 8)
-        # an idle-class search with no admission limit could fall behind without bound
-        topk_nice = self.topk_nice if self.topk_nice >= 0 else (20 if admission and not gpu else 0)
+        topk_nice = max(self.topk_nice, 0)
         return {**dataclasses.asdict(self), "pool_implementation": pool, "topk_implementation": topk,
                 "preferred_batch_sizes": sizes, "pad_to_multiple": self.pad_to_multiple if gpu else 0,
                 "encoder_implementation": encoder, "encoder_device": "cuda" if gpu else "cpu",

@@ -208,14 +208,14 @@ def assert_a_stalled_search_holds_the_tickets(client, search_pid, table, texts, 
 def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_rest(repository, queries, tmp_path):
     """--admission-max-rows 2: of a burst, the requests that would put more than 2 rows before
     pooling get UNAVAILABLE naming the limit; every admitted one equals the request alone; every
-    ticket comes back; the server goes on serving. (--encoder-nice 7: its stub runs at nice 7; the search's stub
-    runs under SCHED_IDLE, the CPU default where admission bounds its queue.)"""
+    ticket comes back; the server goes on serving. (--encoder-nice 7: its stub runs at nice 7; --topk-nice 20:
+    the search's stub runs under SCHED_IDLE, and admission still bounds its queue.)"""
     from benchmarks import openloop
     from benchmarks.procs import server_processes
     from model_repository.runtime.admission import Admission, table_path
     from tests.conftest import render_variant, start_server
 
-    render_variant(tmp_path / "repo", repository, admission_max_rows=2, encoder_nice=7)
+    render_variant(tmp_path / "repo", repository, admission_max_rows=2, encoder_nice=7, topk_nice=20)
     server = start_server(tmp_path / "repo", tmp_path / "work")
     try:
         stubs = server_processes(server.grpc_url)
