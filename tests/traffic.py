@@ -65,6 +65,12 @@ class Traffic:
         for t in self._threads:
             t.join(timeout=self.timeout_s + 30)
 
+    def answered_since_last_failure(self) -> int:
+        """Successful calls that started after the last failed call started (all of them if none failed)."""
+        calls = list(self.calls)  # the threads append while this reads
+        last = max((c.start for c in calls if c.error), default=float("-inf"))
+        return sum(1 for c in calls if not c.error and c.start > last)
+
     @property
     def failures(self) -> list[Call]:
         return [c for c in self.calls if c.error]
