@@ -199,7 +199,8 @@ def _health_settings(url: str) -> dict:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             body = json.loads(r.read() or b"{}")
-            return body if isinstance(body, dict) else {}
+            # Infinity's /health is only its clock ("unix"): a time, not a setting
+            return {k: v for k, v in body.items() if k != "unix"} if isinstance(body, dict) else {}
     except (OSError, ValueError):
         return {}
 
