@@ -72,8 +72,8 @@ def peer_grid(systems: list[str], threads: str | int) -> dict[str, tuple[str, in
 
 
 def peer_of(system: str, args: argparse.Namespace) -> tuple[str, int]:
-    """(the peer, its threads) that ``system`` names; a name outside the grid is the peer itself."""
-    return getattr(args, "peers", {}).get(system, (system, int(str(args.peer_threads).split(",")[0] or 0)))
+    """(the peer, its threads) that ``system`` names: from ``args.peers`` (``run`` sets it), else ``--peer-threads`` read as ``run`` does."""
+    return (getattr(args, "peers", None) or peer_grid([system], args.peer_threads))[system]
 
 
 def parse_variants(specs: list[str], base: Path) -> dict[str, Path]:

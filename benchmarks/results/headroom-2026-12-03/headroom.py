@@ -153,7 +153,7 @@ def batching_queue(service_ms: np.ndarray, batch_ms: dict, overhead_ms: float, r
     costs b x the measured per-query cost at that batch size (interpolated; at b = 1 the request's own time)
     + ``overhead_ms`` once per batch (the most a batching server could amortise)."""
     sizes = sorted(int(b) for b in batch_ms)
-    per_query = lambda b: float(np.interp(b, sizes, [batch_ms[str(x)] if str(x) in batch_ms else batch_ms[x] for x in sizes]))  # noqa: E731
+    per_query = lambda b: float(np.interp(b, sizes, [batch_ms[x] for x in sizes]))  # noqa: E731
     p50, p99 = [], []
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
