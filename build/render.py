@@ -32,6 +32,9 @@ TEMPLATES = ROOT / "model_repository" / "models"
 SHIPPED_PACKAGES = (ROOT / "model_repository" / "runtime", ROOT / "kernels")
 SHIPPED_FOLDERS = {p.name for p in SHIPPED_PACKAGES} | {"__pycache__"}
 PYTHON_MODELS = ("tokenizer", "query_encoder", "pool_normalize", "mips_topk")
+# The ensembles' first step: the tokenizer's code with admission on (runtime.admission). Clients calling
+# `tokenizer` directly take no admission ticket; one handed to them would never be given back.
+ENSEMBLE_TOKENIZER = "ensemble_tokenizer"
 TARGETS = ("cpu", "gpu")
 ENCODERS = ("onnx", "torch", "tensorrt")
 BATCHING = ("dynamic", "sequential")
@@ -162,9 +165,9 @@ def _t(name: str, dtype: str, dims: str) -> dict:
 
 
 def ensembles(dim: int, shard_count: int = 0, pooling_step: str = "separate") -> list[dict]:
-    """``embed`` and ``retrieve``: tokenizer -> query_encoder -> pool_normalize (-> search), or with
-    ``pooling_step`` "encoder", tokenizer -> query_encoder (-> search)."""
-    tokenize = {"model": "tokenizer", "inputs": {"text": "TEXT"},
+    """``embed`` and ``retrieve``: ensemble_tokenizer -> query_encoder -> pool_normalize (-> search), or with
+    ``pooling_step`` "encoder", ensemble_tokenizer -> query_encoder (-> search)."""
+    tokenize = {"model": ENSEMBLE_TOKENIZER, "inputs": {"text": "TEXT"},
                 "outputs": {"input_ids": "_input_ids", "attention_mask": "_attention_mask", "admission_ticket": "_admission_ticket"}}
     if pooling_step == "encoder":  # the encoder gives the ticket back and answers the embedding
         encode_steps = [tokenize]
@@ -236,6 +239,8 @@ def render_configs(context: dict) -> dict[str, str]:
     shard_count = context.get("shard_count", 0)
     configs = {name: env.get_template(f"{name}/config.pbtxt.j2").render(context) for name in PYTHON_MODELS
                if not (shard_count > 1 and name == "mips_topk") and not (context["pooling_step"] == "encoder" and name == "pool_normalize")}
+    configs[ENSEMBLE_TOKENIZER] = env.get_template("tokenizer/config.pbtxt.j2").render(
+        {**context, "model_name": ENSEMBLE_TOKENIZER, "admits": True})
     for i, rows in enumerate(context.get("shard_rows", [])):
         shard = {**context, "model_name": f"mips_topk_{i}", "shard": f"{i}/{shard_count}", "index_rows": rows,
                  "index_resident_bytes": resident_bytes({"count": rows, "dim": context["dim"]}, context["topk_implementation"])}
@@ -327,12 +332,13 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
             version = tmp / name / "1"
             version.mkdir(parents=True)
             (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
-            source = "mips_topk" if name.startswith("mips_topk_") else name
+            source = "mips_topk" if name.startswith("mips_topk_") else "tokenizer" if name == ENSEMBLE_TOKENIZER else name
             if (source in PYTHON_MODELS or source == "topk_merge") and not (encoder == "tensorrt" and name == "query_encoder"):
                 shutil.copy2(TEMPLATES / source / "model.py", version / "model.py")
                 for package in SHIPPED_PACKAGES:
                     shutil.copytree(package, version / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        _link_or_copy(query_tower.tokenizer_file, tmp / "tokenizer" / "1" / "tokenizer.json")
+        for tokenizer in ("tokenizer", ENSEMBLE_TOKENIZER):
+            _link_or_copy(query_tower.tokenizer_file, tmp / tokenizer / "1" / "tokenizer.json")
         if encoder == "tensorrt":
             _link_or_copy(Path(engine), tmp / "query_encoder" / "1" / "model.plan")
         else:
@@ -345,7 +351,8 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
             for f in sorted(folder.iterdir()):
                 _link_or_copy(f, tmp / model / "1" / "index" / f.name)
         # What each model loads, checked against these before it loads (the index has its own manifest).
-        write_artifacts_manifest(tmp / "tokenizer" / "1", [tmp / "tokenizer" / "1" / "tokenizer.json"])
+        for tokenizer in ("tokenizer", ENSEMBLE_TOKENIZER):
+            write_artifacts_manifest(tmp / tokenizer / "1", [tmp / tokenizer / "1" / "tokenizer.json"])
         encoder_folder = tmp / "query_encoder" / "1"
         write_artifacts_manifest(encoder_folder, [f for f in encoder_folder.rglob("*") if f.is_file() and f.name != "model.py"
                                                   and f.relative_to(encoder_folder).parts[0] not in SHIPPED_FOLDERS])

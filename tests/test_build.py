@@ -8,7 +8,7 @@ import pytest
 
 from training.corpus import CorpusError, check_lock, split_sections
 from build.export import ExportedTower, ExportMismatch, check_against_torch
-from build.render import PYTHON_MODELS, ServingSettings, parse_model_config, render_repository
+from build.render import ENSEMBLE_TOKENIZER, PYTHON_MODELS, ServingSettings, parse_model_config, render_repository
 from kernels.pooling import Pooling
 from tests.conftest import ARTIFACTS, ROOT
 
@@ -84,7 +84,7 @@ def test_export_check_refuses_a_model_that_differs(repository, render_info, pipe
 
 def test_every_rendered_config_is_a_valid_model_config(repository):
     names = sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
-    served = [m for m in PYTHON_MODELS if m != "pool_normalize"]  # on the CPU the encoder pools (pooling_step "encoder")
+    served = [*(m for m in PYTHON_MODELS if m != "pool_normalize"), ENSEMBLE_TOKENIZER]  # on the CPU the encoder pools
     assert names == sorted([*served, "embed", "retrieve"])
     for name in served:
         config = parse_model_config((repository / name / "config.pbtxt").read_text(encoding="utf-8"))
@@ -94,7 +94,7 @@ def test_every_rendered_config_is_a_valid_model_config(repository):
         version = repository / name / "1"
         assert (version / "model.py").exists() and (version / "runtime" / "adapter.py").exists() and (version / "kernels" / "topk.py").exists()
     retrieve = parse_model_config((repository / "retrieve" / "config.pbtxt").read_text(encoding="utf-8"))
-    assert [s.model_name for s in retrieve.ensemble_scheduling.step] == ["tokenizer", "query_encoder", "mips_topk"]
+    assert [s.model_name for s in retrieve.ensemble_scheduling.step] == [ENSEMBLE_TOKENIZER, "query_encoder", "mips_topk"]
 
 
 def test_rendering_is_deterministic(repository, render_info, tmp_path):

@@ -98,11 +98,11 @@ def test_batch_window_is_zero_on_the_cpu_unless_asked(render_info):
 
     tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
     configs = render_configs(render_context(tower, render_info["index"], ServingSettings(), encoder_bytes=1))
-    for model in ("tokenizer", "mips_topk"):
+    for model in ("tokenizer", "ensemble_tokenizer", "mips_topk"):
         config = parse_model_config(configs[model])
         assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 0, model
-    gpu = {m: parse_model_config(c) for m, c in _gpu_configs(render_info).items() if m in ("tokenizer", "query_encoder")}
-    assert {m: c.dynamic_batching.max_queue_delay_microseconds for m, c in gpu.items()} == {"tokenizer": 500, "query_encoder": 500}
+    gpu = {m: parse_model_config(c) for m, c in _gpu_configs(render_info).items() if m in ("ensemble_tokenizer", "query_encoder")}
+    assert {m: c.dynamic_batching.max_queue_delay_microseconds for m, c in gpu.items()} == {"ensemble_tokenizer": 500, "query_encoder": 500}
 
 
 def test_admission_and_encoder_nice_are_checked():
@@ -308,9 +308,10 @@ def test_pooling_runs_in_the_cpu_encoder_unless_asked():
     with pytest.raises(ValueError, match=r"got 'inline'"):
         ServingSettings(pooling_step="inline").resolved()
     steps = {p: {e["name"]: [s["model"] for s in e["steps"]] for e in ensembles(384, 0, p)} for p in ("encoder", "separate")}
-    assert steps["encoder"] == {"embed": ["tokenizer", "query_encoder"], "retrieve": ["tokenizer", "query_encoder", "mips_topk"]}
-    assert steps["separate"] == {"embed": ["tokenizer", "query_encoder", "pool_normalize"],
-                                 "retrieve": ["tokenizer", "query_encoder", "pool_normalize", "mips_topk"]}
+    tok = "ensemble_tokenizer"
+    assert steps["encoder"] == {"embed": [tok, "query_encoder"], "retrieve": [tok, "query_encoder", "mips_topk"]}
+    assert steps["separate"] == {"embed": [tok, "query_encoder", "pool_normalize"],
+                                 "retrieve": [tok, "query_encoder", "pool_normalize", "mips_topk"]}
 
 
 def test_every_serving_setting_parses_to_its_own_type():

@@ -19,7 +19,7 @@ from model_repository.supervisor import living_stubs
 from tests.conftest import ROOT, linked_copy, start_server
 from tests.traffic import Traffic, write_result
 
-STUB_MODELS = ("tokenizer", "query_encoder", "mips_topk")  # the CPU repository: the encoder pools
+STUB_MODELS = ("ensemble_tokenizer", "query_encoder", "mips_topk")  # the CPU ensembles' steps: the encoder pools
 K = 5
 
 

@@ -143,7 +143,7 @@ def test_load_breakdown_follows_the_ensemble_the_server_runs(sharded_server, ser
     from tests.test_load import load_args
 
     sharded, _ = sharded_server
-    encode = ["tokenizer", "query_encoder"]
+    encode = ["ensemble_tokenizer", "query_encoder"]
     with RetrievalClient(server.grpc_url) as whole, RetrievalClient(sharded.grpc_url) as split:
         assert whole.ensemble_steps("retrieve") == [*encode, "mips_topk"]
         assert split.ensemble_steps("retrieve") == [*encode, "mips_topk_0", "mips_topk_1", "mips_topk_2", "topk_merge"]
@@ -177,7 +177,7 @@ def test_pooling_in_the_encoder_serves_what_the_pool_normalize_step_serves(separ
     texts = _short_and_long(queries)
     with RetrievalClient(server.grpc_url) as a, RetrievalClient(separate.grpc_url) as b:
         assert (a.ensemble_steps("embed"), b.ensemble_steps("embed")) == (
-            ["tokenizer", "query_encoder"], ["tokenizer", "query_encoder", "pool_normalize"])
+            ["ensemble_tokenizer", "query_encoder"], ["ensemble_tokenizer", "query_encoder", "pool_normalize"])
         np.testing.assert_array_equal(a.embed(texts), b.embed(texts))
         ra, rb = a.retrieve(texts, k=10), b.retrieve(texts, k=10)
         assert [[(h.doc_id, h.score) for h in row] for row in ra.hits] == [[(h.doc_id, h.score) for h in row] for row in rb.hits]

@@ -56,9 +56,9 @@ def test_every_metric_the_dashboard_queries_is_exported(scraped):
     for quantile in ("0.5", "0.99"):
         models = {m for line in scraped["nv_inference_request_summary_us"] if f'quantile="{quantile}"' in line
                   for m in re.findall(r'model="([^"]+)"', line)}
-        assert {"retrieve", "embed", "tokenizer", "query_encoder", "mips_topk"} <= models, models
+        assert {"retrieve", "embed", "ensemble_tokenizer", "query_encoder", "mips_topk"} <= models, models
     assert {re.search(r'model="([^"]+)"', line).group(1) for line in scraped["sn_stub_instances"]} == {
-        "tokenizer", "query_encoder", "mips_topk"}  # the CPU encoder pools: no pool_normalize step
+        "tokenizer", "ensemble_tokenizer", "query_encoder", "mips_topk"}  # the CPU encoder pools: no pool_normalize step
 
 
 def test_the_scrape_config_targets_the_ports_the_server_listens_on():

@@ -88,12 +88,12 @@ def test_overload_benchmark_writes_windows_verdicts_and_plot(server, tmp_path):
     assert sum(w["issued"] for w in result["windows"]) == result["whole_run"]["issued"]
     v = result["verdict"]
     assert v["admitted_p99_ok"] == (v["admitted_p99_worst_window_ms"] <= 2 * 200)
-    assert set(result["queue_policy"]) == {"tokenizer", "query_encoder", "mips_topk"}
+    assert set(result["queue_policy"]) == {"ensemble_tokenizer", "query_encoder", "mips_topk"}
     # the default repository runs without a queue policy (it stalls Triton 2.51's batcher), and its CPU
     # encoder without a batcher at all; the result says so
     assert result["queue_policy"]["query_encoder"]["dynamic_batching"] is None
-    assert "default_queue_policy" not in result["queue_policy"]["tokenizer"]["dynamic_batching"]
-    assert result["queue_policy"]["tokenizer"]["admission_max_rows"] == "8"  # admission protects the CPU default
+    assert "default_queue_policy" not in result["queue_policy"]["ensemble_tokenizer"]["dynamic_batching"]
+    assert result["queue_policy"]["ensemble_tokenizer"]["admission_max_rows"] == "8"  # admission protects the CPU default
     assert result["pinning"]["server_cpus"]
     png = overload.plot_policies({"a": result, "b": result}, tmp_path / "policies.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -160,8 +160,8 @@ def test_64_concurrent_requests_each_equal_the_request_alone(unlimited, queries)
     grpc = unlimited
     texts = queries[:64]
     assert len(set(texts)) == 64
-    counts = concurrent_equals_alone(grpc, texts, "tokenizer")
-    inferences, runs = counts["tokenizer"]
+    counts = concurrent_equals_alone(grpc, texts, "ensemble_tokenizer")
+    inferences, runs = counts["ensemble_tokenizer"]
     assert inferences == 64 and runs < 64, "the tokenizer's dynamic batcher never formed a batch; the test proves nothing"
     assert counts["query_encoder"] == (64, 64), "the CPU encoder must run one request per execution"
 
@@ -175,7 +175,7 @@ def test_the_dynamic_batching_encoder_merges_requests_and_each_equals_the_reques
     server = start_server(tmp_path / "repo", tmp_path / "work")
     try:
         client = grpcclient.InferenceServerClient(server.grpc_url)
-        inferences, runs = concurrent_equals_alone(client, queries[:64], "tokenizer")["query_encoder"]
+        inferences, runs = concurrent_equals_alone(client, queries[:64], "ensemble_tokenizer")["query_encoder"]
         client.close()
     finally:
         server.stop()
@@ -220,7 +220,8 @@ def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_re
     try:
         stubs = server_processes(server.grpc_url)
         assert {name: os.getpriority(os.PRIO_PROCESS, pid) for name, pid in stubs.items() if name != "tritonserver"} == {
-            "stub:tokenizer_0_0": 0, "stub:query_encoder_0_0": 7, "stub:mips_topk_0_0": 0}  # the CPU encoder pools
+            "stub:tokenizer_0_0": 0, "stub:ensemble_tokenizer_0_0": 0, "stub:query_encoder_0_0": 7,
+            "stub:mips_topk_0_0": 0}  # the CPU encoder pools
         assert os.sched_getscheduler(stubs["stub:mips_topk_0_0"]) == os.SCHED_IDLE
         assert os.sched_getscheduler(stubs["stub:query_encoder_0_0"]) == os.SCHED_OTHER
         client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -247,6 +248,32 @@ def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_re
     finally:
         server.stop()
     assert not table_path(server.process.pid).exists(), "the launcher leaves no admission table behind"
+
+
+def test_clients_calling_the_tokenizer_take_no_admission_ticket(server, grpc, pipeline, render_info, queries):
+    """The ensembles admit at ensemble_tokenizer; `tokenizer` is the clients' own and admits nothing. (When
+    the ensembles' step was the public one, a direct call took a ticket nothing gave back: 8 of them within
+    the 5 s ttl refused every embed and retrieve with UNAVAILABLE until they expired.) Three times the limit
+    of direct calls, each asking for every output as clients do by default, leave no row in flight, embed
+    is answered at once, and each answer is the tokens the in-process pipeline encodes."""
+    from model_repository.runtime.admission import Admission, table_path
+
+    limit = int(render_info["context"]["admission_max_rows"])
+    assert limit > 0, "the default repository admits; the test proves nothing without a limit"
+    config = grpc.get_model_config("tokenizer", as_json=True)["config"]
+    assert [o["name"] for o in config["output"]] == ["input_ids", "attention_mask"]
+    assert "admission_max_rows" not in config.get("parameters", {})
+    table = Admission(table_path(server.process.pid), 0)
+    for text in queries[:3 * limit]:
+        answer = grpc.infer("tokenizer", [text_input([text], name="text")])
+        ids, mask = pipeline.tokenizer([text])
+        np.testing.assert_array_equal(answer.as_numpy("input_ids"), ids)
+        np.testing.assert_array_equal(answer.as_numpy("attention_mask"), mask)
+        assert answer.as_numpy("admission_ticket") is None
+    assert table.in_flight() == 0, "a direct call to the tokenizer holds rows against the ensembles' limit"
+    embedded = grpc.infer("embed", [text_input(queries[:1])]).as_numpy("EMBEDDING")
+    assert cosine_rows(embedded, pipeline.embed(queries[:1])).min() >= COSINE_MIN
+    table.close()
 
 
 def test_multi_row_request_equals_rows_sent_alone(retrieval, queries):
@@ -304,9 +331,9 @@ def test_in_a_dynamic_batch_only_the_bad_requests_fail(unlimited, queries):
     for p in bad_positions:
         requests.insert(p, retrieve_request([""], 5) if p != 11 else retrieve_request(["fine text"], 0))
     alone = {t: grpc.infer("retrieve", retrieve_request([t], 5)).as_numpy("DOC_IDS") for t in good_texts}
-    before = executions(grpc, "tokenizer")
+    before = executions(grpc, "ensemble_tokenizer")
     results = fire_concurrently(grpc, "retrieve", requests, OUTPUTS)
-    inferences, runs = (a - b for a, b in zip(executions(grpc, "tokenizer", before[0] + len(requests)), before))
+    inferences, runs = (a - b for a, b in zip(executions(grpc, "ensemble_tokenizer", before[0] + len(requests)), before))
     assert runs < inferences, "no dynamic batch formed"
     good_iter = iter(good_texts)
     for i, result in enumerate(results):
@@ -349,6 +376,6 @@ def test_metrics_endpoint_has_per_model_summary_latencies(server, retrieval):
     retrieval.retrieve(["what is a decorator"], k=1)
     with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
         metrics = response.read().decode()
-    for model in ("retrieve", "tokenizer", "query_encoder", "mips_topk"):
+    for model in ("retrieve", "ensemble_tokenizer", "query_encoder", "mips_topk"):
         assert f'nv_inference_request_summary_us_count{{model="{model}",version="1"}}' in metrics, model
         assert f'nv_inference_compute_infer_summary_us{{model="{model}",version="1",quantile="0.99"}}' in metrics, model

@@ -1,7 +1,8 @@
 """Admission control for one server: a bound on the rows between the tokenizer and the step that
 answers (pooling for ``embed``, the search for ``retrieve``).
 
-The tokenizer admits a request only while fewer than ``limit_rows`` rows are in flight ahead
+The ensembles' tokenizer (``ensemble_tokenizer``; the clients' ``tokenizer`` takes no part, since
+a ticket handed to a client would never come back) admits a request only while fewer than ``limit_rows`` rows are in flight ahead
 of it; otherwise it answers UNAVAILABLE at once (no queueing, no compute), and the requests it
 admitted wait behind fewer than ``limit_rows`` rows of encoder work. A request's own rows do not
 count against it: a 64-row batch is not starved by a trickle of one-row queries, but while it
