@@ -104,7 +104,7 @@ def test_rendering_is_deterministic(repository, render_info, tmp_path):
     render_repository(tmp_path / "a", tower, index_dir, settings)
     render_repository(tmp_path / "b", tower, index_dir, settings)
     configs = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").glob("*/config.pbtxt"))
-    assert len(configs) == 5  # tokenizer, query_encoder (it pools on the CPU), mips_topk, embed, retrieve
+    assert len(configs) == 6  # tokenizer, ensemble_tokenizer, query_encoder (it pools on the CPU), mips_topk, embed, retrieve
     for rel in configs:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes() == (repository / rel).read_bytes()
 

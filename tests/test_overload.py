@@ -116,7 +116,7 @@ def test_pinned_server_and_every_stub_run_on_the_given_cpu(repository, tmp_path,
         with RetrievalClient(srv.grpc_url) as client:
             assert client.retrieve(queries[:2], k=3).hits
         processes = server_processes(srv.grpc_url)
-        assert len(processes) == 4  # tritonserver and the three python-backend stubs (the CPU encoder pools)
+        assert len(processes) == 5  # tritonserver and the four python-backend stubs (two tokenizers; the CPU encoder pools)
         for name, pid in processes.items():
             assert cpus_allowed(pid) == "0", name
     finally:
