@@ -56,7 +56,8 @@ def test_a_one_minute_soak_at_half_capacity_holds(unadmitted, tmp_path):
     result = json.loads(out.read_text(encoding="utf-8"))
     verdict = result["verdict"]
     assert out.with_suffix(".png").stat().st_size > 0
-    assert set(result["processes"]) == {"tritonserver", "stub:tokenizer_0_0", "stub:query_encoder_0_0", "stub:mips_topk_0_0"}
+    assert set(result["processes"]) == {"tritonserver", "stub:tokenizer_0_0", "stub:ensemble_tokenizer_0_0", "stub:query_encoder_0_0",
+                                       "stub:mips_topk_0_0"}
     assert len(result["rss_per_window"]) == 3 and all(all(v for v in r.values()) for r in result["rss_per_window"])
     assert 0.3 < result["fraction_of_capacity"] <= 0.5 + 1e-9 and result["capacity_rps"] > 0
     # Arrivals were open loop at the rate asked for (Poisson: within 25% over 20 s).
