@@ -337,8 +337,9 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
                 shutil.copy2(TEMPLATES / source / "model.py", version / "model.py")
                 for package in SHIPPED_PACKAGES:
                     shutil.copytree(package, version / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        for tokenizer in ("tokenizer", ENSEMBLE_TOKENIZER):
+        for tokenizer in ("tokenizer", ENSEMBLE_TOKENIZER):  # each checks its tokenizer.json before it loads
             _link_or_copy(query_tower.tokenizer_file, tmp / tokenizer / "1" / "tokenizer.json")
+            write_artifacts_manifest(tmp / tokenizer / "1", [tmp / tokenizer / "1" / "tokenizer.json"])
         if encoder == "tensorrt":
             _link_or_copy(Path(engine), tmp / "query_encoder" / "1" / "model.plan")
         else:
@@ -350,9 +351,7 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
         for model, folder in ([(f"mips_topk_{i}", f) for i, f in enumerate(shards)] if len(shards) > 1 else [("mips_topk", index_dir)]):
             for f in sorted(folder.iterdir()):
                 _link_or_copy(f, tmp / model / "1" / "index" / f.name)
-        # What each model loads, checked against these before it loads (the index has its own manifest).
-        for tokenizer in ("tokenizer", ENSEMBLE_TOKENIZER):
-            write_artifacts_manifest(tmp / tokenizer / "1", [tmp / tokenizer / "1" / "tokenizer.json"])
+        # What the encoder loads, checked against this before it loads (the index has its own manifest).
         encoder_folder = tmp / "query_encoder" / "1"
         write_artifacts_manifest(encoder_folder, [f for f in encoder_folder.rglob("*") if f.is_file() and f.name != "model.py"
                                                   and f.relative_to(encoder_folder).parts[0] not in SHIPPED_FOLDERS])
