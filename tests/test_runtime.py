@@ -71,6 +71,21 @@ def test_snippet_cuts_at_a_word():
     assert snippet("alpha beta gamma delta", 12) == "alpha beta …"
 
 
+def test_snippet_from_the_head_equals_the_snippet_of_the_whole_text():
+    """snippet collapses only a head of the text; over texts of runs of words and whitespace of every
+    length (whitespace-only heads, cuts inside words and inside whitespace) it equals the whole collapse."""
+    def whole(text: str, max_chars: int) -> str:  # the definition: collapse everything, then cut
+        text = " ".join(text.split())
+        return text if len(text) <= max_chars else text[:max_chars].rsplit(" ", 1)[0] + " …"
+
+    rng = np.random.default_rng(7)
+    for _ in range(3000):
+        parts = [("x" * int(rng.integers(1, 30))) if rng.random() < 0.6 else " \n\t"[int(rng.integers(0, 3))] * int(rng.integers(1, 90))
+                 for _ in range(int(rng.integers(0, 40)))]
+        text, max_chars = "".join(parts), int(rng.integers(1, 80))
+        assert snippet(text, max_chars) == whole(text, max_chars), (text, max_chars)
+
+
 @pytest.fixture()
 def index_copy(repository, tmp_path):
     folder = tmp_path / "index"
