@@ -91,7 +91,12 @@ def _write_config_for(repository: Path, version: int) -> None:
 
 
 def _query_tower(repository: Path) -> str:
-    return json.loads((repository / "render.json").read_text(encoding="utf-8"))["context"]["query_tower_fingerprint"]
+    context = json.loads((repository / "render.json").read_text(encoding="utf-8"))["context"]
+    if context.get("search_step") == "encoder":  # retrieve searches the index inside query_encoder, not mips_topk
+        raise DeployError(f"{repository} was rendered with search_step 'encoder': retrieve searches the index the query_encoder "
+                          f"holds, and a new {MODEL} version would not change what it serves; render it with "
+                          "--search-step separate to deploy indexes live")
+    return context["query_tower_fingerprint"]
 
 
 def _client(url: str):
@@ -238,6 +243,7 @@ def _wait_ready(url: str, timeout_s: float) -> None:
 def rollback(repository: Path, url: str, timeout_s: float = 300.0) -> int:
     """Retire the newest version of mips_topk; the one before it serves again. -> the version now serving."""
     repository = Path(repository)
+    _query_tower(repository)  # refuses a repository whose retrieve does not search mips_topk
     recover(repository, url)
     current = versions(repository)
     if len(current) < 2:

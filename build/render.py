@@ -39,6 +39,7 @@ TARGETS = ("cpu", "gpu")
 ENCODERS = ("onnx", "torch", "tensorrt")
 BATCHING = ("dynamic", "sequential")
 POOLING_STEPS = ("separate", "encoder")
+SEARCH_STEPS = ("separate", "encoder")
 TORCH_ENCODER_FILES = ("config.json", "*.safetensors")  # the tower's weights, its projection included
 
 
@@ -104,6 +105,11 @@ class ServingSettings:
     # scheduling per request, Triton's traces) for a few microseconds of numpy. With "encoder" the
     # query_encoder's stub pools and normalises with the same function and answers the embedding.
     pooling_step: str = dataclasses.field(default="auto", metadata={"help": "where pooling + L2 normalisation run: separate (the pool_normalize model, its own step) or encoder (inside the onnx query_encoder's stub, one python hop fewer); auto: encoder on cpu with the onnx encoder and numpy pooling, else separate"})
+    # retrieve's search was a python hop of its own after the encoder (~0.7 ms of IPC a call, and the
+    # index cache-cold behind the encoder: benchmarks/results/grid-retrieve-2026-12-03/). With "encoder"
+    # the query_encoder's stub (which pools) also holds the index and answers retrieve itself; mips_topk
+    # stays for direct calls. Opt-in: index deploys (build deploy-index) swap mips_topk's versions only.
+    search_step: str = dataclasses.field(default="separate", metadata={"help": "where retrieve's search runs: separate (the mips_topk model, its own step) or encoder (inside the query_encoder's stub, which then pools too: cpu, numpy or chunked search, one index shard; index deploys need separate)"})
 
     def resolved(self) -> dict:
         """The settings as rendered: concrete implementations, GPU-only knobs zeroed on the CPU."""
@@ -140,6 +146,9 @@ class ServingSettings:
         if pooling_step not in POOLING_STEPS or (pooling_step == "encoder" and not fusable):
             raise ValueError(f"pooling_step must be one of {list(POOLING_STEPS)} ('encoder' needs the onnx encoder and numpy "
                              f"pooling); got {pooling_step!r} with encoder {encoder!r} and pooling {pool!r}")
+        if self.search_step not in SEARCH_STEPS or (self.search_step == "encoder" and (pooling_step != "encoder" or topk not in ("numpy", "chunked"))):
+            raise ValueError(f"search_step must be one of {list(SEARCH_STEPS)} ('encoder' needs pooling_step 'encoder' and the numpy "
+                             f"or chunked search); got {self.search_step!r} with pooling_step {pooling_step!r} and search {topk!r}")
         for knob, top in (("encoder_nice", 19), ("topk_nice", 20)):
             if not -1 <= getattr(self, knob) <= top:
                 raise ValueError(f"{knob} must be in [0, {top}], or -1 for auto; got {getattr(self, knob)}")
@@ -156,7 +165,7 @@ class ServingSettings:
                 "encoder_implementation": encoder, "encoder_device": "cuda" if gpu else "cpu",
                 "encoder_dtype": "float16" if gpu else "float32", "encoder_cuda_graphs": self.encoder_cuda_graphs if gpu else 0,
                 "encoder_batch_buckets": ",".join(map(str, buckets)), "encoder_batching": batching, "max_queue_delay_us": delay,
-                "pooling_step": pooling_step, "admission_max_rows": admission, "encoder_nice": nice,
+                "pooling_step": pooling_step, "search_step": self.search_step, "admission_max_rows": admission, "encoder_nice": nice,
                 "topk_nice": topk_nice}
 
 
@@ -164,9 +173,10 @@ def _t(name: str, dtype: str, dims: str) -> dict:
     return {"name": name, "dtype": dtype, "dims": dims}
 
 
-def ensembles(dim: int, shard_count: int = 0, pooling_step: str = "separate") -> list[dict]:
+def ensembles(dim: int, shard_count: int = 0, pooling_step: str = "separate", search_step: str = "separate") -> list[dict]:
     """``embed`` and ``retrieve``: ensemble_tokenizer -> query_encoder -> pool_normalize (-> search), or with
-    ``pooling_step`` "encoder", ensemble_tokenizer -> query_encoder (-> search)."""
+    ``pooling_step`` "encoder", ensemble_tokenizer -> query_encoder (-> search); with ``search_step`` "encoder"
+    as well, retrieve is ensemble_tokenizer -> query_encoder, which searches."""
     tokenize = {"model": ENSEMBLE_TOKENIZER, "inputs": {"text": "TEXT"},
                 "outputs": {"input_ids": "_input_ids", "attention_mask": "_attention_mask", "admission_ticket": "_admission_ticket"}}
     if pooling_step == "encoder":  # the encoder gives the ticket back and answers the embedding
@@ -183,6 +193,10 @@ def ensembles(dim: int, shard_count: int = 0, pooling_step: str = "separate") ->
     # retrieve's ticket comes back after its search, not at pooling: the rows admission bounds include the
     # search's queue (a search stub at a low priority, --topk-nice, must not queue outside the limit)
     untaken = {**pool, "inputs": {k: v for k, v in pool["inputs"].items() if k != "admission_ticket"}}
+    if search_step == "encoder":  # the encoder searches, answers and gives retrieve's ticket back itself
+        search = [{**pool, "inputs": {**pool["inputs"], "k": "K"}, "outputs": topk_outputs}]
+    else:
+        search = [{**untaken, "outputs": {"embedding": "_embedding"}}, *search_steps(shard_count, topk_outputs)]
     return [
         {
             "name": "embed",
@@ -195,7 +209,7 @@ def ensembles(dim: int, shard_count: int = 0, pooling_step: str = "separate") ->
             "inputs": [_t("TEXT", "TYPE_STRING", "1"), _t("K", "TYPE_INT32", "1")],
             "outputs": [_t("DOC_IDS", "TYPE_INT64", "-1"), _t("SCORES", "TYPE_FP32", "-1"), _t("DOC_KEYS", "TYPE_STRING", "-1"),
                         _t("TITLES", "TYPE_STRING", "-1"), _t("SNIPPETS", "TYPE_STRING", "-1"), _t("INDEX_VERSION", "TYPE_STRING", "1")],
-            "steps": [*encode_steps, {**untaken, "outputs": {"embedding": "_embedding"}}, *search_steps(shard_count, topk_outputs)],
+            "steps": [*encode_steps, *search],
         },
     ]
 
@@ -249,7 +263,7 @@ def render_configs(context: dict) -> dict[str, str]:
         configs[f"mips_topk_{i}"] = env.get_template("mips_topk/config.pbtxt.j2").render(shard)
     if shard_count > 1:
         configs["topk_merge"] = env.get_template("topk_merge/config.pbtxt.j2").render(context)
-    for ensemble in ensembles(context["dim"], shard_count, context["pooling_step"]):
+    for ensemble in ensembles(context["dim"], shard_count, context["pooling_step"], context["search_step"]):
         configs[ensemble["name"]] = env.get_template("ensemble.pbtxt.j2").render({**context, "ensemble": ensemble})
     for name, text in configs.items():
         try:
@@ -320,6 +334,9 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
         manifests = [json.loads((f / "manifest.json").read_text(encoding="utf-8")) for f in shards]
         if any(m.get("shards_of") != index_manifest["index_version"] for m in manifests):
             raise ValueError(f"shards {[str(f) for f in shards]} are not all shards of index {index_manifest['index_version']}")
+        if context["search_step"] == "encoder":
+            raise ValueError(f"search_step 'encoder' searches one index in the encoder's stub; got {len(shards)} shards "
+                             "(render sharded indexes with --search-step separate)")
         context.update(shard_count=len(shards), shard_rows=[m["count"] for m in manifests],
                        index_version=index_manifest["index_version"])
     configs = render_configs(context)
@@ -348,13 +365,16 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
             for pattern in TORCH_ENCODER_FILES:
                 for f in sorted(Path(q["source"]).glob(pattern)):
                     _link_or_copy(f, tmp / "query_encoder" / "1" / "torch" / f.name)
-        for model, folder in ([(f"mips_topk_{i}", f) for i, f in enumerate(shards)] if len(shards) > 1 else [("mips_topk", index_dir)]):
+        searchers = [(f"mips_topk_{i}", f) for i, f in enumerate(shards)] if len(shards) > 1 else [("mips_topk", index_dir)]
+        if context["search_step"] == "encoder":
+            searchers.append(("query_encoder", index_dir))
+        for model, folder in searchers:
             for f in sorted(folder.iterdir()):
                 _link_or_copy(f, tmp / model / "1" / "index" / f.name)
-        # What the encoder loads, checked against this before it loads (the index has its own manifest).
+        # What the encoder loads, checked against this before it loads (an index has its own manifest).
         encoder_folder = tmp / "query_encoder" / "1"
         write_artifacts_manifest(encoder_folder, [f for f in encoder_folder.rglob("*") if f.is_file() and f.name != "model.py"
-                                                  and f.relative_to(encoder_folder).parts[0] not in SHIPPED_FOLDERS])
+                                                  and f.relative_to(encoder_folder).parts[0] not in {*SHIPPED_FOLDERS, "index"}])
         (tmp / "render.json").write_text(rendered, encoding="utf-8")
     return resolved
 

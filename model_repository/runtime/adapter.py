@@ -49,8 +49,8 @@ def execute_batched(
     output_names: Sequence[str],
 ) -> list:
     """parse(request) validates one request (raising InvalidInput, or Overloaded when it is not
-    admitted) and returns its inputs; compute(valid) returns one tuple of output arrays per valid
-    request, in order."""
+    admitted) and returns its inputs; compute(valid) returns, per valid request and in order, one
+    tuple of arrays in the order of ``output_names``, or a dict naming the outputs that request gets."""
     parsed: list[Any] = []
     for request in requests:
         try:
@@ -66,7 +66,9 @@ def execute_batched(
             error = pb_utils.TritonError(str(p), code)
             responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
         else:
-            responses.append(pb_utils.InferenceResponse(output_tensors=output_tensors(output_names, next(results))))
+            result = next(results)
+            names, arrays = (list(result), list(result.values())) if isinstance(result, dict) else (output_names, result)
+            responses.append(pb_utils.InferenceResponse(output_tensors=output_tensors(names, arrays)))
     return responses
 
 

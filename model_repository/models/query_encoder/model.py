@@ -6,6 +6,10 @@ it also pools and L2-normalises, with the same function as pool_normalize, and a
 ``embed`` request (``admission_ticket``, from the tokenizer; see runtime.admission) once it is
 encoded; a ``retrieve`` request keeps its ticket until its search has answered.
 
+With the parameter ``search`` as well (render's ``search_step`` "encoder", CPU only), it holds the index
+(``runtime.search.IndexSearch``, as mips_topk) and answers a request that carries the optional input ``k``
+with the search's outputs: ``retrieve`` is then tokenizer -> query_encoder, and every ticket comes back here.
+
 ``implementation`` in config.pbtxt chooses the engine, and nothing falls back:
 
 - ``onnx``: ONNX Runtime on the CPU;
@@ -28,6 +32,7 @@ from runtime.cpus import take_nice
 from runtime.files import verify_artifacts
 from runtime.params import ModelParams
 from runtime.placement import Placement
+from runtime.search import OUTPUTS, IndexSearch
 
 IMPLEMENTATIONS = ("onnx", "torch")
 
@@ -60,6 +65,10 @@ class TritonPythonModel:
             from runtime.encoder import OnnxEncoder
 
             self.encoder = OnnxEncoder(f"{folder}/{params.str('onnx_file')}", params.int("intra_op_threads"))
+        self.search = None
+        if search := params.optional("search", ""):  # retrieve's search in this stub: no mips_topk hop
+            self.search = IndexSearch(params, folder, params.str("fingerprint"), args, search)
+            pb_utils.Logger.log_info(f"query_encoder searches: {self.search.describe()}")
 
     def parse(self, request):
         ids, mask = (input_array(request, name) for name in self.input_names)
@@ -69,14 +78,19 @@ class TritonPythonModel:
             raise InvalidInput(f"{self.input_names[0]} exceeds {self.max_tokens} tokens; got {ids.shape[1]}")
         if self.pooling and not mask.any(axis=1).all():
             raise InvalidInput(f"{self.input_names[1]} must have at least one token per row; got an all-zero row")
-        return ids, mask
+        k = pb_utils.get_input_tensor_by_name(request, "k") if self.search else None
+        return ids, mask, None if k is None else self.search.parse_k("k", k.as_numpy())
 
     def compute(self, batches):
-        hidden = self.encoder.encode_ragged(batches)
-        if self.pooling:
-            return [(pool_normalize_reference(h, mask, self.pooling).astype(np.float32, copy=False),)
-                    for h, (_, mask) in zip(hidden, batches)]
-        return [(h,) for h in hidden]
+        hidden = self.encoder.encode_ragged([(ids, mask) for ids, mask, _ in batches])
+        if not self.pooling:
+            return [(h,) for h in hidden]
+        embeddings = [pool_normalize_reference(h, mask, self.pooling).astype(np.float32, copy=False)
+                      for h, (_, mask, _) in zip(hidden, batches)]
+        searched = [(e, k) for e, (_, _, k) in zip(embeddings, batches) if k is not None]
+        found = iter(self.search.answer(searched) if searched else [])
+        return [{"embedding": e} if k is None else {"embedding": e, **dict(zip(OUTPUTS, next(found)))}
+                for e, (_, _, k) in zip(embeddings, batches)]
 
     def execute(self, requests):
         run = lambda: execute_batched(requests, self.parse, self.compute, self.output_names)  # noqa: E731
