@@ -170,7 +170,7 @@ def cluster_main(argv: list[str]) -> int:
 
 
 def deploy_main(argv: list[str]) -> int:
-    from .deploy import DeployError, deploy_index, index_of_version, rollback
+    from .deploy import DeployError, deploy_index, holders, index_of_version, rollback
 
     parser = argparse.ArgumentParser(prog="python -m build deploy-index|rollback")
     parser.add_argument("command", choices=["deploy-index", "rollback"])
@@ -188,7 +188,8 @@ def deploy_main(argv: list[str]) -> int:
     except (DeployError, IndexMismatch, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    log(f"mips_topk version {version} (index {index_of_version(args.repository, version)}) is serving on {args.url}")
+    log(f"{' and '.join(holders(args.repository))} version {version} (index {index_of_version(args.repository, version)}) "
+        f"is serving on {args.url}")
     return 0
 
 

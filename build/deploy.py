@@ -2,7 +2,10 @@
 
 A new index never overwrites anything a server is using: it becomes a new version
 folder of ``mips_topk`` (``mips_topk/<n+1>/``, its files hard-linked from the index
-build), and Triton is asked over gRPC to load the model again. Triton loads the new
+build), and Triton is asked over gRPC to load the model again. A repository rendered with
+``--search-step encoder`` holds the index in ``query_encoder`` too (its ``retrieve`` searches
+there): every model that holds it gets the same new version number, and each step below runs
+for each of them, the encoder first. Triton loads the new
 version next to the old one, switches to it once it is ready, and unloads the old one
 after its in-flight requests. If the new version fails to load (a manifest that pairs
 with another query tower, a failed checksum), the old version keeps serving and the
@@ -50,6 +53,8 @@ from model_repository.runtime.index import IndexMismatch, load_index, read_manif
 from .render import parse_model_config
 
 MODEL = "mips_topk"
+# The parameter that names each holder's search kernel (resident bytes depend on it).
+IMPLEMENTATION_KEY = {"mips_topk": "implementation", "query_encoder": "search"}
 
 
 class DeployError(RuntimeError):
@@ -58,6 +63,12 @@ class DeployError(RuntimeError):
 
 def versions(repository: Path, model: str = MODEL) -> list[int]:
     return sorted(int(p.name) for p in (repository / model).iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def holders(repository: Path) -> list[str]:
+    """The models whose version folders hold the index: the one ``retrieve`` searches first."""
+    context = json.loads((repository / "render.json").read_text(encoding="utf-8"))["context"]
+    return ["query_encoder", MODEL] if context.get("search_step") == "encoder" else [MODEL]
 
 
 def _bookkeeping(repository: Path) -> Path:
@@ -72,31 +83,26 @@ def _log(repository: Path, event: dict) -> None:
         f.write(json.dumps(event) + "\n")
 
 
-def _write_config_for(repository: Path, version: int) -> None:
-    """Point the per-model parameters (index size and dtype) at ``version``'s index.
+def _write_config_for(repository: Path, version: int, model: str = MODEL) -> None:
+    """Point ``model``'s parameters (index size and dtype) at ``version``'s index.
 
     The config is parsed as Triton's ModelConfig protobuf, changed field by field and
     written back whole (atomically: Triton reads config.pbtxt only when it loads the model).
     """
-    manifest = read_manifest(repository / MODEL / str(version) / "index")
-    path = repository / MODEL / "config.pbtxt"
+    manifest = read_manifest(repository / model / str(version) / "index")
+    path = repository / model / "config.pbtxt"
     config = parse_model_config(path.read_text(encoding="utf-8"))
-    resident = resident_bytes(manifest, config.parameters["implementation"].string_value)
+    resident = resident_bytes(manifest, config.parameters[IMPLEMENTATION_KEY[model]].string_value)
     for key, value in (("index_rows", str(manifest["count"])), ("index_dtype", manifest["dtype"]), ("index_resident_bytes", str(resident))):
         if key not in config.parameters:
-            raise DeployError(f"{MODEL}/config.pbtxt has no parameter '{key}'")
+            raise DeployError(f"{model}/config.pbtxt has no parameter '{key}'")
         config.parameters[key].string_value = value
     config.version_policy.specific.versions[:] = [version]  # the commit point: no other folder loads
     atomic_write_text(path, text_format.MessageToString(config))
 
 
 def _query_tower(repository: Path) -> str:
-    context = json.loads((repository / "render.json").read_text(encoding="utf-8"))["context"]
-    if context.get("search_step") == "encoder":  # retrieve searches the index inside query_encoder, not mips_topk
-        raise DeployError(f"{repository} was rendered with search_step 'encoder': retrieve searches the index the query_encoder "
-                          f"holds, and a new {MODEL} version would not change what it serves; render it with "
-                          "--search-step separate to deploy indexes live")
-    return context["query_tower_fingerprint"]
+    return json.loads((repository / "render.json").read_text(encoding="utf-8"))["context"]["query_tower_fingerprint"]
 
 
 def _client(url: str):
@@ -115,30 +121,30 @@ def _admin_headers() -> dict | None:
     return {GRPC_ADMIN_HEADER: key} if key else None
 
 
-def _load(url: str, timeout_s: float) -> None:
+def _load(url: str, timeout_s: float, model: str = MODEL) -> None:
     from tritonclient.utils import InferenceServerException
 
     with _client(url) as client:
         try:
-            client.load_model(MODEL, headers=_admin_headers(), client_timeout=timeout_s)
+            client.load_model(model, headers=_admin_headers(), client_timeout=timeout_s)
         except InferenceServerException as e:
-            raise DeployError(f"Triton refused to load {MODEL}: {e.message()}") from None
+            raise DeployError(f"Triton refused to load {model}: {e.message()}") from None
 
 
-def _serves(url: str, version: int) -> bool:
+def _serves(url: str, version: int, models: list[str]) -> bool:
     try:
-        return serving_version(url) == version
+        return all(serving_version(url, m) == version for m in models)
     except DeployError:
         return False
 
 
-def serving_version(url: str) -> int:
-    """The newest ready version of mips_topk on the server."""
+def serving_version(url: str, model: str = MODEL) -> int:
+    """The newest ready version of ``model`` (mips_topk) on the server."""
     with _client(url) as client:
         index = client.get_model_repository_index(headers=_admin_headers(), as_json=True).get("models", [])
-    ready = [int(m["version"]) for m in index if m.get("name") == MODEL and m.get("state") == "READY" and m.get("version")]
+    ready = [int(m["version"]) for m in index if m.get("name") == model and m.get("state") == "READY" and m.get("version")]
     if not ready:
-        raise DeployError(f"no version of {MODEL} is ready on {url}")
+        raise DeployError(f"no version of {model} is ready on {url}")
     return max(ready)
 
 
@@ -157,17 +163,19 @@ def recover(repository: Path, url: str) -> int | None:
         marker.unlink()
         return None
     version = int(pending["version"])
-    folder = repository / MODEL / str(version)
-    if folder.exists() and _serves(url, version):  # died after the switch: only the record was missing
+    configs = pending.get("configs") or {MODEL: pending["config"]}  # every holder's config before the deploy
+    folders = {model: repository / model / str(version) for model in configs}
+    if all(f.exists() for f in folders.values()) and _serves(url, version, list(configs)):  # died after the switch
         _log(repository, {"event": "deploy", "version": version, "index": index_of_version(repository, version),
                           "recovered": True})
         marker.unlink()
         return None
-    if folder.exists():
-        failed = _bookkeeping(repository) / "failed" / f"{MODEL}-{version}-interrupted-{datetime.datetime.now():%Y%m%dT%H%M%S}"
-        failed.parent.mkdir(parents=True, exist_ok=True)
-        folder.rename(failed)
-    atomic_write_text(repository / MODEL / "config.pbtxt", pending["config"])
+    for model, folder in folders.items():
+        if folder.exists():
+            failed = _bookkeeping(repository) / "failed" / f"{model}-{version}-interrupted-{datetime.datetime.now():%Y%m%dT%H%M%S}"
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            folder.rename(failed)
+        atomic_write_text(repository / model / "config.pbtxt", configs[model])
     _log(repository, {"event": "deploy-interrupted", "version": version, "undone": True})
     marker.unlink()
     return version
@@ -184,28 +192,40 @@ def deploy_index(repository: Path, index_dir: Path, url: str, verify: bool = Tru
                             f"repository serves query tower {expected}; nothing was deployed")
     if verify:
         load_index(index_dir, expected)  # checksums and shapes, before anything changes
+    models = holders(repository)
     current = versions(repository)
+    if any(versions(repository, m)[-1] != current[-1] for m in models):
+        raise DeployError(f"the index holders {models} serve versions {[versions(repository, m)[-1] for m in models]}, "
+                          "not one version: settle the repository by hand before deploying")
     new = current[-1] + 1
-    staging = _bookkeeping(repository) / "staging" / f"{MODEL}-{new}"
-    shutil.rmtree(staging, ignore_errors=True)
-    latest = repository / MODEL / str(current[-1])
-    shutil.copytree(latest, staging, ignore=shutil.ignore_patterns("index", "__pycache__"), copy_function=os.link)
-    shutil.copytree(index_dir, staging / "index", copy_function=os.link)
-    old_config = (repository / MODEL / "config.pbtxt").read_text(encoding="utf-8")
-    atomic_write_text(_pending(repository), json.dumps({"version": new, "config": old_config}))
-    staging.rename(repository / MODEL / str(new))
+    staged = {}
+    for model in models:
+        staging = staged[model] = _bookkeeping(repository) / "staging" / f"{model}-{new}"
+        shutil.rmtree(staging, ignore_errors=True)
+        latest = repository / model / str(current[-1])
+        shutil.copytree(latest, staging, ignore=shutil.ignore_patterns("index", "__pycache__"), copy_function=os.link)
+        shutil.copytree(index_dir, staging / "index", copy_function=os.link)
+    old_configs = {m: (repository / m / "config.pbtxt").read_text(encoding="utf-8") for m in models}
+    atomic_write_text(_pending(repository), json.dumps({"version": new, "config": old_configs[MODEL], "configs": old_configs}))
+    for model in models:
+        staged[model].rename(repository / model / str(new))
     try:
-        _write_config_for(repository, new)
-        _load(url, timeout_s)
+        for model in models:
+            _write_config_for(repository, new, model)
+            _load(url, timeout_s, model)
     except (DeployError, IndexMismatch, OSError) as e:
-        failed = _bookkeeping(repository) / "failed" / f"{MODEL}-{new}-{datetime.datetime.now():%Y%m%dT%H%M%S}"
-        failed.parent.mkdir(parents=True, exist_ok=True)
-        (repository / MODEL / str(new)).rename(failed)
-        atomic_write_text(repository / MODEL / "config.pbtxt", old_config)
+        moved = []
+        for model in models:
+            failed = _bookkeeping(repository) / "failed" / f"{model}-{new}-{datetime.datetime.now():%Y%m%dT%H%M%S}"
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            (repository / model / str(new)).rename(failed)
+            atomic_write_text(repository / model / "config.pbtxt", old_configs[model])
+            moved.append(str(failed))
         _log(repository, {"event": "deploy-failed", "version": new, "index": manifest.get("index_version"), "error": str(e)})
         _pending(repository).unlink()
         serving = _republish(repository, current[-1], new, url, timeout_s)
-        raise DeployError(f"{e}\nversion {current[-1]} kept serving and the failed version was moved to {failed}; {serving}") from None
+        raise DeployError(f"{e}\nversion {current[-1]} kept serving and the failed version was moved to {', '.join(moved)}; "
+                          f"{serving}") from None
     _pending(repository).unlink()
     _wait_ready(url, timeout_s)  # the old version unloads after its in-flight requests; readiness waits for that
     _log(repository, {"event": "deploy", "version": new, "index": manifest["index_version"], "from": str(index_dir)})
@@ -213,14 +233,17 @@ def deploy_index(repository: Path, index_dir: Path, url: str, verify: bool = Tru
 
 
 def _republish(repository: Path, serving: int, failed: int, url: str, timeout_s: float) -> str:
-    """Load a copy of version ``serving`` as version ``failed``: clears Triton's failure record (see the module doc)."""
-    staging = _bookkeeping(repository) / "staging" / f"{MODEL}-{failed}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(repository / MODEL / str(serving), staging, ignore=shutil.ignore_patterns("__pycache__"), copy_function=os.link)
-    staging.rename(repository / MODEL / str(failed))
+    """Load a copy of version ``serving`` as version ``failed`` in every holder: clears Triton's failure record (see
+    the module doc), and brings back the serving index in a holder that had loaded the failed one."""
     try:
-        _write_config_for(repository, failed)
-        _load(url, timeout_s)
+        for model in holders(repository):
+            staging = _bookkeeping(repository) / "staging" / f"{model}-{failed}"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(repository / model / str(serving), staging, ignore=shutil.ignore_patterns("__pycache__"),
+                            copy_function=os.link)
+            staging.rename(repository / model / str(failed))
+            _write_config_for(repository, failed, model)
+            _load(url, timeout_s, model)
         _wait_ready(url, timeout_s)
     except (DeployError, OSError) as e:
         _log(repository, {"event": "republish-failed", "version": failed, "copy_of": serving, "error": str(e)})
@@ -243,17 +266,17 @@ def _wait_ready(url: str, timeout_s: float) -> None:
 def rollback(repository: Path, url: str, timeout_s: float = 300.0) -> int:
     """Retire the newest version of mips_topk; the one before it serves again. -> the version now serving."""
     repository = Path(repository)
-    _query_tower(repository)  # refuses a repository whose retrieve does not search mips_topk
     recover(repository, url)
     current = versions(repository)
     if len(current) < 2:
         raise DeployError(f"{MODEL} has only version {current[0]}; there is nothing to roll back to")
     newest, previous = current[-1], current[-2]
-    retired = _bookkeeping(repository) / "retired" / f"{MODEL}-{newest}-{datetime.datetime.now():%Y%m%dT%H%M%S}"
-    retired.parent.mkdir(parents=True, exist_ok=True)
-    (repository / MODEL / str(newest)).rename(retired)
-    _write_config_for(repository, previous)
-    _load(url, timeout_s)
+    for model in holders(repository):  # the encoder first: retrieve searches there
+        retired = _bookkeeping(repository) / "retired" / f"{model}-{newest}-{datetime.datetime.now():%Y%m%dT%H%M%S}"
+        retired.parent.mkdir(parents=True, exist_ok=True)
+        (repository / model / str(newest)).rename(retired)
+        _write_config_for(repository, previous, model)
+        _load(url, timeout_s, model)
     _wait_ready(url, timeout_s)
     _log(repository, {"event": "rollback", "version": previous, "index": index_of_version(repository, previous),
                       "retired": str(retired)})

@@ -108,8 +108,9 @@ class ServingSettings:
     # retrieve's search was a python hop of its own after the encoder (~0.7 ms of IPC a call, and the
     # index cache-cold behind the encoder: benchmarks/results/grid-retrieve-2026-12-03/). With "encoder"
     # the query_encoder's stub (which pools) also holds the index and answers retrieve itself; mips_topk
-    # stays for direct calls. Opt-in: index deploys (build deploy-index) swap mips_topk's versions only.
-    search_step: str = dataclasses.field(default="separate", metadata={"help": "where retrieve's search runs: separate (the mips_topk model, its own step) or encoder (inside the query_encoder's stub, which then pools too: cpu, numpy or chunked search, one index shard; index deploys need separate)"})
+    # stays for direct calls, and index deploys version both. Opt-in: 0.74 ms less server time a retrieve, p99
+    # better in 4 rounds of 6 (benchmarks/results/peer-documents-2026-12-04/), twice the index's memory.
+    search_step: str = dataclasses.field(default="separate", metadata={"help": "where retrieve's search runs: separate (the mips_topk model, its own step) or encoder (inside the query_encoder's stub, which then pools too: cpu, numpy or chunked search, one index shard; mips_topk keeps a copy for direct calls)"})
 
     def resolved(self) -> dict:
         """The settings as rendered: concrete implementations, GPU-only knobs zeroed on the CPU."""

@@ -6,6 +6,8 @@ them is refused alone, and every admission ticket comes back.
 """
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 
 import numpy as np
@@ -14,7 +16,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clients.retrieval import RetrievalClient, k_input, text_input
-from tests.conftest import render_variant, rows_in_flight_settled, start_server
+from tests.conftest import ARTIFACTS, render_variant, rows_in_flight_settled, start_server
 from tests.test_serving import executions
 
 RETRIEVE_OUTPUTS = ["DOC_IDS", "SCORES", "DOC_KEYS", "TITLES", "SNIPPETS", "INDEX_VERSION"]
@@ -133,11 +135,52 @@ def test_the_search_step_setting_is_checked():
                                               "admission_ticket": "_admission_ticket", "k": "K"}
 
 
-def test_index_deploys_refuse_a_repository_that_searches_in_the_encoder(fused):
-    from build.deploy import DeployError, deploy_index, rollback
+def test_an_index_deploy_swaps_the_encoders_index_and_mips_topks_together_and_rolls_back(fused, render_info, tmp_path):
+    """The encoder holds the index retrieve searches: deploy-index versions it with mips_topk (one version number),
+    retrieve and direct mips_topk calls answer the new index, and rollback brings the old one back to both."""
+    from build import deploy
+    from build.export import ExportedTower
+    from build.index import build_index
+    from training.corpus import read_corpus
 
     served, repo = fused
-    for action in (lambda: deploy_index(repo, repo / "mips_topk" / "1" / "index", served.grpc_url),
-                   lambda: rollback(repo, served.grpc_url)):
-        with pytest.raises(DeployError, match="rendered with search_step 'encoder'.*--search-step separate"):
-            action()
+    docs = read_corpus(ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl")[:60]
+    doc_tower = ExportedTower(ARTIFACTS / "towers" / render_info["index"]["doc_tower_fingerprint"])
+    small = build_index(docs, "first-60-documents", doc_tower, render_info["query_tower"]["fingerprint"], tmp_path / "index")
+    small_version = json.loads((small / "manifest.json").read_text(encoding="utf-8"))["index_version"]
+    assert deploy.holders(repo) == ["query_encoder", "mips_topk"]
+    texts = ["how do I copy a file", "what is a lambda"]
+
+    def direct_version() -> str:
+        client = grpcclient.InferenceServerClient(served.grpc_url)
+        embedding = grpcclient.InferInput("embedding", [1, 384], "FP32")
+        embedding.set_data_from_numpy(RetrievalClient(served.grpc_url).embed(texts[:1]))
+        version = client.infer("mips_topk", [embedding, k_input(3, 1, "k")]).as_numpy("index_version")[0][0].decode()
+        client.close()
+        return version
+
+    def serving() -> list[int]:
+        return [deploy.serving_version(served.grpc_url, m) for m in ("query_encoder", "mips_topk")]
+
+    # A corrupt index the server refuses (the tool's own check skipped): both holders keep the serving index,
+    # republished under the failed number, and the server stays ready.
+    bad = tmp_path / "bad"
+    shutil.copytree(small, bad)
+    shard = np.load(bad / "shard-00000.npy")
+    shard[0, 0] += np.float16(0.5)
+    np.save(bad / "shard-00000.npy", shard)
+    with RetrievalClient(served.grpc_url) as client:
+        before = client.retrieve(texts, k=3).index_version
+        assert before != small_version and direct_version() == before
+        with pytest.raises(deploy.DeployError, match=r"(?s)sha256 must be.*version 1 kept serving.*reports ready"):
+            deploy.deploy_index(repo, bad, served.grpc_url, verify=False)
+        assert served.is_ready() and serving() == [2, 2]
+        assert client.retrieve(texts, k=3).index_version == before == direct_version()
+        version = deploy.deploy_index(repo, small, served.grpc_url)
+        assert version == 3 and serving() == [3, 3]
+        after = client.retrieve(texts, k=3)
+        assert after.index_version == small_version == direct_version()
+        assert all(hit.doc_id < 60 for row in after.hits for hit in row)
+        assert deploy.rollback(repo, served.grpc_url) == 2
+        assert client.retrieve(texts, k=3).index_version == before == direct_version()
+    assert served.is_ready()
