@@ -35,8 +35,10 @@ def sizes_from_server(grpc_url: str) -> Sizes:
     param = lambda config, key: config["parameters"][key]["string_value"]  # noqa: E731
     dim = int(next(i for i in topk["input"] if i["name"] == "embedding")["dims"][0])
     resident = topk["parameters"].get("index_resident_bytes", {}).get("string_value")
+    # --search-step encoder: the encoder's stub holds a second copy of the index, the one retrieve searches
+    extra = encoder["parameters"].get("index_resident_bytes", {}).get("string_value")
     return Sizes(int(param(encoder, "weights_bytes")), int(param(topk, "index_rows")), dim, param(topk, "index_dtype"),
-                 int(resident) if resident else None)
+                 int(resident) + int(extra or 0) if resident else None)
 
 
 def sustained_step(steps: list[dict], slo_p99_ms: float, max_error_rate: float = 0.001, min_delivered: float = 0.95) -> dict | None:

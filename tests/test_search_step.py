@@ -118,6 +118,17 @@ def test_a_burst_of_embed_and_retrieve_batched_in_the_encoder_each_equals_the_re
     grpc.close()
 
 
+def test_the_planner_counts_both_copies_of_the_index(fused, server):
+    """The capacity planner's memory fit reads what each copy of the index holds resident: the encoder's and
+    mips_topk's, twice the default repository's."""
+    from benchmarks.planner import sizes_from_server
+
+    served, _ = fused
+    default, searched = sizes_from_server(server.grpc_url), sizes_from_server(served.grpc_url)
+    assert default.index_bytes == default.index_rows * default.dim * 4  # the numpy search's float32 copy
+    assert searched.index_bytes == 2 * default.index_bytes and searched.encoder_bytes == default.encoder_bytes
+
+
 def test_the_search_step_setting_is_checked():
     from build.render import ServingSettings, ensembles
 
