@@ -148,6 +148,21 @@ def serving_version(url: str, model: str = MODEL) -> int:
     return max(ready)
 
 
+def _withdraw(repository: Path, version: int, configs: dict[str, str], tag: str) -> list[str]:
+    """Move ``version``'s folder of each model in ``configs`` to failed/ and put back its config from before the
+    deploy; -> where the folders went."""
+    moved = []
+    for model, config in configs.items():
+        folder = repository / model / str(version)
+        if folder.exists():
+            failed = _bookkeeping(repository) / "failed" / f"{model}-{version}{tag}-{datetime.datetime.now():%Y%m%dT%H%M%S}"
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            folder.rename(failed)
+            moved.append(str(failed))
+        atomic_write_text(repository / model / "config.pbtxt", config)
+    return moved
+
+
 def _pending(repository: Path) -> Path:
     return _bookkeeping(repository) / "pending.json"
 
@@ -163,19 +178,13 @@ def recover(repository: Path, url: str) -> int | None:
         marker.unlink()
         return None
     version = int(pending["version"])
-    configs = pending.get("configs") or {MODEL: pending["config"]}  # every holder's config before the deploy
-    folders = {model: repository / model / str(version) for model in configs}
-    if all(f.exists() for f in folders.values()) and _serves(url, version, list(configs)):  # died after the switch
+    configs = pending.get("configs") or {MODEL: pending["config"]}  # every holder's config before the deploy (or an older marker's)
+    if all((repository / m / str(version)).exists() for m in configs) and _serves(url, version, list(configs)):  # died after the switch
         _log(repository, {"event": "deploy", "version": version, "index": index_of_version(repository, version),
                           "recovered": True})
         marker.unlink()
         return None
-    for model, folder in folders.items():
-        if folder.exists():
-            failed = _bookkeeping(repository) / "failed" / f"{model}-{version}-interrupted-{datetime.datetime.now():%Y%m%dT%H%M%S}"
-            failed.parent.mkdir(parents=True, exist_ok=True)
-            folder.rename(failed)
-        atomic_write_text(repository / model / "config.pbtxt", configs[model])
+    _withdraw(repository, version, configs, "-interrupted")
     _log(repository, {"event": "deploy-interrupted", "version": version, "undone": True})
     marker.unlink()
     return version
@@ -206,7 +215,7 @@ def deploy_index(repository: Path, index_dir: Path, url: str, verify: bool = Tru
         shutil.copytree(latest, staging, ignore=shutil.ignore_patterns("index", "__pycache__"), copy_function=os.link)
         shutil.copytree(index_dir, staging / "index", copy_function=os.link)
     old_configs = {m: (repository / m / "config.pbtxt").read_text(encoding="utf-8") for m in models}
-    atomic_write_text(_pending(repository), json.dumps({"version": new, "config": old_configs[MODEL], "configs": old_configs}))
+    atomic_write_text(_pending(repository), json.dumps({"version": new, "configs": old_configs}))
     for model in models:
         staged[model].rename(repository / model / str(new))
     try:
@@ -214,13 +223,7 @@ def deploy_index(repository: Path, index_dir: Path, url: str, verify: bool = Tru
             _write_config_for(repository, new, model)
             _load(url, timeout_s, model)
     except (DeployError, IndexMismatch, OSError) as e:
-        moved = []
-        for model in models:
-            failed = _bookkeeping(repository) / "failed" / f"{model}-{new}-{datetime.datetime.now():%Y%m%dT%H%M%S}"
-            failed.parent.mkdir(parents=True, exist_ok=True)
-            (repository / model / str(new)).rename(failed)
-            atomic_write_text(repository / model / "config.pbtxt", old_configs[model])
-            moved.append(str(failed))
+        moved = _withdraw(repository, new, old_configs, "")
         _log(repository, {"event": "deploy-failed", "version": new, "index": manifest.get("index_version"), "error": str(e)})
         _pending(repository).unlink()
         serving = _republish(repository, current[-1], new, url, timeout_s)
