@@ -7,6 +7,7 @@ bad configuration or data is refused with the field named.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -269,6 +270,60 @@ def test_stage2_writes_from_rank_0_only(tiny_bert, tmp_path, faq_pairs, monkeypa
     assert (tmp_path / "rank0" / "student" / "tower.json").exists() and (tmp_path / "rank0" / "run_card.json").exists()
 
 
+def _zero_dropped(tower: Tower, kept: list[list[int]]) -> Tower:
+    """The reference for a pruned tower: the full tower with the dropped neurons' outgoing weights zeroed."""
+    from training.towers import _ffn_pairs
+
+    for idx, (_, out) in zip(kept, _ffn_pairs(tower.model)):
+        mask = torch.zeros(out.in_features)
+        mask[idx] = 1
+        out.weight.data *= mask
+    return tower
+
+
+@pytest.mark.parametrize("kind", ["bert", "qwen"])
+def test_ffn_pruning_keeps_the_important_neurons_and_computes_what_the_full_model_does_without_the_rest(
+        kind, tiny_bert, tiny_qwen, faq_pairs, tmp_path):
+    """A pruned tower equals the full tower with the dropped neurons silenced (so the right rows and
+    columns were cut, in both matrices), keeps a neuron made loud and drops a silenced one, and saves
+    as a plain checkpoint of the narrower width that reloads to the same embeddings."""
+    from training.towers import _ffn_pairs, prune_ffn
+
+    folder = tiny_bert if kind == "bert" else tiny_qwen
+    texts = [json.loads(line)["query"] for line in faq_pairs.read_text().splitlines()][:80]
+    tower, reference = Tower.load(folder), Tower.load(folder)
+    _, out0 = _ffn_pairs(tower.model)[0]
+    out0.weight.data[:, 7] *= 1000.0  # neuron 7 of layer 0 carries 1000x the weight back: it must stay
+    out0.weight.data[:, 3] = 0.0  # neuron 3 of layer 0 carries nothing: it must go
+    _ffn_pairs(reference.model)[0][1].weight.data.copy_(out0.weight.data)
+    kept = prune_ffn(tower, 40, texts)
+    assert [len(k) for k in kept] == [40, 40] and 7 in kept[0] and 3 not in kept[0]
+    assert all(out.in_features == 40 and all(lin.out_features == 40 for lin in ins) for ins, out in _ffn_pairs(tower.model))
+    pruned = tower.encode(texts[:16])
+    np.testing.assert_allclose(pruned, _zero_dropped(reference, kept).encode(texts[:16]), atol=2e-6)
+    tower.save(tmp_path / "pruned")
+    reloaded = Tower.load(tmp_path / "pruned")
+    assert reloaded.model.config.intermediate_size == 40
+    np.testing.assert_allclose(reloaded.encode(texts[:16]), pruned, atol=1e-6)
+    with pytest.raises(TowerError, match=r"stage2.student_ffn must be in \[1, 40\] \(the model's feed-forward width\); got 41"):
+        prune_ffn(reloaded, 41, texts, "stage2.student_ffn")
+
+
+def test_stage2_prunes_the_student_it_distils_and_records_its_width(tiny_bert, faq_pairs, tmp_path):
+    Tower.load(tiny_bert, spec=TowerSpec(max_tokens=16)).save(tmp_path / "teacher")
+    c = Stage2Config(student="teacher", student_layers=1, student_ffn=32, prune_texts=64, steps=20, batch_size=16,
+                     lr=3e-3, warmup_steps=1, max_query_tokens=16)
+    m = stage2.train(c, tmp_path / "teacher", faq_pairs, tmp_path / "s2")
+    assert m["student_ffn"] == 32 and m["mse_last10_mean"] < m["mse_first10_mean"], m
+    full = stage2.train(dataclasses.replace(c, student_ffn=0, steps=1), tmp_path / "teacher", faq_pairs, tmp_path / "full")
+    assert full["student_ffn"] == 128 and m["student_parameters"] == full["student_parameters"] - 96 * (64 + 64 + 1)
+    assert Tower.load(tmp_path / "s2" / "student").model.config.intermediate_size == 32
+    from training.sweep import student_shape
+
+    card = json.loads((tmp_path / "s2" / "run_card.json").read_text())
+    assert student_shape(card)["student_ffn"] == 32
+
+
 def _build_repository(root: Path, query_tower: Path, doc_tower: Path, documents: int) -> tuple[Path, list[dict]]:
     """build/ all on the first ``documents`` of the default corpus with these towers -> (artifacts, docs)."""
     from build.__main__ import main as build_main
@@ -419,6 +474,7 @@ def test_bad_eval_queries_name_the_missing_document(tmp_path):
     ("stage1.lr='fast'", r"stage1.lr must be float; got 'fast'"),
     ("stage1.batch_size=0", r"stage1.batch_size must be >= 1; got 0"),
     ("stage2.projection='maybe'", r"stage2.projection must be 'auto' or 'none'; got 'maybe'"),
+    ("stage2.student_ffn=-1", r"stage2.student_ffn must be >= 0 \(0 keeps every feed-forward neuron\); got -1"),
 ])
 def test_bad_config_names_the_field(override, message):
     with pytest.raises(ConfigError, match=message):

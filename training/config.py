@@ -52,6 +52,8 @@ class Stage2Config:
     teacher: str = ""  # the stage-1 query tower folder; default: <run>/stage1/query
     student: str = "minilm"  # 'minilm', a checkpoint folder, or 'teacher' (the stage-1 query tower itself)
     student_layers: int = 0  # keep the first N transformer layers (0: all)
+    student_ffn: int = 0  # keep the N most important feed-forward neurons of each layer (0: all), ranked on the distillation text
+    prune_texts: int = 2000  # how many distillation texts rank the neurons
     projection: str = "auto"  # auto: add a linear map when dims differ; none: a mismatch is an error
     w_mse: float = 1.0
     w_cos: float = 1.0
@@ -172,10 +174,12 @@ def load(path_or_recipe: str | Path, overrides: list[str] = ()) -> RunConfig:
 def validate(c: RunConfig) -> None:
     positive = {"stage1.batch_size": c.stage1.batch_size, "stage1.steps": c.stage1.steps, "stage1.grad_accum": c.stage1.grad_accum,
                 "stage1.max_query_tokens": c.stage1.max_query_tokens, "stage1.max_doc_tokens": c.stage1.max_doc_tokens,
-                "stage2.batch_size": c.stage2.batch_size, "stage2.steps": c.stage2.steps, "stage2.max_queries": c.stage2.max_queries}
+                "stage2.batch_size": c.stage2.batch_size, "stage2.prune_texts": c.stage2.prune_texts, "stage2.steps": c.stage2.steps, "stage2.max_queries": c.stage2.max_queries}
     for field, value in positive.items():
         if value < 1:
             raise ConfigError(f"{field} must be >= 1; got {value}")
+    if c.stage2.student_ffn < 0:
+        raise ConfigError(f"stage2.student_ffn must be >= 0 (0 keeps every feed-forward neuron); got {c.stage2.student_ffn}")
     if not c.stage1.temperature > 0:
         raise ConfigError(f"stage1.temperature must be > 0; got {c.stage1.temperature}")
     if c.stage2.projection not in ("auto", "none"):

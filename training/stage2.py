@@ -24,7 +24,7 @@ from .corpus import read_jsonl
 from .data import read_pairs
 from .losses import distill_loss, matryoshka
 from .tower_format import SPEC_FILE, TowerSpec
-from .towers import Tower, TowerError, cached_embeddings
+from .towers import Tower, TowerError, cached_embeddings, prune_ffn
 
 
 def distillation_queries(train_file: Path, limit: int, seed: int, queries_file: Path | None = None) -> tuple[list[str], dict[str, int]]:
@@ -55,13 +55,16 @@ def distillation_queries(train_file: Path, limit: int, seed: int, queries_file: 
     return texts, counts
 
 
-def load_student(c: Stage2Config, teacher: Tower, teacher_dir: Path | None = None) -> Tower:
-    """``student = "teacher"``: start from the teacher's own weights (truncated by ``student_layers``)."""
+def load_student(c: Stage2Config, teacher: Tower, teacher_dir: Path | None = None, texts: list[str] = ()) -> Tower:
+    """``student = "teacher"``: start from the teacher's own weights (truncated by ``student_layers``).
+    ``student_ffn`` then keeps that many feed-forward neurons a layer, the most important on ``texts``."""
     spec = TowerSpec(pooling=teacher.spec.pooling if c.student == "teacher" else "auto", max_tokens=c.max_query_tokens)
     source = teacher_dir if c.student == "teacher" else c.student
     if source is None:
         raise TowerError("stage2.student is 'teacher' but no teacher folder was given")
     student = Tower.load(source, "stage2.student", spec=spec, kernel=c.pool_kernel, layers=c.student_layers)
+    if c.student_ffn:
+        prune_ffn(student, c.student_ffn, list(texts)[: c.prune_texts], "stage2.student_ffn")
     if student.dim != teacher.dim:
         if c.projection == "none":
             raise TowerError(f"stage2.projection is 'none' but the student's dimension {student.dim} differs from the "
@@ -96,7 +99,7 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
     queries, sources = distillation_queries(train_file, c.max_queries, c.seed, Path(c.queries) if c.queries else None)
     targets = torch.from_numpy(cached_embeddings(cache, teacher_dir, "\x00".join(queries).encode(),
                                                  functools.partial(teacher.encode, queries, 128, desc="teacher: query embeddings")))
-    student = load_student(c, teacher, teacher_dir).to(ctx.device)
+    student = load_student(c, teacher, teacher_dir, queries).to(ctx.device)
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=c.lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c.warmup_steps, c.steps))
@@ -121,6 +124,7 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
                "distillation_queries": len(queries), "distillation_sources": sources, "student_dim": student.dim,
                "projection": list(student.spec.projection) if student.spec.projection else None,
                "student_parameters": sum(p.numel() for p in student.parameters()),
+               "student_ffn": int(getattr(student.model.config, "intermediate_size", 0) or 0),
                "teacher_parameters": sum(p.numel() for p in teacher.parameters())}
     return Distilled(student, metrics, curves, started, ctx.main)
 

@@ -16,7 +16,7 @@ The rules (the issue's targets, applied to dev):
 - stage 2: speed is a hard constraint: only students that encode queries >= 4x faster
   than the stage-1 query tower at batch 1 and at batch 64 (measured side by side on dev
   queries) may be picked. Speed belongs to a student's shape, not to its training run, so
-  candidates of one shape (same start, layers, projection and parameter count) share one
+  candidates of one shape (same start, layers, feed-forward width, projection and parameter count) share one
   figure: the median of all their side-by-side timings (identical shapes measured 3.67x and
   4.17x alone, which split them on timing noise). Among them, the smallest whose worst-set nDCG@10 ratio to
   stage 1 is >= 0.95; if none keeps 95%, the highest worst-set ratio. If no student is
@@ -166,8 +166,11 @@ def run(recipe: str, base_overrides: list[str], stage: str, candidates: list[str
 def student_shape(card: dict) -> dict:
     """What sets a student's encoding speed, from its stage-2 run card."""
     config, metrics = card["config"], card["metrics"]
-    return {"student": config["student"], "student_layers": config["student_layers"], "projection": metrics["projection"],
-            "dim": metrics["student_dim"], "parameters": metrics["student_parameters"]}
+    shape = {"student": config["student"], "student_layers": config["student_layers"], "projection": metrics["projection"],
+             "dim": metrics["student_dim"], "parameters": metrics["student_parameters"]}
+    if config.get("student_ffn"):  # a pruned feed-forward (cards before the option had none)
+        shape["student_ffn"] = config["student_ffn"]
+    return shape
 
 
 def student_speedup(teacher: Path, folder: Path, sets: list, queries: int) -> dict:

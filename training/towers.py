@@ -177,6 +177,77 @@ class Tower(torch.nn.Module):
         return folder
 
 
+def _ffn_pairs(model) -> list[tuple[list[torch.nn.Linear], torch.nn.Linear]]:
+    """Per layer: (the linears that make the feed-forward's hidden neurons, the linear that reads them)."""
+    owner, attr = _layers(model)
+    pairs = []
+    for layer in getattr(owner, attr):
+        if hasattr(layer, "intermediate") and hasattr(layer, "output"):  # BERT-style encoders
+            pairs.append(([layer.intermediate.dense], layer.output.dense))
+        elif hasattr(layer, "mlp") and all(hasattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):  # Llama/Qwen
+            pairs.append(([layer.mlp.gate_proj, layer.mlp.up_proj], layer.mlp.down_proj))
+        else:
+            raise TowerError(f"cannot find the feed-forward layers of {type(layer).__name__} to prune")
+    return pairs
+
+
+@torch.no_grad()
+def ffn_importance(tower: Tower, texts: Sequence[str], batch_size: int = 64) -> list[torch.Tensor]:
+    """Per layer, each feed-forward neuron's importance on ``texts``: its mean absolute activation over
+    real (unpadded) tokens times the L2 norm of the weights that carry it back to the hidden state."""
+    pairs = _ffn_pairs(tower.model)
+    sums = [torch.zeros(out.in_features) for _, out in pairs]
+    state = {"mask": None, "tokens": 0}
+
+    def hook(n):
+        def record(_module, inputs):
+            mask = state["mask"].unsqueeze(-1).to(inputs[0].dtype)
+            sums[n].add_((inputs[0].abs() * mask).sum(dim=(0, 1)).float().cpu())
+        return record
+
+    handles = [out.register_forward_pre_hook(hook(n)) for n, (_, out) in enumerate(pairs)]
+    was_training = tower.training
+    tower.eval()
+    try:
+        device = next(tower.parameters()).device
+        for start in range(0, len(texts), batch_size):
+            batch = {k: v.to(device) for k, v in tower.tokenize(texts[start : start + batch_size]).items()}
+            state["mask"] = batch["attention_mask"]
+            state["tokens"] += int(batch["attention_mask"].sum())
+            tower.model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+        tower.train(was_training)
+    return [s / max(state["tokens"], 1) * out.weight.detach().float().cpu().norm(dim=0) for s, (_, out) in zip(sums, pairs)]
+
+
+@torch.no_grad()
+def prune_ffn(tower: Tower, width: int, texts: Sequence[str], field: str = "ffn width") -> list[list[int]]:
+    """Keep the ``width`` most important feed-forward neurons of every layer (``ffn_importance`` on
+    ``texts``) and drop the rest: a narrower model of the same depth, a plain Hugging Face checkpoint
+    once saved (``intermediate_size`` = ``width``). -> the kept neurons per layer, in order."""
+    pairs = _ffn_pairs(tower.model)
+    total = pairs[0][1].in_features
+    if not 1 <= width <= total:
+        raise TowerError(f"{field} must be in [1, {total}] (the model's feed-forward width); got {width}")
+    if not texts:
+        raise TowerError(f"{field}: pruning needs text to rank the neurons on; got none")
+    kept = []
+    for scores, (ins, out) in zip(ffn_importance(tower, texts), pairs):
+        idx = torch.sort(torch.topk(scores, width).indices).values
+        for linear in ins:
+            linear.weight = torch.nn.Parameter(linear.weight[idx].clone())
+            if linear.bias is not None:
+                linear.bias = torch.nn.Parameter(linear.bias[idx].clone())
+            linear.out_features = width
+        out.weight = torch.nn.Parameter(out.weight[:, idx].clone())
+        out.in_features = width
+        kept.append(idx.tolist())
+    tower.model.config.intermediate_size = width
+    return kept
+
+
 def _eos_id(tokenizer, config) -> int | None:
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(config, "eos_token_id", None)
     return eos[0] if isinstance(eos, list) else eos
