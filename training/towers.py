@@ -197,29 +197,26 @@ def ffn_importance(tower: Tower, texts: Sequence[str], batch_size: int = 64) -> 
     real (unpadded) tokens times the L2 norm of the weights that carry it back to the hidden state."""
     pairs = _ffn_pairs(tower.model)
     sums = [torch.zeros(out.in_features) for _, out in pairs]
-    state = {"mask": None, "tokens": 0}
+    batch = {"mask": None, "tokens": 0}
+
+    def take_mask(_model, _args, kwargs):
+        batch["mask"] = kwargs["attention_mask"]
+        batch["tokens"] += int(kwargs["attention_mask"].sum())
 
     def hook(n):
         def record(_module, inputs):
-            mask = state["mask"].unsqueeze(-1).to(inputs[0].dtype)
+            mask = batch["mask"].unsqueeze(-1).to(inputs[0].dtype)
             sums[n].add_((inputs[0].abs() * mask).sum(dim=(0, 1)).float().cpu())
         return record
 
-    handles = [out.register_forward_pre_hook(hook(n)) for n, (_, out) in enumerate(pairs)]
-    was_training = tower.training
-    tower.eval()
+    handles = [tower.model.register_forward_pre_hook(take_mask, with_kwargs=True)]
+    handles += [out.register_forward_pre_hook(hook(n)) for n, (_, out) in enumerate(pairs)]
     try:
-        device = next(tower.parameters()).device
-        for start in range(0, len(texts), batch_size):
-            batch = {k: v.to(device) for k, v in tower.tokenize(texts[start : start + batch_size]).items()}
-            state["mask"] = batch["attention_mask"]
-            state["tokens"] += int(batch["attention_mask"].sum())
-            tower.model(**batch)
+        tower.encode(texts, batch_size)
     finally:
         for h in handles:
             h.remove()
-        tower.train(was_training)
-    return [s / max(state["tokens"], 1) * out.weight.detach().float().cpu().norm(dim=0) for s, (_, out) in zip(sums, pairs)]
+    return [s / max(batch["tokens"], 1) * out.weight.detach().float().cpu().norm(dim=0) for s, (_, out) in zip(sums, pairs)]
 
 
 @torch.no_grad()
