@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from training import debian, lexicons, stage2
+from training import debian, lexicons, questions, stage2
 from training.evaluate import bootstrap_interval, truncation_recall
 from training.leaks import held_out_texts, normalise, read_rows
 
@@ -60,9 +60,16 @@ def test_dev_and_test_share_no_query_and_the_splits_are_real(data):
     manifest = json.loads((data / "manifest.json").read_text())
     counts = manifest["distillation_sources"]["counts"]
     assert set(counts) == {"debian-short", "debian-long-sentence", "python-doc-title", "python-doc-question",
-                           "python-doc-sentence", "python-doc-index-term", "foldoc-headword", "english-word", "debian-faq-question"}
+                           "python-doc-sentence", "python-doc-index-term", "foldoc-headword", "english-word", "debian-faq-question",
+                           "question-template-python", "question-template-debian"}
     assert min(counts.values()) >= 20 and sum(counts.values()) - counts["debian-short"] > 10_000, counts
     assert counts["english-word"] > 50_000 and counts["debian-faq-question"] > 80, counts
+    assert counts["question-template-python"] > 3_000 and counts["question-template-debian"] > 30_000, counts
+    rows = read_rows(data / "distill_queries.jsonl")
+    templated = [r["query"] for r in rows if r["source"].startswith("question-template-")]
+    assert all(q.endswith("?") for q in templated)
+    # The docs' "Reading and Writing Unicode Data" is asked as a verb phrase.
+    assert [q for q in templated if "read and write Unicode Data" in q], [q for q in templated if "Unicode" in q][:5]
 
 
 def test_clusters_join_packages_that_share_a_description():
@@ -105,6 +112,61 @@ def test_distillation_mix_keeps_small_sources_whole_and_shares_the_rest(tmp_path
     assert again == texts
     _, counts = stage2.distillation_queries(Path("unused"), 1000, 0, path)
     assert counts == {"small": 5, "mid": 10, "large": 60, "big": 100}  # a budget beyond the text takes it all
+
+
+def test_dropped_sources_leave_the_mix_and_a_misspelt_one_is_refused(tmp_path):
+    path = tmp_path / "q.jsonl"
+    rows = [{"query": f"{s}-{i}", "source": s} for s, n in (("big", 100), ("small", 5), ("mid", 10)) for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts, counts = stage2.distillation_queries(Path("unused"), 50, 0, path, ["small"])
+    assert counts == {"mid": 10, "big": 40} and not [t for t in texts if t.startswith("small-")]
+    # Dropping a source gives the mix that a file without it gives.
+    path2 = tmp_path / "q2.jsonl"
+    path2.write_text("".join(json.dumps(r) + "\n" for r in rows if r["source"] != "small"))
+    assert stage2.distillation_queries(Path("unused"), 50, 0, path2) == (texts, counts)
+    with pytest.raises(ValueError, match=r"stage2.drop_sources names \['smal'\].*\['big', 'mid', 'small'\]"):
+        stage2.distillation_queries(Path("unused"), 50, 0, path, ["smal"])
+
+
+WORDS = frozenset("read write use us writ run make parse add edit be bee open".split())
+
+
+@pytest.mark.parametrize("phrase, verb", [
+    ("How to use placeholders to bind values", "use placeholders to bind values"),
+    ("Reading and writing files", "read and write files"),
+    ("Using Python on Windows", "use Python on Windows"),
+    ("Running and editing scripts", "run and edit scripts"),
+    ("Making and parsing lists", "make and parse lists"),
+    ("Generate secure random numbers", "generate secure random numbers"),
+    ("Opening files", "open files"),
+    ("Memory management", None),            # not a verb phrase: a noun phrase
+    ("Parsing", None),                      # a verb with nothing to act on
+    ("Singing birds", None),                # "s", "singe" and "sing" are not in this word list
+])
+def test_a_question_template_turns_how_to_gerunds_and_imperatives_into_a_verb_phrase(phrase, verb):
+    assert questions.verb_phrase(phrase, WORDS) == verb
+
+
+def test_templated_questions_rewrite_the_mix_own_titles_terms_and_descriptions():
+    rows = [{"query": "csv --- CSV File Reading and Writing: Module Contents", "source": "python-doc-title"},
+            {"query": "path hooks", "source": "python-doc-index-term"},
+            {"query": "tool to convert images", "source": "debian-short"},
+            {"query": "Lisp", "source": "foldoc-headword"},
+            {"query": "x", "source": "foldoc-headword"},                     # too short to ask about
+            {"query": "cat", "source": "english-word"},                      # not a source templates use
+            {"query": "What is Python?", "source": "python-doc-question"}]
+    out = questions.templated_questions(rows, WORDS)
+    assert [r["source"] for r in out] == ["question-template-python"] * 3 + ["question-template-debian"] * 2
+    asked = [r["query"] for r in out]
+    assert all(q.endswith("?") and q[0].isupper() for q in asked)
+    # Each question names its phrase: the title's description and heading, the term, the short description, the headword.
+    for q, phrase in zip(asked, ("CSV File Reading and Writing", "module Contents", "path hooks", "tool to convert images", "Lisp")):
+        assert phrase in q, (q, phrase)
+    assert questions.templated_questions(rows, WORDS) == out  # the same on every build
+    # The templates vary with the text: 200 index terms use more than half the noun templates.
+    many = questions.templated_questions([{"query": f"term number {i}", "source": "python-doc-index-term"} for i in range(200)], WORDS)
+    used = {t for t in questions.NOUN_TEMPLATES for r in many if r["query"].startswith(t.split("{")[0]) and t.split("}")[1][:-1] in r["query"]}
+    assert len(used) > len(questions.NOUN_TEMPLATES) // 2
 
 
 def test_held_out_lemmas_hold_out_their_plurals_from_the_word_list():

@@ -61,6 +61,7 @@ class Stage2Config:
     max_query_tokens: int = 32
     queries: str = ""  # distillation text, JSONL {"query", "source"}; '' takes the training pairs' queries
     max_queries: int = 20000  # every source but the largest is taken whole; the largest fills the rest
+    drop_sources: list[str] = dataclasses.field(default_factory=list)  # sources of `queries` left out (ablations)
     batch_size: int = 128
     steps: int = 500
     lr: float = 1e-4

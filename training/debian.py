@@ -25,7 +25,8 @@ held-out query and relevant document, after normalisation, from the training pai
 and the distillation text (``distill_queries.jsonl``: Debian short descriptions and
 the first sentence of the training split's long descriptions, Python doc section
 titles, question sentences, first sentences (outside the FAQ set's corpus) and index terms, FOLDOC headwords, SCOWL English words,
-the Debian FAQ's questions). Held-out WordNet lemmas also hold out their plurals
+the Debian FAQ's questions, and ``questions``' templated questions over the titles,
+terms and short descriptions). Held-out WordNet lemmas also hold out their plurals
 from the word list.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import lexicons
+from . import lexicons, questions
 from .corpus import SOURCES, build_python_docs, fetch_deb, is_built, read_corpus, write_jsonl
 from .leaks import held_out_texts, normalise, read_rows
 from model_repository.runtime.files import sha256_file
@@ -365,8 +366,8 @@ def build_all(out: Path, cache: Path, corpus_size: int = 5000, test_queries: int
     words, words_source = lexicons.read_words(cache)
     faq_questions, faq_source = lexicons.read_debian_faq_questions(cache)
     index_terms = python_index_terms(fetch_deb(cache))
-    distill, distill_dropped = _drop_held_out(
-        distillation_texts(train, docs, foldoc, index_terms, words, faq_questions, read_rows(out / "faq_corpus.jsonl")), ("query",), held)
+    distill = distillation_texts(train, docs, foldoc, index_terms, words, faq_questions, read_rows(out / "faq_corpus.jsonl"))
+    distill, distill_dropped = _drop_held_out(distill + questions.templated_questions(distill, words), ("query",), held)
     seen: set[str] = set()
     distill = [r for r in distill if not (normalise(r["query"]) in seen or seen.add(normalise(r["query"])))]
     write_jsonl(out / "distill_queries.jsonl", distill)
@@ -381,7 +382,9 @@ def build_all(out: Path, cache: Path, corpus_size: int = 5000, test_queries: int
                      "python-doc-question": "Python Software Foundation License (python3.11-doc)",
                      "python-doc-sentence": "Python Software Foundation License (python3.11-doc)",
                      "python-doc-index-term": "Python Software Foundation License (python3.11-doc)",
-                     "foldoc-headword": foldoc_source["licence"]},
+                     "foldoc-headword": foldoc_source["licence"],
+                     "question-template-python": "templates over python-doc-title and python-doc-index-term (their licence)",
+                     "question-template-debian": "templates over debian-short and foldoc-headword (their licences)"},
         "foldoc_source": foldoc_source,
         "english_word_source": words_source,
         "debian_faq_source": faq_source,
@@ -397,7 +400,7 @@ def build_all(out: Path, cache: Path, corpus_size: int = 5000, test_queries: int
 def _builder_sha256() -> str:
     """Changes when this builder or its helpers change, so that stale data is rebuilt."""
     here = Path(__file__).parent
-    return hashlib.sha256(b"".join(sha256_file(here / f).encode() for f in ("debian.py", "lexicons.py", "leaks.py"))).hexdigest()
+    return hashlib.sha256(b"".join(sha256_file(here / f).encode() for f in ("debian.py", "lexicons.py", "leaks.py", "questions.py"))).hexdigest()
 
 
 def is_current(out: Path, corpus_size: int, test_queries: int, faq_distractors: int, wordnet_queries: int = 1000) -> bool:

@@ -13,6 +13,7 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,13 +28,15 @@ from .tower_format import SPEC_FILE, TowerSpec
 from .towers import Tower, TowerError, cached_embeddings, prune_ffn
 
 
-def distillation_queries(train_file: Path, limit: int, seed: int, queries_file: Path | None = None) -> tuple[list[str], dict[str, int]]:
+def distillation_queries(train_file: Path, limit: int, seed: int, queries_file: Path | None = None,
+                         drop: Sequence[str] = ()) -> tuple[list[str], dict[str, int]]:
     """-> (texts, count per source). Without ``queries_file``: the training pairs' queries.
 
     With it (JSONL ``{"query", "source"}``): the budget is shared by water-filling, from
     the smallest source up. Each source takes at most an equal share of what is left
     (in a seeded random order), so a small out-of-domain source is taken whole and
-    never crowded out by a big one, and large sources split the rest evenly.
+    never crowded out by a big one, and large sources split the rest evenly. The
+    sources named in ``drop`` are left out first (each must be in the file).
     """
     if queries_file is None:
         by_source = {"training pairs": sorted({p.query for p in read_pairs(train_file)})}
@@ -41,6 +44,10 @@ def distillation_queries(train_file: Path, limit: int, seed: int, queries_file: 
         by_source = {}
         for row in read_jsonl(queries_file, {"query": str, "source": str}):
             by_source.setdefault(row["source"], []).append(row["query"])
+    if unknown := [s for s in drop if s not in by_source]:
+        raise TowerError(f"stage2.drop_sources names {unknown}, which the distillation text does not have; "
+                         f"its sources: {sorted(by_source)}")
+    by_source = {s: rows for s, rows in by_source.items() if s not in drop}
     rng = random.Random(seed)
     texts: list[str] = []
     counts: dict[str, int] = {}
@@ -96,7 +103,8 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
     teacher = Tower.load(teacher_dir, "stage2.teacher").to(ctx.device)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    queries, sources = distillation_queries(train_file, c.max_queries, c.seed, Path(c.queries) if c.queries else None)
+    queries, sources = distillation_queries(train_file, c.max_queries, c.seed, Path(c.queries) if c.queries else None,
+                                            c.drop_sources)
     targets = torch.from_numpy(cached_embeddings(cache, teacher_dir, "\x00".join(queries).encode(),
                                                  functools.partial(teacher.encode, queries, 128, desc="teacher: query embeddings")))
     student = load_student(c, teacher, teacher_dir, queries).to(ctx.device)
