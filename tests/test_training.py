@@ -324,6 +324,23 @@ def test_stage2_prunes_the_student_it_distils_and_records_its_width(tiny_bert, f
     assert student_shape(card)["student_ffn"] == 32
 
 
+def test_stage2_with_frozen_embeddings_trains_the_layer_and_keeps_every_token_embedding(tiny_bert, faq_pairs, tmp_path):
+    Tower.load(tiny_bert, spec=TowerSpec(max_tokens=16)).save(tmp_path / "teacher")
+    c = Stage2Config(student="teacher", student_layers=1, freeze_embeddings=True, steps=20, batch_size=16, lr=3e-3,
+                     warmup_steps=1, max_query_tokens=16)
+    m = stage2.train(c, tmp_path / "teacher", faq_pairs, tmp_path / "s2")
+    start = Tower.load(tmp_path / "teacher", layers=1).model.state_dict()
+    after = Tower.load(tmp_path / "s2" / "student").model.state_dict()
+    words = next(k for k in start if k.endswith("word_embeddings.weight"))
+    assert torch.equal(start[words], after[words])
+    assert m["trained_parameters"] == m["student_parameters"] - start[words].numel()
+    changed = [k for k in start if k != words and not torch.equal(start[k], after[k])]
+    assert any("layer.0" in k for k in changed) and m["mse_last10_mean"] < m["mse_first10_mean"], (changed, m)
+    thawed = stage2.train(dataclasses.replace(c, freeze_embeddings=False), tmp_path / "teacher", faq_pairs, tmp_path / "thawed")
+    assert not torch.equal(start[words], Tower.load(tmp_path / "thawed" / "student").model.state_dict()[words])
+    assert thawed["trained_parameters"] == thawed["student_parameters"]
+
+
 def _build_repository(root: Path, query_tower: Path, doc_tower: Path, documents: int) -> tuple[Path, list[dict]]:
     """build/ all on the first ``documents`` of the default corpus with these towers -> (artifacts, docs)."""
     from build.__main__ import main as build_main

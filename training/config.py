@@ -54,6 +54,7 @@ class Stage2Config:
     student_layers: int = 0  # keep the first N transformer layers (0: all)
     student_ffn: int = 0  # keep the N most important feed-forward neurons of each layer (0: all), ranked on the distillation text
     prune_texts: int = 2000  # how many distillation texts rank the neurons
+    freeze_embeddings: bool = False  # keep the student's token embeddings as they start (words the mix lacks stay in step)
     projection: str = "auto"  # auto: add a linear map when dims differ; none: a mismatch is an error
     w_mse: float = 1.0
     w_cos: float = 1.0

@@ -109,7 +109,9 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
                                                  functools.partial(teacher.encode, queries, 128, desc="teacher: query embeddings")))
     student = load_student(c, teacher, teacher_dir, queries).to(ctx.device)
     student.train()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=c.lr, weight_decay=0.01)
+    if c.freeze_embeddings:
+        student.model.get_input_embeddings().weight.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=c.lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c.warmup_steps, c.steps))
     rng = np.random.default_rng(c.seed)
     curves: dict[str, list[float]] = {"loss": [], "mse": [], "1 - cos": []}
@@ -132,6 +134,7 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
                "distillation_queries": len(queries), "distillation_sources": sources, "student_dim": student.dim,
                "projection": list(student.spec.projection) if student.spec.projection else None,
                "student_parameters": sum(p.numel() for p in student.parameters()),
+               "trained_parameters": sum(p.numel() for p in student.parameters() if p.requires_grad),
                "student_ffn": int(getattr(student.model.config, "intermediate_size", 0) or 0),
                "teacher_parameters": sum(p.numel() for p in teacher.parameters())}
     return Distilled(student, metrics, curves, started, ctx.main)
