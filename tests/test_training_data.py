@@ -126,6 +126,8 @@ def test_dropped_sources_leave_the_mix_and_a_misspelt_one_is_refused(tmp_path):
     assert stage2.distillation_queries(Path("unused"), 50, 0, path2) == (texts, counts)
     with pytest.raises(ValueError, match=r"stage2.drop_sources names \['smal'\].*\['big', 'mid', 'small'\]"):
         stage2.distillation_queries(Path("unused"), 50, 0, path, ["smal"])
+    with pytest.raises(ValueError, match="leaves no distillation text"):
+        stage2.distillation_queries(Path("unused"), 50, 0, path, ["big", "small", "mid"])
 
 
 WORDS = frozenset("read write use us writ run make parse add edit be bee open".split())

@@ -48,6 +48,8 @@ def distillation_queries(train_file: Path, limit: int, seed: int, queries_file: 
         raise TowerError(f"stage2.drop_sources names {unknown}, which the distillation text does not have; "
                          f"its sources: {sorted(by_source)}")
     by_source = {s: rows for s, rows in by_source.items() if s not in drop}
+    if not by_source:
+        raise TowerError(f"stage2.drop_sources {list(drop)} leaves no distillation text")
     rng = random.Random(seed)
     texts: list[str] = []
     counts: dict[str, int] = {}
