@@ -341,6 +341,53 @@ def test_stage2_with_frozen_embeddings_trains_the_layer_and_keeps_every_token_em
     assert thawed["trained_parameters"] == thawed["student_parameters"]
 
 
+def test_score_distillation_is_the_kl_of_the_two_rankings_and_teaches_the_teachers_ranking(tiny_bert, faq_pairs, tmp_path):
+    """``score_distill`` is KL(softmax(teacher scores) || softmax(student scores)) over the pool; zero
+    for the teacher itself. Distilled with it, a student ranks the doc tower's pool more like the
+    teacher on texts it never saw than the same student distilled without it."""
+    from training.losses import score_distill
+
+    q_t, q_s, docs = (torch.nn.functional.normalize(torch.randn(n, 8), dim=1) for n in (5, 5, 7))
+    p, log_p, log_q = (q_t @ docs.T / 0.1).softmax(1), (q_t @ docs.T / 0.1).log_softmax(1), (q_s @ docs.T / 0.1).log_softmax(1)
+    assert torch.allclose(score_distill(q_s, q_t, docs, 0.1), (p * (log_p - log_q)).sum(1).mean(), atol=1e-6)
+    assert float(score_distill(q_t, q_t, docs, 0.1)) < 1e-6 < float(score_distill(q_s, q_t, docs, 0.1))
+
+    stage1_dir = tmp_path / "stage1"
+    Tower.load(_tiny(tmp_path / "teacher", "bert", hidden=64, seed=1), spec=TowerSpec(max_tokens=24)).save(stage1_dir / "query")
+    Tower.load(_tiny(tmp_path / "doc", "bert", hidden=64, seed=3), spec=TowerSpec(max_tokens=48)).save(stage1_dir / "doc")
+    student = _tiny(tmp_path / "student", "bert", hidden=32, seed=2)
+    texts = [json.loads(line)["query"] for line in faq_pairs.read_text().splitlines()]
+    pairs = tmp_path / "pairs.jsonl"  # distil on the first 100 questions, judge on the other ones
+    pairs.write_text("".join(faq_pairs.read_text().splitlines(keepends=True)[:100]), encoding="utf-8")
+    held = texts[100:]
+    c = Stage2Config(student=str(student), steps=60, batch_size=32, lr=3e-3, warmup_steps=2, max_query_tokens=24,
+                     w_mse=0.0, rank_docs=64, rank_temperature=0.01)
+    pool = stage2.rank_pool(dataclasses.replace(c, w_rank=1.0), stage1_dir / "query", pairs, None)
+    assert pool.shape == (64, 64) and torch.allclose(pool.norm(dim=1), torch.ones(64), atol=1e-5)
+    want = torch.from_numpy(Tower.load(stage1_dir / "query").encode(held))
+
+    def held_out_kl(w_rank: float) -> tuple[float, dict]:
+        run = stage2.distill(dataclasses.replace(c, w_rank=w_rank), stage1_dir / "query", pairs)
+        got = torch.from_numpy(run.student.encode(held))
+        return float(score_distill(got, want, pool, 0.01)), run.metrics
+
+    ranked, m = held_out_kl(1.0)
+    plain, _ = held_out_kl(0.0)
+    assert m["rank_pool"] == 64 and m["rank_kl_last10_mean"] < 0.7 * m["rank_kl_first10_mean"], m
+    assert ranked < 0.8 * plain, (ranked, plain)
+    (tmp_path / "lonely").mkdir()
+    shutil.copytree(stage1_dir / "query", tmp_path / "lonely" / "query")
+    with pytest.raises(TowerError, match="stage2.w_rank = 1.0 needs the stage-1 doc tower"):
+        stage2.distill(dataclasses.replace(c, w_rank=1.0), tmp_path / "lonely" / "query", pairs)
+    # rank_pool = "queries": the pool is the teacher's own embeddings of distinct distillation texts; no doc tower needed
+    texts_in, _ = stage2.distillation_queries(pairs, c.max_queries, c.seed)
+    targets = torch.from_numpy(Tower.load(stage1_dir / "query").encode(texts_in))
+    own = stage2.rank_pool(dataclasses.replace(c, w_rank=1.0, rank_pool="queries", rank_docs=50), tmp_path / "lonely" / "query",
+                           pairs, None, targets)
+    assert own.shape == (50, 64) and len({tuple(r) for r in own.tolist()}) == 50
+    assert all(bool(((targets - r).abs().max(dim=1).values < 1e-7).any()) for r in own)
+
+
 def _build_repository(root: Path, query_tower: Path, doc_tower: Path, documents: int) -> tuple[Path, list[dict]]:
     """build/ all on the first ``documents`` of the default corpus with these towers -> (artifacts, docs)."""
     from build.__main__ import main as build_main
@@ -492,6 +539,9 @@ def test_bad_eval_queries_name_the_missing_document(tmp_path):
     ("stage1.batch_size=0", r"stage1.batch_size must be >= 1; got 0"),
     ("stage2.projection='maybe'", r"stage2.projection must be 'auto' or 'none'; got 'maybe'"),
     ("stage2.student_ffn=-1", r"stage2.student_ffn must be >= 0 \(0 keeps every feed-forward neuron\); got -1"),
+    ("stage2.rank_pool='corpus'", r"stage2.rank_pool must be 'docs' or 'queries'; got 'corpus'"),
+    ("stage2.w_rank=-1.0", r"stage2.w_rank must be >= 0 and stage2.rank_temperature > 0; got -1.0, 0.05"),
+    ("stage2.rank_docs=0", r"stage2.rank_docs must be >= 1; got 0"),
 ])
 def test_bad_config_names_the_field(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -58,6 +58,10 @@ class Stage2Config:
     projection: str = "auto"  # auto: add a linear map when dims differ; none: a mismatch is an error
     w_mse: float = 1.0
     w_cos: float = 1.0
+    w_rank: float = 0.0  # weight of the score-distillation KL over a pool of the stage-1 doc tower's documents (0: off)
+    rank_pool: str = "docs"  # docs: training positives by the stage-1 doc tower; queries: the teacher's own distillation-text embeddings
+    rank_docs: int = 4096  # how many texts make that pool
+    rank_temperature: float = 0.05  # the scores' softmax temperature (stage 1 trains at 0.05)
     matryoshka: list[int] = dataclasses.field(default_factory=list)  # nested prefix widths distilled too
     max_query_tokens: int = 32
     queries: str = ""  # distillation text, JSONL {"query", "source"}; '' takes the training pairs' queries
@@ -176,7 +180,8 @@ def load(path_or_recipe: str | Path, overrides: list[str] = ()) -> RunConfig:
 def validate(c: RunConfig) -> None:
     positive = {"stage1.batch_size": c.stage1.batch_size, "stage1.steps": c.stage1.steps, "stage1.grad_accum": c.stage1.grad_accum,
                 "stage1.max_query_tokens": c.stage1.max_query_tokens, "stage1.max_doc_tokens": c.stage1.max_doc_tokens,
-                "stage2.batch_size": c.stage2.batch_size, "stage2.prune_texts": c.stage2.prune_texts, "stage2.steps": c.stage2.steps, "stage2.max_queries": c.stage2.max_queries}
+                "stage2.batch_size": c.stage2.batch_size, "stage2.prune_texts": c.stage2.prune_texts, "stage2.steps": c.stage2.steps, "stage2.max_queries": c.stage2.max_queries,
+                "stage2.rank_docs": c.stage2.rank_docs}
     for field, value in positive.items():
         if value < 1:
             raise ConfigError(f"{field} must be >= 1; got {value}")
@@ -188,6 +193,10 @@ def validate(c: RunConfig) -> None:
         raise ConfigError(f"stage2.projection must be 'auto' or 'none'; got {c.stage2.projection!r}")
     if c.stage2.w_mse < 0 or c.stage2.w_cos < 0 or c.stage2.w_mse + c.stage2.w_cos == 0:
         raise ConfigError(f"stage2.w_mse and stage2.w_cos must be >= 0, not both 0; got {c.stage2.w_mse}, {c.stage2.w_cos}")
+    if c.stage2.rank_pool not in ("docs", "queries"):
+        raise ConfigError(f"stage2.rank_pool must be 'docs' or 'queries'; got {c.stage2.rank_pool!r}")
+    if c.stage2.w_rank < 0 or not c.stage2.rank_temperature > 0:
+        raise ConfigError(f"stage2.w_rank must be >= 0 and stage2.rank_temperature > 0; got {c.stage2.w_rank}, {c.stage2.rank_temperature}")
     for field, dims in (("stage1.matryoshka", c.stage1.matryoshka), ("stage2.matryoshka", c.stage2.matryoshka)):
         if any(d < 1 for d in dims):
             raise ConfigError(f"{field} must list widths >= 1; got {dims}")

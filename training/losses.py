@@ -8,6 +8,12 @@ embeddings. MSE is torch's mean over elements; on unit vectors it equals
 ``2 (1 - cos) / D``, so with normalised towers it acts as a rescaled cosine term.
 The weights stay separate, as the method specifies.
 
+``score_distill``: KL(teacher || student) between each query's softmax over its scores
+against a fixed pool of document embeddings (the stage-1 doc tower's): the student is
+taught the teacher's ranking of documents, which is what retrieval uses, and not only
+the teacher's vector (the relevance-score distillation of TinyBERT/MarginMSE lineage,
+listwise over the pool).
+
 ``matryoshka``: the same loss summed over nested prefixes of the embedding (the first
 d dimensions, renormalised), full width included (Kusupati et al., 2022), so that an
 index truncated to d dimensions (``kernels.compressed``, ``matryoshka:<d>``) keeps
@@ -62,6 +68,13 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, w_mse: float, w_c
     mse = F.mse_loss(student, teacher)
     cos = (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
     return w_mse * mse + w_cos * cos, {"mse": float(mse.detach()), "cos": float(cos.detach())}
+
+
+def score_distill(student: torch.Tensor, teacher: torch.Tensor, docs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over queries of KL(softmax(teacher @ docs.T / t) || softmax(student @ docs.T / t))."""
+    target = F.log_softmax(teacher.float() @ docs.float().T / temperature, dim=1)
+    got = F.log_softmax(student.float() @ docs.float().T / temperature, dim=1)
+    return F.kl_div(got, target, log_target=True, reduction="batchmean")
 
 
 def prefix(x: torch.Tensor, dim: int) -> torch.Tensor:

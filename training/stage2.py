@@ -2,7 +2,10 @@
 
 The student learns to reproduce the teacher's query embeddings on query text alone
 (``w_mse * MSE + w_cos * (1 - cos)``). When the widths differ a linear projection is
-added and saved with the student. The document tower and its index are untouched:
+added and saved with the student. With ``w_rank`` it also learns the teacher's ranking of
+a pool (``losses.score_distill``): training documents embedded by the stage-1 doc tower, or
+the teacher's own embeddings of distillation text (``rank_pool``).
+The document tower and its index are untouched:
 the student's queries search the stage-1 doc tower's index.
 """
 from __future__ import annotations
@@ -23,7 +26,7 @@ from .common import lr_lambda, plot_curves, setup_distributed, write_run_card
 from .config import Stage2Config
 from .corpus import read_jsonl
 from .data import read_pairs
-from .losses import distill_loss, matryoshka
+from .losses import distill_loss, matryoshka, score_distill
 from .tower_format import SPEC_FILE, TowerSpec
 from .towers import Tower, TowerError, cached_embeddings, prune_ffn
 
@@ -62,6 +65,27 @@ def distillation_queries(train_file: Path, limit: int, seed: int, queries_file: 
         counts[source] = len(take)
     rng.shuffle(texts)
     return texts, counts
+
+
+def rank_pool(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | None,
+              targets: torch.Tensor | None = None) -> torch.Tensor:
+    """The score-distillation pool, (n, D) unit rows. ``rank_pool = "docs"``: ``rank_docs`` training
+    positives (seeded draw) embedded by the stage-1 doc tower beside the query tower (``<stage1>/doc``).
+    ``"queries"``: ``rank_docs`` of the teacher's own embeddings of the distillation text (``targets``),
+    so that the pool spans every source of the mix, out-of-domain words included."""
+    if c.rank_pool == "queries":
+        rows = torch.from_numpy(np.random.default_rng(c.seed + 1).permutation(len(targets))[: c.rank_docs])
+        return targets[rows]
+    doc_dir = teacher_dir.parent / "doc"
+    if not (doc_dir / SPEC_FILE).exists():
+        raise TowerError(f"stage2.w_rank = {c.w_rank} needs the stage-1 doc tower beside the teacher; {doc_dir} is not a tower folder")
+    docs = sorted({p.positive for p in read_pairs(train_file)})
+    random.Random(c.seed).shuffle(docs)
+    docs = docs[: c.rank_docs]
+    tower = Tower.load(doc_dir, "stage2.rank_docs")
+    emb = cached_embeddings(cache, doc_dir, "\x00".join(docs).encode(),
+                            functools.partial(tower.encode, docs, 64, desc="stage-1 doc tower: ranking pool"))
+    return torch.from_numpy(emb)
 
 
 def load_student(c: Stage2Config, teacher: Tower, teacher_dir: Path | None = None, texts: list[str] = ()) -> Tower:
@@ -109,6 +133,7 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
                                             c.drop_sources)
     targets = torch.from_numpy(cached_embeddings(cache, teacher_dir, "\x00".join(queries).encode(),
                                                  functools.partial(teacher.encode, queries, 128, desc="teacher: query embeddings")))
+    pool = rank_pool(c, teacher_dir, train_file, cache, targets).to(ctx.device) if c.w_rank else None
     student = load_student(c, teacher, teacher_dir, queries).to(ctx.device)
     student.train()
     if c.freeze_embeddings:
@@ -116,23 +141,31 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=c.lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c.warmup_steps, c.steps))
     rng = np.random.default_rng(c.seed)
-    curves: dict[str, list[float]] = {"loss": [], "mse": [], "1 - cos": []}
+    curves: dict[str, list[float]] = {"loss": [], "mse": [], "1 - cos": []} | ({"rank KL": []} if c.w_rank else {})
     bar = tqdm(range(c.steps), desc="stage 2", unit="step", mininterval=2.0)
     for _ in bar:
         rows = rng.choice(len(queries), size=min(c.batch_size, len(queries)), replace=False)
         batch = {k: v.to(ctx.device) for k, v in student.tokenize([queries[i] for i in rows]).items()}
-        loss, parts = matryoshka(distill_loss, student(**batch), targets[rows].to(ctx.device), c.matryoshka, c.w_mse, c.w_cos)
+        got, want = student(**batch), targets[rows].to(ctx.device)
+        loss, parts = matryoshka(distill_loss, got, want, c.matryoshka, c.w_mse, c.w_cos)
+        if pool is not None:
+            kl = score_distill(got, want, pool, c.rank_temperature)
+            parts["rank KL"] = float(kl.detach())
+            loss = loss + c.w_rank * kl
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        for name, value in (("loss", float(loss)), ("mse", parts["mse"]), ("1 - cos", parts["cos"])):
-            curves[name].append(value)
-        bar.set_postfix(loss=f"{float(loss):.4f}", cos=f"{1 - parts['cos']:.4f}")
+        for name, value in (("loss", float(loss.detach())), ("mse", parts["mse"]), ("1 - cos", parts["cos"]), ("rank KL", parts.get("rank KL"))):
+            if name in curves:
+                curves[name].append(value)
+        bar.set_postfix(loss=f"{curves['loss'][-1]:.4f}", cos=f"{1 - parts['cos']:.4f}")
     metrics = {"loss_first": curves["loss"][0], "loss_last": curves["loss"][-1],
                "mse_first10_mean": float(np.mean(curves["mse"][:10])), "mse_last10_mean": float(np.mean(curves["mse"][-10:])),
                "cos_last10_mean": float(1 - np.mean(curves["1 - cos"][-10:])),
+               **({"rank_kl_first10_mean": float(np.mean(curves["rank KL"][:10])),
+                   "rank_kl_last10_mean": float(np.mean(curves["rank KL"][-10:])), "rank_pool": len(pool)} if pool is not None else {}),
                "distillation_queries": len(queries), "distillation_sources": sources, "student_dim": student.dim,
                "projection": list(student.spec.projection) if student.spec.projection else None,
                "student_parameters": sum(p.numel() for p in student.parameters()),
@@ -149,7 +182,7 @@ def save(run: Distilled, c: Stage2Config, teacher_dir: Path, train_file: Path, o
     out.mkdir(parents=True, exist_ok=True)
     run.student.save(out / "student")
     (out / "losses.json").write_text(json.dumps(run.curves) + "\n", encoding="utf-8")
-    plot_curves(out / "loss.png", f"stage 2: distillation (w_mse={c.w_mse}, w_cos={c.w_cos})", run.curves)
+    plot_curves(out / "loss.png", f"stage 2: distillation (w_mse={c.w_mse}, w_cos={c.w_cos}, w_rank={c.w_rank})", run.curves)
     inputs = {"train": train_file, "teacher_spec": teacher_dir / SPEC_FILE} | ({"queries": Path(c.queries)} if c.queries else {})
     write_run_card(out, "stage2", c, run.metrics, inputs, run.started,
                    {"teacher": str(teacher_dir)})
