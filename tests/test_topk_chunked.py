@@ -33,10 +33,18 @@ def test_large_k_on_real_shaped_data():
     index = rng.standard_normal((20000, 64)).astype(np.float16)
     queries = rng.standard_normal((3, 64)).astype(np.float32)
     ids, scores = ChunkedTopK(index, tile_bytes=4 * 3 * 2048).search(queries, 2048)
-    # The same BLAS (numpy's) scores both, so that near-ties among 2,048 of 20,000 round alike.
     ref_ids, ref_scores = NumpyTopK(index.astype(np.float32), gemm="numpy").search(queries, 2048)
-    np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-5)
+    # The ids agree except where two documents tie within float32 rounding: a tile's GEMM and the
+    # whole index's may sum in another order (BLAS picks kernels and threads by shape and load),
+    # and the clean-clone CI once saw 2 of 6,144 such near-tied ids swap places.
+    exact = queries.astype(np.float64) @ index.astype(np.float64).T
+    assert all(len(set(row)) == 2048 for row in ids.tolist())
+    np.testing.assert_allclose(np.take_along_axis(exact, ids, 1), scores, rtol=0, atol=1e-4)
+    swapped = ids != ref_ids
+    assert swapped.mean() < 0.01, swapped.sum()
+    np.testing.assert_allclose(np.take_along_axis(exact, ids, 1)[swapped], np.take_along_axis(exact, ref_ids, 1)[swapped],
+                               rtol=0, atol=1e-4)
 
 
 def test_chunked_topk_checks_its_inputs():
