@@ -68,6 +68,7 @@ class Stage2Config:
     max_queries: int = 20000  # every source but the largest is taken whole; the largest fills the rest
     drop_sources: list[str] = dataclasses.field(default_factory=list)  # sources of `queries` left out (ablations)
     batch_size: int = 128
+    length_window: int = 1  # draw this many batches at once and cut them from the draw sorted by length (1: random batches)
     steps: int = 500
     lr: float = 1e-4
     warmup_steps: int = 20
@@ -181,7 +182,7 @@ def validate(c: RunConfig) -> None:
     positive = {"stage1.batch_size": c.stage1.batch_size, "stage1.steps": c.stage1.steps, "stage1.grad_accum": c.stage1.grad_accum,
                 "stage1.max_query_tokens": c.stage1.max_query_tokens, "stage1.max_doc_tokens": c.stage1.max_doc_tokens,
                 "stage2.batch_size": c.stage2.batch_size, "stage2.prune_texts": c.stage2.prune_texts, "stage2.steps": c.stage2.steps, "stage2.max_queries": c.stage2.max_queries,
-                "stage2.rank_docs": c.stage2.rank_docs}
+                "stage2.rank_docs": c.stage2.rank_docs, "stage2.length_window": c.stage2.length_window}
     for field, value in positive.items():
         if value < 1:
             raise ConfigError(f"{field} must be >= 1; got {value}")

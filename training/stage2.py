@@ -16,7 +16,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -88,6 +88,27 @@ def rank_pool(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path 
     return torch.from_numpy(emb)
 
 
+def batches(lengths: Sequence[int], batch_size: int, window: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless batches of row indices into texts of ``lengths``, each row at most once a batch.
+
+    ``window`` 1: every batch is a fresh random draw. ``window`` W: W batches are drawn at once
+    (without replacement), sorted by length, cut into W batches of similar lengths and yielded in
+    random order. Each text is as likely to be drawn as before; a batch is padded to its own
+    longest text, so far fewer padding tokens are computed (random batches of the cpu-small mix
+    pad 2.6x the real tokens, windows of 8 batches 1.15x)."""
+    lengths = np.asarray(lengths)
+    size = min(batch_size, len(lengths))
+    draw = min(size * window, len(lengths)) // size * size
+    while True:
+        if window == 1:
+            yield rng.choice(len(lengths), size=size, replace=False)
+            continue
+        rows = rng.choice(len(lengths), size=draw, replace=False)
+        rows = rows[np.argsort(lengths[rows], kind="stable")]
+        cuts = rows.reshape(-1, size)
+        yield from cuts[rng.permutation(len(cuts))]
+
+
 def load_student(c: Stage2Config, teacher: Tower, teacher_dir: Path | None = None, texts: list[str] = ()) -> Tower:
     """``student = "teacher"``: start from the teacher's own weights (truncated by ``student_layers``).
     ``student_ffn`` then keeps that many feed-forward neurons a layer, the most important on ``texts``."""
@@ -138,14 +159,16 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
     student.train()
     if c.freeze_embeddings:
         student.model.get_input_embeddings().weight.requires_grad_(False)
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=c.lr, weight_decay=0.01)
+    # fused: one kernel for the whole update (51 -> 8 ms a step for the 1-layer MiniLM student on 2 CPU cores)
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=c.lr, weight_decay=0.01, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c.warmup_steps, c.steps))
-    rng = np.random.default_rng(c.seed)
+    draws = batches([len(q) for q in queries], c.batch_size, c.length_window, np.random.default_rng(c.seed))
     curves: dict[str, list[float]] = {"loss": [], "mse": [], "1 - cos": []} | ({"rank KL": []} if c.w_rank else {})
     bar = tqdm(range(c.steps), desc="stage 2", unit="step", mininterval=2.0)
-    for _ in bar:
-        rows = rng.choice(len(queries), size=min(c.batch_size, len(queries)), replace=False)
+    tokens = np.zeros(2, dtype=np.int64)  # computed (padded) and real tokens
+    for _, rows in zip(bar, draws):
         batch = {k: v.to(ctx.device) for k, v in student.tokenize([queries[i] for i in rows]).items()}
+        tokens += (batch["attention_mask"].numel(), int(batch["attention_mask"].sum()))
         got, want = student(**batch), targets[rows].to(ctx.device)
         loss, parts = matryoshka(distill_loss, got, want, c.matryoshka, c.w_mse, c.w_cos)
         if pool is not None:
@@ -167,6 +190,7 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
                **({"rank_kl_first10_mean": float(np.mean(curves["rank KL"][:10])),
                    "rank_kl_last10_mean": float(np.mean(curves["rank KL"][-10:])), "rank_pool": len(pool)} if pool is not None else {}),
                "distillation_queries": len(queries), "distillation_sources": sources, "student_dim": student.dim,
+               "padded_tokens_per_real_token": float(tokens[0] / tokens[1]),
                "projection": list(student.spec.projection) if student.spec.projection else None,
                "student_parameters": sum(p.numel() for p in student.parameters()),
                "trained_parameters": sum(p.numel() for p in student.parameters() if p.requires_grad),
