@@ -230,6 +230,46 @@ def test_stage2_mse_falls_and_projection_is_saved(tiny_bert, tmp_path, faq_pairs
     np.testing.assert_allclose(reloaded.encode(texts), trained, atol=1e-6)
 
 
+def test_length_window_batches_draw_every_text_alike_with_less_padding():
+    """Window 1 draws exactly as stage 2 always did; a window of W batches draws rows alike (each
+    about equally often, none twice in one window) and cuts them into batches of neighbouring
+    lengths, so the padded tokens fall."""
+    lengths = np.random.default_rng(5).integers(1, 40, 300)
+    old, new = np.random.default_rng(0), stage2.batches(lengths, 32, 1, np.random.default_rng(0))
+    for _ in range(20):
+        np.testing.assert_array_equal(next(new), old.choice(300, size=32, replace=False))
+
+    draws = stage2.batches(lengths, 32, 8, np.random.default_rng(0))
+    counts = np.zeros(300, dtype=int)
+    padded = {1: 0, 8: 0}
+    for _ in range(800):
+        rows = next(draws)
+        assert len(rows) == 32 and len(set(rows)) == 32
+        counts[rows] += 1
+        padded[8] += lengths[rows].max() * 32
+    assert counts.min() > 0.75 * counts.mean() and counts.max() < 1.25 * counts.mean(), (counts.min(), counts.max())
+    draws = stage2.batches(lengths, 32, 8, np.random.default_rng(1))
+    window = sorted((next(draws) for _ in range(8)), key=lambda r: lengths[r].min())
+    assert len(set(np.concatenate(window))) == 8 * 32  # one window: no text twice
+    for a, b in zip(window, window[1:]):
+        assert lengths[a].max() <= lengths[b].min()  # cut from one sorted draw
+    random_batches = stage2.batches(lengths, 32, 1, np.random.default_rng(0))
+    padded[1] = sum(lengths[next(random_batches)].max() * 32 for _ in range(800))
+    assert padded[8] < 0.7 * padded[1], padded
+
+
+def test_stage2_with_a_length_window_pads_less_and_still_learns(tmp_path, faq_pairs):
+    teacher = _tiny(tmp_path / "teacher", "bert", hidden=64, seed=1)
+    Tower.load(teacher, spec=TowerSpec(max_tokens=24)).save(tmp_path / "teacher-tower")
+    student = _tiny(tmp_path / "student", "bert", hidden=64, seed=2)
+    c = Stage2Config(student=str(student), steps=40, batch_size=16, lr=3e-3, warmup_steps=2, max_query_tokens=24)
+    plain = stage2.distill(c, tmp_path / "teacher-tower", faq_pairs).metrics
+    windowed = stage2.distill(dataclasses.replace(c, length_window=4), tmp_path / "teacher-tower", faq_pairs).metrics
+    assert windowed["padded_tokens_per_real_token"] < plain["padded_tokens_per_real_token"] - 0.1, (windowed, plain)
+    assert windowed["padded_tokens_per_real_token"] >= 1.0
+    assert windowed["mse_last10_mean"] < 0.7 * windowed["mse_first10_mean"], windowed
+
+
 def test_matryoshka_distillation_makes_the_prefix_agree_with_the_teacher(tmp_path, faq_pairs):
     """Distilled on nested prefixes, the student's first 16 of 64 dimensions (renormalised) match
     the teacher's prefix better than a student distilled at full width only."""
@@ -542,6 +582,7 @@ def test_bad_eval_queries_name_the_missing_document(tmp_path):
     ("stage2.rank_pool='corpus'", r"stage2.rank_pool must be 'docs' or 'queries'; got 'corpus'"),
     ("stage2.w_rank=-1.0", r"stage2.w_rank must be >= 0 and stage2.rank_temperature > 0; got -1.0, 0.05"),
     ("stage2.rank_docs=0", r"stage2.rank_docs must be >= 1; got 0"),
+    ("stage2.length_window=0", r"stage2.length_window must be >= 1; got 0"),
 ])
 def test_bad_config_names_the_field(override, message):
     with pytest.raises(ConfigError, match=message):
