@@ -26,7 +26,7 @@ from training import config as tconfig
 from training import stage1, stage2
 from training.__main__ import main as training_main
 from training.config import ConfigError, Stage1Config, Stage2Config
-from training.data import DataError, group_batches, read_eval_queries, read_pairs
+from training.data import DataError, group_batches, length_windows, read_eval_queries, read_pairs
 from training.evaluate import retrieval_metrics
 from training.tower_format import PROJECTION_FILE, TowerSpec
 from training.towers import Tower, TowerError, packaged_minilm
@@ -138,6 +138,53 @@ def test_group_batches_never_mix_a_group_and_are_deterministic():
         assert len({pairs[i].group for i in batch}) == 7
     with pytest.raises(DataError, match=r"batch_size must be <= the number of distinct groups \(7\); got 8"):
         next(group_batches(pairs, 8, seed=0))
+
+
+def test_length_windows_keep_groups_apart_lose_no_row_and_pad_less():
+    """Stage 1's length windows re-cut group batches: window 1 passes them through; a window keeps one
+    row a group in every batch, trains on every drawn row (only a few wait for the next window), is the
+    same for the same seed, and cuts batches of neighbouring lengths, so the documents pad less."""
+    from collections import Counter
+
+    from training.data import Pair
+
+    rng = np.random.default_rng(2)
+    pairs = [Pair(f"q{i}", "d" * int(rng.integers(5, 400)), (), f"g{i % 40}") for i in range(400)]
+    lengths, groups = [len(p.positive) for p in pairs], [p.group for p in pairs]
+    plain, same = group_batches(pairs, 8, seed=1), length_windows(group_batches(pairs, 8, seed=1), lengths, groups, 1, 1)
+    for _ in range(20):
+        assert next(same) == next(plain)
+
+    drawn: list[int] = []
+
+    def recorded():
+        for batch in group_batches(pairs, 8, seed=1):
+            drawn.extend(batch)
+            yield batch
+
+    windowed, again = length_windows(recorded(), lengths, groups, 6, 1), length_windows(group_batches(pairs, 8, 1), lengths, groups, 6, 1)
+    trained: Counter = Counter()
+    padded = {1: 0, 6: 0}
+    for _ in range(600):
+        batch = next(windowed)
+        assert batch == next(again)
+        assert len(batch) == 8 and len({groups[i] for i in batch}) == 8
+        trained.update(batch)
+        padded[6] += max(lengths[i] for i in batch) * 8
+        assert not trained - Counter(drawn)  # nothing trained that was not drawn, nothing twice
+        assert sum((Counter(drawn) - trained).values()) <= 7 * 8  # at most a window and its waiting rows untrained
+    plain = group_batches(pairs, 8, seed=1)
+    padded[1] = sum(max(lengths[i] for i in next(plain)) * 8 for _ in range(600))
+    assert padded[6] < 0.7 * padded[1], padded
+
+
+def test_stage1_with_a_length_window_pads_documents_less_and_still_learns(tiny_bert, faq_pairs, tmp_path):
+    # FAQ answers run from one line to pages: a cap of 256 tokens leaves their lengths apart.
+    c = Stage1Config(model=str(tiny_bert), steps=30, **_quick(max_doc_tokens=256))
+    plain = stage1.train(c, faq_pairs, tmp_path / "plain")
+    windowed = stage1.train(dataclasses.replace(c, length_window=4), faq_pairs, tmp_path / "windowed")
+    assert 1.0 <= windowed["doc_padded_tokens_per_real_token"] < plain["doc_padded_tokens_per_real_token"] - 0.1, (windowed, plain)
+    assert windowed["loss_last10_mean"] < 0.8 * windowed["loss_first10_mean"], windowed
 
 
 def _run_ddp(args: list[str], nproc: int, env_extra: dict | None = None) -> dict:
@@ -583,6 +630,7 @@ def test_bad_eval_queries_name_the_missing_document(tmp_path):
     ("stage2.w_rank=-1.0", r"stage2.w_rank must be >= 0 and stage2.rank_temperature > 0; got -1.0, 0.05"),
     ("stage2.rank_docs=0", r"stage2.rank_docs must be >= 1; got 0"),
     ("stage2.length_window=0", r"stage2.length_window must be >= 1; got 0"),
+    ("stage1.length_window=0", r"stage1.length_window must be >= 1; got 0"),
 ])
 def test_bad_config_names_the_field(override, message):
     with pytest.raises(ConfigError, match=message):

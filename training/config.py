@@ -27,6 +27,7 @@ class Stage1Config:
     max_query_tokens: int = 32
     max_doc_tokens: int = 128
     batch_size: int = 32  # per process, per micro-step; in-batch negatives span all processes
+    length_window: int = 1  # cut batches from this many at once, sorted by document length (1: as drawn)
     grad_accum: int = 1
     steps: int = 100
     lr: float = 2e-5
@@ -180,7 +181,7 @@ def load(path_or_recipe: str | Path, overrides: list[str] = ()) -> RunConfig:
 
 def validate(c: RunConfig) -> None:
     positive = {"stage1.batch_size": c.stage1.batch_size, "stage1.steps": c.stage1.steps, "stage1.grad_accum": c.stage1.grad_accum,
-                "stage1.max_query_tokens": c.stage1.max_query_tokens, "stage1.max_doc_tokens": c.stage1.max_doc_tokens,
+                "stage1.length_window": c.stage1.length_window, "stage1.max_query_tokens": c.stage1.max_query_tokens, "stage1.max_doc_tokens": c.stage1.max_doc_tokens,
                 "stage2.batch_size": c.stage2.batch_size, "stage2.prune_texts": c.stage2.prune_texts, "stage2.steps": c.stage2.steps, "stage2.max_queries": c.stage2.max_queries,
                 "stage2.rank_docs": c.stage2.rank_docs, "stage2.length_window": c.stage2.length_window}
     for field, value in positive.items():

@@ -124,3 +124,37 @@ def group_batches(pairs: Sequence[Pair], batch_size: int, seed: int) -> Iterator
             order.extend(epoch)
         order = rest
         yield batch
+
+
+def length_windows(batches: Iterator[list[int]], lengths: Sequence[int], groups: Sequence[str], window: int,
+                   seed: int) -> Iterator[list[int]]:
+    """Re-cut ``batches`` (e.g. :func:`group_batches`) so that each batch holds rows of similar length.
+
+    ``window`` batches are taken at once, their rows sorted by length and cut into batches of the same
+    size, which are yielded in random order. A batch still holds at most one row of a group: a row whose
+    group its batch already has waits for the next window, as does a window's last, unfilled batch, so
+    every row drawn is trained on once, as without the window. ``window`` 1 passes ``batches`` through.
+    The same seed gives the same batches on every rank."""
+    if window == 1:
+        yield from batches
+        return
+    rng = random.Random(seed)
+    waiting: list[int] = []
+    while True:
+        drawn = [next(batches) for _ in range(window)]
+        size = len(drawn[0])
+        rows = waiting + [i for b in drawn for i in b]
+        cut: list[list[int]] = []
+        batch, used, waiting = [], set(), []
+        for i in sorted(rows, key=lambda i: lengths[i]):
+            if groups[i] in used:
+                waiting.append(i)
+                continue
+            batch.append(i)
+            used.add(groups[i])
+            if len(batch) == size:
+                cut.append(batch)
+                batch, used = [], set()
+        waiting.extend(batch)
+        rng.shuffle(cut)
+        yield from cut

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .common import Dist, lr_lambda, plot_curves, setup_distributed, write_run_card
 from .config import Stage1Config
-from .data import DataError, Pair, group_batches, read_pairs
+from .data import DataError, Pair, group_batches, length_windows, read_pairs
 from .losses import info_nce, matryoshka, world_size
 from .tower_format import TowerSpec
 from .towers import Tower, apply_lora
@@ -80,8 +80,12 @@ def step_inputs(towers: DualTowers, pairs: list[Pair], rows: list[int], negative
     return q, d
 
 
-def compute_loss(model, towers: DualTowers, pairs, rows, negatives, c: Stage1Config, ctx: Dist) -> torch.Tensor:
+def compute_loss(model, towers: DualTowers, pairs, rows, negatives, c: Stage1Config, ctx: Dist,
+                 doc_tokens: np.ndarray | None = None) -> torch.Tensor:
+    """The step's loss; ``doc_tokens`` (computed, real), if given, counts the documents' padding."""
     q, d = step_inputs(towers, pairs, rows, negatives, c.hard_negatives, ctx.device)
+    if doc_tokens is not None:
+        doc_tokens += (d["attention_mask"].numel(), int(d["attention_mask"].sum()))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (c.bf16 and ctx.device.type == "cuda") else contextlib.nullcontext()
     with autocast:
         q_emb, d_emb = model(q, d)
@@ -135,10 +139,12 @@ def train(c: Stage1Config, train_file: Path, out: Path) -> dict:
     anchor = L2SP(params, c.l2sp)
     optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=0.0 if c.l2sp else c.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c.warmup_steps, c.steps))
-    batches = group_batches(pairs, c.batch_size * ctx.world, c.seed)
+    batches = length_windows(group_batches(pairs, c.batch_size * ctx.world, c.seed), [len(p.positive) for p in pairs],
+                             [p.group for p in pairs], c.length_window, c.seed)
     negatives = None
     losses: list[float] = []
     penalties: list[float] = []
+    doc_tokens = np.zeros(2, dtype=np.int64)  # computed (padded) and real document tokens, this rank
     towers.train()
     bar = tqdm(range(c.steps), desc="stage 1", unit="step", disable=not ctx.main, mininterval=2.0)
     for step in bar:
@@ -153,7 +159,7 @@ def train(c: Stage1Config, train_file: Path, out: Path) -> dict:
             rows = local_rows(next(batches), ctx)
             sync = model.no_sync() if (ctx.world > 1 and micro < c.grad_accum - 1) else contextlib.nullcontext()
             with sync:
-                loss = compute_loss(model, towers, pairs, rows, negatives, c, ctx) / c.grad_accum
+                loss = compute_loss(model, towers, pairs, rows, negatives, c, ctx, doc_tokens) / c.grad_accum
                 penalty = anchor() / c.grad_accum  # the same on every rank: DDP's average keeps it
                 (loss * world_size() + penalty).backward()  # DDP averages over ranks; see losses.gather_with_grad
             total += float(loss.detach())
@@ -167,7 +173,7 @@ def train(c: Stage1Config, train_file: Path, out: Path) -> dict:
     metrics = {"loss_first": losses[0], "loss_last": losses[-1],
                "loss_first10_mean": float(np.mean(losses[:10])), "loss_last10_mean": float(np.mean(losses[-10:])),
                "steps": c.steps, "global_batch": c.batch_size * ctx.world * c.grad_accum, "processes": ctx.world,
-               "l2sp_last": penalties[-1]}
+               "l2sp_last": penalties[-1], "doc_padded_tokens_per_real_token": float(doc_tokens[0] / doc_tokens[1])}
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         towers.query.save(out / "query")
