@@ -23,7 +23,7 @@ from training.corpus import build_python_docs, is_built
 from model_repository.launcher import free_port
 from tests.conftest import ARTIFACTS, DEVICE, ROOT
 from training import config as tconfig
-from training import stage1, stage2
+from training import evaluate, stage1, stage2
 from training.__main__ import main as training_main
 from training.config import ConfigError, Stage1Config, Stage2Config
 from training.data import DataError, group_batches, length_windows, read_eval_queries, read_pairs
@@ -357,6 +357,51 @@ def test_stage2_writes_from_rank_0_only(tiny_bert, tmp_path, faq_pairs, monkeypa
     assert (tmp_path / "rank0" / "student" / "tower.json").exists() and (tmp_path / "rank0" / "run_card.json").exists()
 
 
+def test_run_cards_name_the_commit_the_stage_started_with(tiny_bert, tmp_path, faq_pairs, monkeypatch):
+    """A commit made while a stage trains must not be credited with it: the card names the commit the stage
+    started from, and the one at its end beside it only when they differ."""
+    import training.common as common
+
+    Tower.load(tiny_bert, spec=TowerSpec(max_tokens=16)).save(tmp_path / "teacher")
+    commits = iter(["aaa1111", "bbb2222-dirty", "ccc3333", "ccc3333"])
+    monkeypatch.setattr(common, "git_commit", lambda: next(commits))
+    stage1.train(Stage1Config(model=str(tiny_bert), steps=2, **_quick()), faq_pairs, tmp_path / "s1")
+    card = json.loads((tmp_path / "s1" / "run_card.json").read_text())
+    assert card["git"] == {"commit": "aaa1111", "dirty": False, "at_finish": "bbb2222-dirty"}
+    c = Stage2Config(student="teacher", student_layers=1, steps=2, batch_size=4, max_query_tokens=16)
+    stage2.train(c, tmp_path / "teacher", faq_pairs, tmp_path / "s2")
+    card = json.loads((tmp_path / "s2" / "run_card.json").read_text())
+    assert card["git"] == {"commit": "ccc3333", "dirty": False}
+
+
+def test_eval_on_a_run_scores_it_without_overwriting_the_config_it_trained_with(tiny_bert, tmp_path, faq_pairs):
+    run = tmp_path / "run"
+    for folder in ("stage1/query", "stage1/doc", "stage2/student"):
+        Tower.load(tiny_bert, spec=TowerSpec(max_tokens=16)).save(run / folder)
+    trained = '{"trained": "with this"}\n'
+    (run / "config.json").write_text(trained, encoding="utf-8")
+    corpus = ARTIFACTS / "corpus" / "python-docs"  # built by the faq_pairs fixture
+    recipe = tmp_path / "t.toml"
+    recipe.write_text(f"""name = "t"
+[data]
+train = "{faq_pairs}"
+[eval]
+baseline = "{tiny_bert}"
+latency = false
+[[eval.sets]]
+name = "faq-dev"
+split = "dev"
+corpus = "{corpus / 'corpus.jsonl'}"
+queries = "{corpus / 'queries.jsonl'}"
+""", encoding="utf-8")
+    assert training_main(["eval", "--config", str(recipe), "--set", "eval.split='dev'", "--out", str(run)]) == 0
+    assert (run / "config.json").read_text(encoding="utf-8") == trained
+    scored = json.loads((run / "eval-dev" / "config.json").read_text(encoding="utf-8"))
+    assert scored["eval"]["split"] == "dev" and scored["eval"]["baseline"] == str(tiny_bert)
+    metrics = json.loads((run / "eval-dev" / "metrics.json").read_text(encoding="utf-8"))
+    assert set(metrics["sets"]["faq-dev"]["rows"]) == {evaluate.BASELINE, evaluate.STAGE1, evaluate.STUDENT}
+
+
 def _zero_dropped(tower: Tower, kept: list[list[int]]) -> Tower:
     """The reference for a pruned tower: the full tower with the dropped neurons' outgoing weights zeroed."""
     from training.towers import _ffn_pairs
@@ -666,7 +711,6 @@ def test_smollm2_conversion_refuses_a_different_file(tmp_path):
 
 
 def test_latency_rounds_interleave_the_towers_and_report_the_median(tiny_bert, tmp_path, monkeypatch):
-    from training import evaluate
     from training.config import EvalSet
 
     (tmp_path / "c.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i}"}) + "\n" for i in range(3)))

@@ -78,7 +78,9 @@ def eval_step(c: RunConfig, out: Path) -> dict:
     results = evaluate.evaluate(rows, sets, c.eval.batch_size, c.eval.latency_queries if c.eval.latency else 0,
                                 evaluate.EMBEDDING_CACHE)
     results["split"] = c.eval.split
-    evaluate.write(results, out / ("eval" if c.eval.split == "test" else f"eval-{c.eval.split}"))
+    folder = out / ("eval" if c.eval.split == "test" else f"eval-{c.eval.split}")
+    evaluate.write(results, folder)
+    (folder / "config.json").write_text(json.dumps(dataclasses.asdict(c), indent=2) + "\n", encoding="utf-8")
     print(evaluate.markdown(results))
     return results
 
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         c = load(args.name or args.config, args.set)
         out = Path(args.out or f"artifacts/runs/{c.name}")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(c), indent=2) + "\n", encoding="utf-8")
+        if args.command != "eval":  # eval writes its config beside its metrics: the run's config.json stays the one it trained with
+            (out / "config.json").write_text(json.dumps(dataclasses.asdict(c), indent=2) + "\n", encoding="utf-8")
         started = time.monotonic()
         steps = {"data": lambda: data_step(c), "stage1": lambda: stage1_step(c, out), "stage2": lambda: stage2_step(c, out),
                  "eval": lambda: eval_step(c, out)}

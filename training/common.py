@@ -74,19 +74,33 @@ def plot_curves(path: Path, title: str, curves: dict[str, list[float]]) -> None:
     plt.close(fig)
 
 
-def write_run_card(folder: Path, stage: str, config, metrics: dict, inputs: dict[str, Path], started: float, extra: dict | None = None) -> Path:
-    """run_card.json next to the checkpoint: config, metrics, input checksums, commit, machine."""
+@dataclasses.dataclass(frozen=True)
+class Started:
+    """When a stage began, and the commit of the code it began with: that code is what ran, whatever the
+    tree holds when the stage ends (a commit made during a long run must not be credited with it)."""
+
+    monotonic: float
+    commit: str
+
+
+def started_now() -> Started:
+    return Started(time.monotonic(), git_commit())
+
+
+def write_run_card(folder: Path, stage: str, config, metrics: dict, inputs: dict[str, Path], started: Started, extra: dict | None = None) -> Path:
+    """run_card.json next to the checkpoint: config, metrics, input checksums, commit (at the start), machine."""
     import transformers
 
-    commit = git_commit()
+    commit, at_finish = started.commit, git_commit()
     card = {
         "stage": stage,
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "wall_s": round(time.monotonic() - started, 1),
+        "wall_s": round(time.monotonic() - started.monotonic, 1),
         "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
         "metrics": metrics,
         "inputs": {name: {"path": str(p), "sha256": sha256_file(Path(p))} for name, p in inputs.items() if Path(p).is_file()},
-        "git": {"commit": commit.removesuffix("-dirty"), "dirty": commit.endswith("-dirty")},
+        "git": {"commit": commit.removesuffix("-dirty"), "dirty": commit.endswith("-dirty")}
+               | ({"at_finish": at_finish} if at_finish != commit else {}),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "transformers": transformers.__version__,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .common import Dist, lr_lambda, plot_curves, setup_distributed, write_run_card
+from .common import Dist, lr_lambda, plot_curves, setup_distributed, started_now, write_run_card
 from .config import Stage1Config
 from .data import DataError, Pair, group_batches, length_windows, read_pairs
 from .losses import info_nce, matryoshka, world_size
@@ -123,7 +122,7 @@ def local_rows(global_batch: list[int], ctx: Dist) -> list[int]:
 
 
 def train(c: Stage1Config, train_file: Path, out: Path) -> dict:
-    started = time.monotonic()
+    started = started_now()
     ctx = setup_distributed()
     if c.bf16 and ctx.device.type != "cuda":
         raise ValueError("stage1.bf16 needs a CUDA device; set bf16 = false on the CPU")

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import json
 import random
-import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .common import lr_lambda, plot_curves, setup_distributed, write_run_card
+from .common import Started, lr_lambda, plot_curves, setup_distributed, started_now, write_run_card
 from .config import Stage2Config
 from .corpus import read_jsonl
 from .data import read_pairs
@@ -134,7 +133,7 @@ class Distilled:
     student: Tower
     metrics: dict
     curves: dict[str, list[float]]
-    started: float
+    started: Started
     main: bool = True  # rank 0 (or a single process): the one that writes
 
 
@@ -144,7 +143,7 @@ def train(c: Stage2Config, teacher_dir: Path, train_file: Path, out: Path, cache
 
 
 def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | None = None) -> Distilled:
-    started = time.monotonic()
+    started = started_now()
     ctx = setup_distributed()
     torch.manual_seed(c.seed)
     teacher = Tower.load(teacher_dir, "stage2.teacher").to(ctx.device)
