@@ -244,6 +244,7 @@ class TritonServer:
         self.supervisor: supervisor.StubSupervisor | None = None
         self._metrics_server = None
         self.log_path = config.workdir / f"tritonserver-{config.grpc_port}.log"
+        self.shm_tag = f"{os.getpid()}-{config.grpc_port}"  # names this server's python-backend regions (supervisor.region_flag)
 
     @property
     def grpc_url(self) -> str:
@@ -272,6 +273,7 @@ class TritonServer:
             f"--log-verbose={c.log_verbose}",
             *policy_flags(c.model_control, repository_cuda_pools(c.model_repository)),
             *security_flags(c),
+            supervisor.region_flag(self.shm_tag),
             *c.extra_args,
         ]
 
@@ -282,6 +284,10 @@ class TritonServer:
             raise ServerStartError(f"model repository {c.model_repository} does not exist; run `python -m build all`")
         verify_repository(c.model_repository)
         c.workdir.mkdir(parents=True, exist_ok=True)
+        swept = supervisor.sweep_shm()
+        if swept:
+            print(f"launcher: removed {len(swept)} shared-memory files that servers which died left behind: {', '.join(swept)}",
+                  file=sys.stderr)
         cmd = self.command(prepare_backends(c.workdir))
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
@@ -351,6 +357,8 @@ class TritonServer:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         admission.table_path(p.pid).unlink(missing_ok=True)  # its stubs' admission table, now unused
+        for region in Path("/dev/shm").glob(f"{supervisor.REGION_PREFIX}{self.shm_tag}-*"):  # freed once nothing maps them
+            region.unlink(missing_ok=True)
 
     def __enter__(self) -> "TritonServer":
         return self.start()

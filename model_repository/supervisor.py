@@ -16,6 +16,11 @@ When ``max_attempts`` reloads in a row fail, it stops the server (SIGTERM, then 
 fails and the orchestrator restarts the pod, instead of routing traffic to a server that answers
 only errors.
 
+A server killed outright cannot unlink its python-backend shared memory or its stubs' admission table;
+``sweep_shm`` removes such leftovers when a server starts (here in ``main``, and in the launcher).
+Servers we start name their regions after themselves (``region_flag``) so that nothing another
+server uses is touched.
+
 Standard library only: the serving image runs it as ``python3 supervisor.py [options] -- tritonserver ...``
 (deploy/Dockerfile, the k8s manifests); ``python -m model_repository serve`` runs it as a thread.
 """
@@ -123,6 +128,64 @@ def admission_table(server_pid: int) -> Path:
     """runtime/admission.py's ``table_path``, restated in the standard library (tests/test_admission.py keeps them equal)."""
     root = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
     return root / f"scalingnote-admission-{server_pid}"
+
+
+REGION_PREFIX = "scalingnote-py-"  # the python backend's shared-memory regions of the servers we start: this + tag + "-" + uuid
+STALE_AFTER_S = 5.0  # a region is mapped within microseconds of its creation; older and mapped by nobody: garbage
+
+
+def region_flag(tag: str) -> str:
+    """The tritonserver flag that names a server's python-backend regions after ``tag`` (its own, so that
+    what it leaves behind can be told apart from another server's)."""
+    return f"--backend-config=python,shm-region-prefix-name={REGION_PREFIX}{tag}-"
+
+
+def _mapped_shm() -> set[str]:
+    """Names of the /dev/shm files that some living process maps."""
+    names = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(entry / "maps", encoding="utf-8", errors="replace") as maps:
+                names.update(line.split("/dev/shm/", 1)[1].split(" (deleted)")[0].strip() for line in maps if "/dev/shm/" in line)
+        except OSError:
+            continue
+    return names
+
+
+def _is_server(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "tritonserver"
+    except OSError:
+        return False
+
+
+def sweep_shm(tag: str = "", stale_after_s: float = STALE_AFTER_S, shm_root: Path = Path("/dev/shm"),
+              table_root: Path | None = None) -> list[str]:
+    """Remove what servers that died without cleaning up (SIGKILL, the OOM killer) left in shared memory,
+    where it would stay until the machine reboots and fill a container's 64 MiB /dev/shm, after which no
+    stub can start: our python-backend regions (``REGION_PREFIX``, only ``tag``'s when given) that no
+    living process maps and that are older than ``stale_after_s``, and the admission tables of pids that
+    are no living tritonserver. A living server maps every region it has. -> the names removed."""
+    removed = []
+    mapped = None
+    now = time.time()
+    for path in sorted(shm_root.glob(f"{REGION_PREFIX}{tag + '-' if tag else ''}*")):
+        mapped = _mapped_shm() if mapped is None else mapped
+        try:
+            if path.name not in mapped and now - path.stat().st_mtime > stale_after_s:
+                path.unlink()
+                removed.append(path.name)
+        except FileNotFoundError:
+            continue
+    table_root = table_root or admission_table(0).parent
+    for path in sorted(table_root.glob("scalingnote-admission-*")):
+        pid = path.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _is_server(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
 
 
 def clear_admission(server_pid: int) -> None:
@@ -284,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the server's command line after --")
+    if Path(command[0]).name == "tritonserver" and not any("shm-region-prefix-name" in a for a in command):
+        command = [*command, region_flag(f"s{os.getpid()}")]  # our prefix, so that a later start can tell its leftovers
+    swept = sweep_shm()
+    if swept:
+        print(f"supervisor: removed {len(swept)} shared-memory files that servers which died left behind", file=sys.stderr, flush=True)
     server = subprocess.Popen(command)
     for sig in (signal.SIGINT, signal.SIGTERM):  # the orchestrator's stop reaches the server, which drains
         signal.signal(sig, lambda s, _: server.send_signal(s))
@@ -291,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     supervisor.start()
     if args.metrics_port:
         supervisor.serve_metrics(args.metrics_address, args.metrics_port)
-    return server.wait()
+    code = server.wait()
+    sweep_shm()  # what the server left: its admission table, its regions once its stubs have let go
+    return code
 
 
 if __name__ == "__main__":

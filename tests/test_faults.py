@@ -10,6 +10,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +216,78 @@ def test_the_image_entrypoint_supervises_a_server_it_starts(repository, tmp_path
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
+
+
+def _shm(prefix: str = "") -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob(f"{prefix}*")}
+
+
+def test_sweep_removes_only_shared_memory_that_nobody_uses(supervised, tmp_path):
+    """What sweep_shm keeps and removes, file by file: a region some process maps, a region just created,
+    another tag's region, a dead server's admission table and a living server's."""
+    import subprocess
+    import sys
+
+    from model_repository import supervisor
+
+    tag = f"test{os.getpid()}"
+    names = {kind: f"{supervisor.REGION_PREFIX}{tag}-{kind}" for kind in ("mapped", "stale", "fresh")}
+    other = f"{supervisor.REGION_PREFIX}other{os.getpid()}-stale"
+    old = time.time() - 60
+    for name in [*names.values(), other]:
+        path = Path("/dev/shm") / name
+        path.write_bytes(bytes(4096))
+        if not name.endswith("fresh"):
+            os.utime(path, (old, old))
+    holder = subprocess.Popen([sys.executable, "-c", "import mmap, sys, time\n"
+                               f"f = open('/dev/shm/{names['mapped']}', 'r+b'); m = mmap.mmap(f.fileno(), 0)\n"
+                               "print('mapped', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    for pid in (dead.pid, supervised.process.pid, holder.pid):
+        (tables / f"scalingnote-admission-{pid}").write_bytes(b"\0" * 8)
+    try:
+        assert holder.stdout.readline().strip() == "mapped"
+        removed = supervisor.sweep_shm(tag, table_root=tables)
+        assert sorted(removed) == sorted([names["stale"], f"scalingnote-admission-{dead.pid}", f"scalingnote-admission-{holder.pid}"])
+        assert _shm(f"{supervisor.REGION_PREFIX}{tag}-") == {names["mapped"], names["fresh"]}
+        assert other in _shm(other)  # another server's: not this tag
+        assert {p.name for p in tables.iterdir()} == {f"scalingnote-admission-{supervised.process.pid}"}  # a living tritonserver's
+        assert supervisor.sweep_shm(table_root=tables) == [other]  # no tag: every stale region of ours
+    finally:
+        holder.kill()
+        holder.wait()
+        for name in [*names.values(), other]:
+            (Path("/dev/shm") / name).unlink(missing_ok=True)
+
+
+def test_a_server_killed_outright_leaves_nothing_in_shared_memory_after_the_next_start(repository, supervised, tmp_path):
+    """SIGKILL (the OOM killer) gives tritonserver no chance to unlink its python-backend regions or its
+    stubs' admission table. Left in /dev/shm they stay until the machine reboots and fill a container's
+    64 MiB, after which no stub can start. The next start removes them and keeps every file a living
+    server uses (the module's server goes on answering); a clean stop leaves nothing."""
+    from model_repository import supervisor
+
+    victim = start_server(repository, tmp_path / "victim")
+    table = f"scalingnote-admission-{victim.process.pid}"
+    theirs = _shm(f"{supervisor.REGION_PREFIX}{victim.shm_tag}-") | ({table} & _shm(table))
+    assert len(theirs) >= 4 and table in theirs  # one region a python model, and the stubs' table
+    living = _shm() - theirs
+    os.killpg(victim.process.pid, signal.SIGKILL)
+    victim.process.wait()
+    assert theirs <= _shm()  # left behind
+    old = time.time() - 60  # older than the window in which a new region is not yet mapped: no waiting
+    for name in theirs:
+        os.utime(Path("/dev/shm") / name, (old, old))
+    after = start_server(repository, tmp_path / "after")
+    try:
+        assert not theirs & _shm()
+        assert living <= _shm()
+        with RetrievalClient(supervised.grpc_url) as c:
+            assert len(c.retrieve(["how do I copy a file"], k=K).hits[0]) == K
+    finally:
+        mine = _shm(f"{supervisor.REGION_PREFIX}{after.shm_tag}-") | {f"scalingnote-admission-{after.process.pid}"}
+        after.stop()
+    assert not mine & _shm()
