@@ -32,6 +32,14 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("artifacts/benchmarks/load.json"), help="results JSON; the PNG goes next to it")
 
 
+def stop_on_sigterm(signum: int, _frame) -> None:
+    """The servers, peers and Locust a benchmark starts run in sessions of their own, out of reach of a
+    signal to ours; Python's default SIGTERM ends the process without unwinding, which orphaned them
+    (a tritonserver kept its ports, cores and shared memory). Raising instead runs every ``finally``
+    that stops them."""
+    raise SystemExit(128 + signum)
+
+
 def run_load(args: argparse.Namespace) -> dict:
     """Run Locust headless in a subprocess under a hard time limit; return the results JSON."""
     check_loopback(args.grpc_url)
@@ -62,6 +70,10 @@ def run_load(args: argparse.Namespace) -> dict:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise RuntimeError(f"locust did not stop within its hard limit of {limit:.0f} s and was killed") from None
+    finally:
+        if proc.poll() is None:  # we were stopped (SIGTERM, Ctrl-C): the generator must not outlive the run
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     if code == 3:
         raise RuntimeError("the run was refused and wrote no results: the client's counts and the server's disagree "
                            "(or a worker's last counts never came); the numbers are in the log above")
@@ -361,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu_suite.add_arguments(sub.add_parser("gpu-suite", help="everything a GPU session measures: env, gpu tests, kernels, served sweep"))
     args = parser.parse_args(argv)
+    if argv is None:  # the command line, not a test calling main(): a SIGTERM unwinds like Ctrl-C
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "overload-compare": cmd_overload_compare, "soak": cmd_soak, "compare": cmd_compare, "tail": cmd_tail,
                 "topk-cpu": cmd_topk_cpu, "compression": cmd_compression, "gpu-kernels": cmd_gpu_kernels,

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from benchmarks import tail
 from benchmarks.openloop import OK, Sample
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, ROOT
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pins server and generator to different cores")
 
@@ -77,3 +81,37 @@ def test_matching_and_the_split_of_one_call():
     assert busy == [(0.104, 0.108)]
     assert tail.idle_while_queued((0.101, 0.104), busy) == pytest.approx(0.003)  # queued while nothing ran: a stall
     assert tail.idle_while_queued((0.105, 0.108), busy) == pytest.approx(0.0)  # queued behind work: a backlog
+
+
+def _servers() -> set[int]:
+    out = subprocess.run(["pgrep", "-x", "tritonserver"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def test_a_sigterm_to_the_benchmark_stops_the_server_it_started(repository, tmp_path):
+    """The server a benchmark starts runs in a session of its own; a SIGTERM to the benchmark (a CI
+    timeout, `kill`, an orchestrator) used to end it without unwinding and leave tritonserver serving."""
+    before = _servers()
+    out = tmp_path / "tail-embed.json"
+    cmd = [sys.executable, "-m", "benchmarks", "tail", "--seconds", "300", "--rate", "5", "--repository", str(repository),
+           "--queries", str(ARTIFACTS / "corpus" / "python-docs" / "queries.jsonl"), "--out", str(out)]
+    bench = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        started: set[int] = set()
+        for line in bench.stderr:  # the generator's progress lines come once the server is up
+            started = _servers() - before
+            if "sent" in line and started:
+                break
+        assert started, "the benchmark's server never came up"
+        bench.send_signal(signal.SIGTERM)
+        code = bench.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while started & _servers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not started & _servers(), "tritonserver outlived the benchmark that started it"
+        assert code == 128 + signal.SIGTERM  # the shell's convention for "ended by SIGTERM"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+        for pid in started & _servers():
+            os.kill(pid, signal.SIGKILL)
