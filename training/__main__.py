@@ -9,8 +9,8 @@
   convert-smollm2  the packaged SmolLM2 GGUF -> a Hugging Face folder (sha256 checked)
 
 ``--config`` takes a recipe name (training/recipes/*.toml) or a TOML file; ``--set
-section.field=value`` overrides a field. Launch stage1 under ``torchrun`` for several
-processes; everything else runs in one.
+section.field=value`` overrides a field. Launch stage1 or stage2 under ``torchrun`` for several
+processes (data parallel; build the data first); everything else runs in one.
 """
 from __future__ import annotations
 

@@ -51,6 +51,22 @@ def setup_distributed() -> Dist:
     return Dist(rank, world, device)
 
 
+def wrap_ddp(module: torch.nn.Module, ctx: "Dist") -> torch.nn.Module:
+    """DDP over a module (stage 1: both towers; stage 2: the student). ``find_unused_parameters``: an AutoModel may own parameters the
+    loss never reaches (BERT's pooler); without it DDP silently skips reducing their
+    bucket and ranks keep unaveraged gradients (the 2-process test caught this)."""
+    if ctx.world == 1 or not dist.is_initialized():
+        return module
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+
+def local_rows(global_batch: list[int], ctx: "Dist") -> list[int]:
+    """This rank's equal share of a batch drawn alike on every rank."""
+    per = len(global_batch) // ctx.world
+    return global_batch[ctx.rank * per : (ctx.rank + 1) * per]
+
+
 def lr_lambda(warmup: int, total: int):
     """Linear warm-up to the peak, then linear decay to 10% of it."""
     def f(step: int) -> float:

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .common import Dist, lr_lambda, plot_curves, setup_distributed, started_now, write_run_card
+from .common import Dist, local_rows, lr_lambda, plot_curves, setup_distributed, started_now, wrap_ddp, write_run_card
 from .config import Stage1Config
 from .data import DataError, Pair, group_batches, length_windows, read_pairs
 from .losses import info_nce, matryoshka, world_size
@@ -104,21 +104,6 @@ class L2SP:
         if not self.weight:
             return torch.zeros(())
         return self.weight * sum(((p - p0) ** 2).sum() for p, p0 in zip(self.params, self.start))
-
-
-def wrap_ddp(towers: DualTowers, ctx: Dist) -> torch.nn.Module:
-    """DDP over both towers. ``find_unused_parameters``: an AutoModel may own parameters the
-    loss never reaches (BERT's pooler); without it DDP silently skips reducing their
-    bucket and ranks keep unaveraged gradients (the 2-process test caught this)."""
-    if ctx.world == 1:
-        return towers
-    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(towers, device_ids=ids, find_unused_parameters=True)
-
-
-def local_rows(global_batch: list[int], ctx: Dist) -> list[int]:
-    per = len(global_batch) // ctx.world
-    return global_batch[ctx.rank * per : (ctx.rank + 1) * per]
 
 
 def train(c: Stage1Config, train_file: Path, out: Path) -> dict:

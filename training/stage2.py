@@ -19,9 +19,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
-from .common import Started, lr_lambda, plot_curves, setup_distributed, started_now, write_run_card
+from .common import Started, local_rows, lr_lambda, plot_curves, setup_distributed, started_now, wrap_ddp, write_run_card
 from .config import Stage2Config
 from .corpus import read_jsonl
 from .data import read_pairs
@@ -161,14 +162,19 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
     # fused: one kernel for the whole update (51 -> 8 ms a step for the 1-layer MiniLM student on 2 CPU cores)
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=c.lr, weight_decay=0.01, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(c.warmup_steps, c.steps))
-    draws = batches([len(q) for q in queries], c.batch_size, c.length_window, np.random.default_rng(c.seed))
+    # Under torchrun: every rank draws the same batches of batch_size x processes and trains on its share;
+    # DDP averages the gradients, so N processes take the step one process takes on the whole batch.
+    model = wrap_ddp(student, ctx)
+    draws = batches([len(q) for q in queries], c.batch_size * ctx.world, c.length_window, np.random.default_rng(c.seed))
     curves: dict[str, list[float]] = {"loss": [], "mse": [], "1 - cos": []} | ({"rank KL": []} if c.w_rank else {})
     bar = tqdm(range(c.steps), desc="stage 2", unit="step", mininterval=2.0)
     tokens = np.zeros(2, dtype=np.int64)  # computed (padded) and real tokens
-    for _, rows in zip(bar, draws):
+    computed_rows = 0  # by this process
+    for _, drawn in zip(bar, draws):
+        rows = local_rows(drawn, ctx)
         batch = {k: v.to(ctx.device) for k, v in student.tokenize([queries[i] for i in rows]).items()}
         tokens += (batch["attention_mask"].numel(), int(batch["attention_mask"].sum()))
-        got, want = student(**batch), targets[rows].to(ctx.device)
+        got, want = model(**batch), targets[rows].to(ctx.device)
         loss, parts = matryoshka(distill_loss, got, want, c.matryoshka, c.w_mse, c.w_cos)
         if pool is not None:
             kl = score_distill(got, want, pool, c.rank_temperature)
@@ -179,6 +185,10 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        computed_rows += len(rows)
+        if dist.is_initialized():  # the curves show the whole batch's losses, as one process would
+            parts = dict(zip(parts, all_ranks_mean([parts[k] for k in parts])))
+            loss = torch.tensor(all_ranks_mean([float(loss.detach())])[0])
         for name, value in (("loss", float(loss.detach())), ("mse", parts["mse"]), ("1 - cos", parts["cos"]), ("rank KL", parts.get("rank KL"))):
             if name in curves:
                 curves[name].append(value)
@@ -189,6 +199,7 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
                **({"rank_kl_first10_mean": float(np.mean(curves["rank KL"][:10])),
                    "rank_kl_last10_mean": float(np.mean(curves["rank KL"][-10:])), "rank_pool": len(pool)} if pool is not None else {}),
                "distillation_queries": len(queries), "distillation_sources": sources, "student_dim": student.dim,
+               "processes": ctx.world, "rows_per_process_step": computed_rows / c.steps,
                "padded_tokens_per_real_token": float(tokens[0] / tokens[1]),
                "projection": list(student.spec.projection) if student.spec.projection else None,
                "student_parameters": sum(p.numel() for p in student.parameters()),
@@ -196,6 +207,12 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
                "student_ffn": int(getattr(student.model.config, "intermediate_size", 0) or 0),
                "teacher_parameters": sum(p.numel() for p in teacher.parameters())}
     return Distilled(student, metrics, curves, started, ctx.main)
+
+
+def all_ranks_mean(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()
 
 
 def save(run: Distilled, c: Stage2Config, teacher_dir: Path, train_file: Path, out: Path) -> dict:

@@ -279,5 +279,7 @@ def cached_embeddings(cache: Path | None, tower: Path | str, data: bytes, encode
         return np.load(path)
     emb = encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, emb)
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")  # whole or absent: ranks may write it at once
+    np.save(partial, emb)
+    os.replace(partial, path)
     return emb
