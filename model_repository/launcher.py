@@ -357,7 +357,7 @@ class TritonServer:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         admission.table_path(p.pid).unlink(missing_ok=True)  # its stubs' admission table, now unused
-        for region in Path("/dev/shm").glob(f"{supervisor.REGION_PREFIX}{self.shm_tag}-*"):  # freed once nothing maps them
+        for region in supervisor.regions(self.shm_tag):  # freed once nothing maps them
             region.unlink(missing_ok=True)
 
     def __enter__(self) -> "TritonServer":

@@ -124,14 +124,25 @@ class Repository:
         self._call(f"/v2/repository/models/{model}/load", {"parameters": {"config": json.dumps(config)}})
 
 
+TABLE_PREFIX = "scalingnote-admission-"
+
+
+def _table_root() -> Path:
+    return Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+
+
 def admission_table(server_pid: int) -> Path:
     """runtime/admission.py's ``table_path``, restated in the standard library (tests/test_admission.py keeps them equal)."""
-    root = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-    return root / f"scalingnote-admission-{server_pid}"
+    return _table_root() / f"{TABLE_PREFIX}{server_pid}"
 
 
 REGION_PREFIX = "scalingnote-py-"  # the python backend's shared-memory regions of the servers we start: this + tag + "-" + uuid
 STALE_AFTER_S = 5.0  # a region is mapped within microseconds of its creation; older and mapped by nobody: garbage
+
+
+def regions(tag: str = "", shm_root: Path = Path("/dev/shm")) -> list[Path]:
+    """Our python-backend regions: ``tag``'s server's, or every server's."""
+    return sorted(shm_root.glob(f"{REGION_PREFIX}{tag + '-' if tag else ''}*"))
 
 
 def region_flag(tag: str) -> str:
@@ -169,19 +180,18 @@ def sweep_shm(tag: str = "", stale_after_s: float = STALE_AFTER_S, shm_root: Pat
     living process maps and that are older than ``stale_after_s``, and the admission tables of pids that
     are no living tritonserver. A living server maps every region it has. -> the names removed."""
     removed = []
-    mapped = None
+    ours = regions(tag, shm_root)
+    mapped = _mapped_shm() if ours else set()  # reads every process's maps: only when there is something to judge
     now = time.time()
-    for path in sorted(shm_root.glob(f"{REGION_PREFIX}{tag + '-' if tag else ''}*")):
-        mapped = _mapped_shm() if mapped is None else mapped
+    for path in ours:
         try:
             if path.name not in mapped and now - path.stat().st_mtime > stale_after_s:
                 path.unlink()
                 removed.append(path.name)
         except FileNotFoundError:
             continue
-    table_root = table_root or admission_table(0).parent
-    for path in sorted(table_root.glob("scalingnote-admission-*")):
-        pid = path.name.rsplit("-", 1)[1]
+    for path in sorted((table_root or _table_root()).glob(f"{TABLE_PREFIX}*")):
+        pid = path.name.removeprefix(TABLE_PREFIX)
         if pid.isdigit() and not _is_server(int(pid)):
             path.unlink(missing_ok=True)
             removed.append(path.name)

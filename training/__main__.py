@@ -47,6 +47,10 @@ def data_step(c: RunConfig) -> Path:
     return train
 
 
+def write_config(c: RunConfig, folder: Path) -> None:
+    (folder / "config.json").write_text(json.dumps(dataclasses.asdict(c), indent=2) + "\n", encoding="utf-8")
+
+
 def stage1_step(c: RunConfig, out: Path) -> dict:
     from . import stage1
 
@@ -80,7 +84,7 @@ def eval_step(c: RunConfig, out: Path) -> dict:
     results["split"] = c.eval.split
     folder = out / ("eval" if c.eval.split == "test" else f"eval-{c.eval.split}")
     evaluate.write(results, folder)
-    (folder / "config.json").write_text(json.dumps(dataclasses.asdict(c), indent=2) + "\n", encoding="utf-8")
+    write_config(c, folder)
     print(evaluate.markdown(results))
     return results
 
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or f"artifacts/runs/{c.name}")
         out.mkdir(parents=True, exist_ok=True)
         if args.command != "eval":  # eval writes its config beside its metrics: the run's config.json stays the one it trained with
-            (out / "config.json").write_text(json.dumps(dataclasses.asdict(c), indent=2) + "\n", encoding="utf-8")
+            write_config(c, out)
         started = time.monotonic()
         steps = {"data": lambda: data_step(c), "stage1": lambda: stage1_step(c, out), "stage2": lambda: stage2_step(c, out),
                  "eval": lambda: eval_step(c, out)}

@@ -186,13 +186,13 @@ def distill(c: Stage2Config, teacher_dir: Path, train_file: Path, cache: Path | 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         computed_rows += len(rows)
-        if dist.is_initialized():  # the curves show the whole batch's losses, as one process would
-            parts = dict(zip(parts, all_ranks_mean([parts[k] for k in parts])))
-            loss = torch.tensor(all_ranks_mean([float(loss.detach())])[0])
-        for name, value in (("loss", float(loss.detach())), ("mse", parts["mse"]), ("1 - cos", parts["cos"]), ("rank KL", parts.get("rank KL"))):
-            if name in curves:
-                curves[name].append(value)
-        bar.set_postfix(loss=f"{curves['loss'][-1]:.4f}", cos=f"{1 - parts['cos']:.4f}")
+        logged = {"loss": float(loss.detach()), "mse": parts["mse"], "1 - cos": parts["cos"], "rank KL": parts.get("rank KL")}
+        logged = {name: logged[name] for name in curves}
+        if dist.is_initialized():  # the curves show the whole batch's losses, as one process would: one all-reduce a step
+            logged = dict(zip(logged, all_ranks_mean(list(logged.values()))))
+        for name, value in logged.items():
+            curves[name].append(value)
+        bar.set_postfix(loss=f"{curves['loss'][-1]:.4f}", cos=f"{1 - curves['1 - cos'][-1]:.4f}")
     metrics = {"loss_first": curves["loss"][0], "loss_last": curves["loss"][-1],
                "mse_first10_mean": float(np.mean(curves["mse"][:10])), "mse_last10_mean": float(np.mean(curves["mse"][-10:])),
                "cos_last10_mean": float(1 - np.mean(curves["1 - cos"][-10:])),
