@@ -304,7 +304,8 @@ def cmd_gpu_suite(args: argparse.Namespace) -> int:
     print(f"results: {summary['out']}")
     failed = [name for name, step in summary["steps"].items() if step["status"] != "ok"]
     if failed:
-        print(f"error: step(s) {', '.join(failed)} failed; their logs are in {summary['out']}", file=sys.stderr)
+        detail = ", ".join(f"{name} {summary['steps'][name]['status']}" for name in failed)
+        print(f"error: not every step ran ({detail}); the logs are in {summary['out']}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -44,7 +44,7 @@ from model_repository.runtime.provenance import git_commit, machine, pyplot
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("env", "tests", "kernels", "serving")
 GPU_TESTS = ("tests/test_kernel_pool_triton.py", "tests/test_topk_chunked.py", "tests/test_placement.py")
-FULL = {"shapes": "minilm,bert-base", "rows": 1_000_000, "sweep": "500,1000,2000,4000,8000", "step_time": 10.0,
+FULL = {"shapes": "minilm,bert-base", "rows": 1_000_000, "sweep": "500,1000,2000,4000,8000", "step_time": 8.0,
         "slo_p99_ms": 10.0, "processes": 8}
 DRY = {"shapes": "tiny", "rows": 2000, "sweep": "5,10", "step_time": 2.0, "slo_p99_ms": 1000.0, "processes": 1}
 
@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo-p99-ms", type=float, default=None, help=f"p99 target for the sustained rate (default: {FULL['slo_p99_ms']:g})")
     p.add_argument("--processes", type=int, default=None, help=f"Locust processes (default: {FULL['processes']})")
     p.add_argument("--workdir", type=Path, default=Path("artifacts/gpu-suite"), help="synthetic artifacts and server logs")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="wall clock for the whole suite: every step is cut to what is left, a step that cannot fit is skipped "
+                        "and says so (a GPU session has 15 minutes of device time, its machine's start included)")
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -78,6 +81,20 @@ def _run(cmd: list[str], log: Path, timeout_s: float, env: dict | None = None) -
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise RuntimeError(f"{' '.join(cmd[:4])} ... did not finish within {timeout_s:.0f} s; see {log.name}") from None
+
+
+class OutOfTime(RuntimeError):
+    """What is left of ``--deadline-s`` cannot hold this step."""
+
+
+def _budget(args, cap_s: float, need_s: float = 5.0) -> float:
+    """Seconds this step may take: ``cap_s``, cut to what is left before the deadline (with 5 s to write)."""
+    if getattr(args, "deadline", None) is None:
+        return cap_s
+    left = args.deadline - time.monotonic() - 5
+    if left < need_s:
+        raise OutOfTime(f"skipped: {max(left, 0):.0f} s left of --deadline-s, it needs about {need_s:.0f} s")
+    return min(cap_s, left)
 
 
 def _nvidia_smi(query: str) -> list[list[str]]:
@@ -105,7 +122,8 @@ def step_env(out: Path, args, s: dict) -> dict:
 
 
 def step_tests(out: Path, args, s: dict) -> dict:
-    code = _run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *GPU_TESTS], out / "tests.log", 900)
+    code = _run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *GPU_TESTS], out / "tests.log",
+                _budget(args, 900, 20))
     last = (out / "tests.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error)", last[0] if last else "")}
     if code not in (0, 5):
@@ -118,7 +136,7 @@ def step_kernels(out: Path, args, s: dict) -> dict:
     if args.dry_run:
         env["TRITON_INTERPRET"] = "1"
     cmd = [sys.executable, "-m", "benchmarks", "gpu-kernels", "--out", str(out / "gpu-kernels.json")]
-    code = _run(cmd + (["--dry-run"] if args.dry_run else []), out / "kernels.log", 1200, env)
+    code = _run(cmd + (["--dry-run"] if args.dry_run else []), out / "kernels.log", _budget(args, 1200, 30), env)
     if code != 0:
         raise RuntimeError(f"gpu-kernels exited with {code}; see kernels.log")
     result = json.loads((out / "gpu-kernels.json").read_text(encoding="utf-8"))
@@ -151,11 +169,13 @@ class GpuSampler:
 def _serve_one(out: Path, args, s: dict, shape: str) -> dict:
     from benchmarks.__main__ import add_load_arguments, run_load
 
+    load_s = 2 * (len(s["sweep"].split(",")) * s["step_time"] + (2 if args.dry_run else 5) + 5)  # embed and retrieve
+    _budget(args, 0, load_s + (20 if args.dry_run else 90))  # + build, index and server start: a shape that cannot finish is skipped
     work = args.workdir / shape
     flavour = [] if args.dry_run else ["--target", "gpu", "--encoder-implementation", "torch", "--topk-implementation", "torch",
                                        "--pool-implementation", "triton"]
     build = [sys.executable, "-m", "build", "synthetic", "--shape", shape, "--rows", str(s["rows"]), "--artifacts", str(work), *flavour]
-    if _run(build, out / f"build-{shape}.log", 1200) != 0:
+    if _run(build, out / f"build-{shape}.log", _budget(args, 1200, load_s + 30)) != 0:
         raise RuntimeError(f"python -m build synthetic failed for {shape}; see build-{shape}.log")
     grpc, http, metrics = free_port(), free_port(), free_port()
     serve = [sys.executable, "-m", "model_repository", "serve", "--repository", str(work / "model_repository"),
@@ -165,7 +185,7 @@ def _serve_one(out: Path, args, s: dict, shape: str) -> dict:
     proc = subprocess.Popen(serve, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     results = {}
     try:
-        wait_healthy(f"http://127.0.0.1:{http}/v2/health/ready", proc, 900)
+        wait_healthy(f"http://127.0.0.1:{http}/v2/health/ready", proc, _budget(args, 900, load_s + 10))
         parser = argparse.ArgumentParser()
         add_load_arguments(parser)
         for model in ("embed", "retrieve"):
@@ -206,7 +226,14 @@ def _queries_file() -> Path:
 
 
 def step_serving(out: Path, args, s: dict) -> dict:
-    results = {shape: _serve_one(out, args, s, shape) for shape in s["shapes"].split(",")}
+    results, skipped = {}, {}
+    for shape in s["shapes"].split(","):  # in order: the first shape is the headline, later ones where time is left
+        try:
+            results[shape] = _serve_one(out, args, s, shape)
+        except OutOfTime as e:
+            if not results:
+                raise
+            skipped[shape] = str(e)
     for model in ("embed", "retrieve"):
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -221,7 +248,7 @@ def step_serving(out: Path, args, s: dict) -> dict:
         fig.tight_layout()
         fig.savefig(out / f"serve-{model}.png", dpi=120)
         plt.close(fig)
-    return results
+    return {**results, **({"skipped": skipped} if skipped else {})}
 
 
 def _gpu_name() -> str:
@@ -264,15 +291,18 @@ def run_suite(args: argparse.Namespace) -> dict:
     out = args.out or default_out(args.dry_run)
     out.mkdir(parents=True, exist_ok=True)
     args.workdir = args.workdir.resolve()
+    args.deadline = None if args.deadline_s is None else time.monotonic() + args.deadline_s
     summary = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "dry_run": args.dry_run,
                "command": "python -m benchmarks gpu-suite " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["gpu-suite"] else "",
-               "git_commit": git_commit(), "settings": s, "steps": {}}
+               "git_commit": git_commit(), "settings": s, "deadline_s": args.deadline_s, "steps": {}}
     for name in steps:
         print(f"gpu-suite: {name} ...", file=sys.stderr, flush=True)
         t0 = time.monotonic()
         try:
             result = {"env": step_env, "tests": step_tests, "kernels": step_kernels, "serving": step_serving}[name](out, args, s)
             summary["steps"][name] = {"status": "ok", "result": result}
+        except OutOfTime as e:
+            summary["steps"][name] = {"status": "skipped", "error": str(e)}
         except Exception as e:  # noqa: BLE001 - a failed step is a result; the next steps still run
             summary["steps"][name] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
         summary["steps"][name]["seconds"] = time.monotonic() - t0

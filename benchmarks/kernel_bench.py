@@ -247,7 +247,7 @@ def gpu_kernels(out: Path, repeats: int = 50, dry_run: bool = False) -> dict:
                    "fwd_bwd_fused_ms": bwd_fused, "fwd_bwd_eager_ms": bwd_eager, "fwd_bwd_speedup_vs_eager": bwd_eager / bwd_fused,
                    "fwd_bwd_pct_of_copy": 100 * moved_bwd / bwd_fused / 1e6 / copy_gbps}
             result["pooling"].append(row)
-            print(json.dumps(row), flush=True)
+            _write_partial(out, result, row)
     sizes = DRY_TOPK_SIZES if dry_run else TOPK_SIZES
     n, d = sizes["n"], sizes["d"]
     gen = torch.Generator(device=device).manual_seed(0)
@@ -289,9 +289,17 @@ def gpu_kernels(out: Path, repeats: int = 50, dry_run: bool = False) -> dict:
                 qn = q.cpu().numpy()
                 row["faiss_ms"] = 1e3 * median_seconds(lambda: flat.search(qn, k), 5, warmup=1)
             result["topk"].append(row)
-            print(json.dumps(row), flush=True)
+            _write_partial(out, result, row)
+    result["complete"] = True
     _write(out, result, "```\n" + json.dumps(result, indent=2) + "\n```\n")
     return result
+
+
+def _write_partial(out: Path, result: dict, row: dict) -> None:
+    """After every row: a run cut short by its deadline keeps what it measured (``complete`` is false)."""
+    print(json.dumps(row), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**result, "complete": False}, indent=2) + "\n", encoding="utf-8")
 
 
 def _write(out: Path, result: dict, markdown: str) -> None:

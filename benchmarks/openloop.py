@@ -23,7 +23,6 @@ import time
 import numpy as np
 
 from benchmarks.common import error_kind
-from clients.retrieval import request_inputs
 
 OK = "OK"
 REJECTED = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")  # what a shedding server answers
@@ -74,8 +73,12 @@ class Generator:
     @contextlib.asynccontextmanager
     async def _connected(self):
         """The channel, opened with one call before any clock starts (counted in ``unrecorded_ok``)."""
+        # imported here, not with the module: the GPU image runs `python -m benchmarks gpu-suite` without tritonclient
         from tritonclient.grpc.aio import InferenceServerClient
 
+        from clients.retrieval import request_inputs
+
+        self._request_inputs = request_inputs
         async with InferenceServerClient(self.url) as client:
             if (await self._one(client, 0.0, time.perf_counter())).status == OK:
                 self.unrecorded_ok += 1
@@ -83,7 +86,7 @@ class Generator:
 
     async def _one(self, client, scheduled: float, t0: float) -> Sample:
         sent = time.perf_counter()
-        inputs = request_inputs(self.model, [next(self.texts)], self.k if self.model == "retrieve" else None)
+        inputs = self._request_inputs(self.model, [next(self.texts)], self.k if self.model == "retrieve" else None)
         try:
             await client.infer(self.model, inputs, client_timeout=self.timeout_s)
             return Sample(scheduled, sent - t0 - scheduled, time.perf_counter() - sent, OK, sent_at=sent)

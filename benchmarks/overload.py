@@ -23,13 +23,14 @@ from pathlib import Path
 from benchmarks import openloop, triton_metrics
 from benchmarks.common import check_loopback, read_queries
 from benchmarks.procs import pinned, server_processes
-from clients.retrieval import RetrievalClient
 from model_repository.runtime.cpus import cpus_allowed, parse_cpus
 from model_repository.runtime.provenance import git_commit, machine
 
 
 def queue_policies(url: str, model: str) -> dict:
     """Each step's dynamic batching, queue policy and admission limit, as the server reports it."""
+    from clients.retrieval import RetrievalClient  # here: `python -m benchmarks` must start without tritonclient (the GPU image)
+
     with RetrievalClient(url) as client:
         out = {}
         for step in client.ensemble_steps(model):
