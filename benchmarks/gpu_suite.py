@@ -167,7 +167,7 @@ class GpuSampler:
 
 
 def _serve_one(out: Path, args, s: dict, shape: str) -> dict:
-    from benchmarks.__main__ import add_load_arguments, run_load
+    from benchmarks.__main__ import add_load_arguments
 
     load_s = 2 * (len(s["sweep"].split(",")) * s["step_time"] + (2 if args.dry_run else 5) + 5)  # embed and retrieve
     _budget(args, 0, load_s + (20 if args.dry_run else 90))  # + build, index and server start: a shape that cannot finish is skipped
@@ -188,29 +188,42 @@ def _serve_one(out: Path, args, s: dict, shape: str) -> dict:
         wait_healthy(f"http://127.0.0.1:{http}/v2/health/ready", proc, _budget(args, 900, load_s + 10))
         parser = argparse.ArgumentParser()
         add_load_arguments(parser)
-        for model in ("embed", "retrieve"):
-            load = parser.parse_args([
-                "--grpc-url", f"127.0.0.1:{grpc}", "--metrics-url", f"http://127.0.0.1:{metrics}/metrics",
-                "--model", model, "--load-mode", "open", "--steps", s["sweep"], "--step-time", str(s["step_time"]),
-                "--warmup", "2" if args.dry_run else "5", "--processes", str(s["processes"]),
-                "--queries", str(_queries_file()), "--out", str(out / f"serve-{shape}-{model}.json")])
-            with GpuSampler() as sampler:
-                result = run_load(load)
-            result["gpu_samples"] = sampler.samples
-            sustained = planner.sustained_step(result["steps"], s["slo_p99_ms"])
-            result["sustained_within_slo"] = {"slo_p99_ms": s["slo_p99_ms"],
-                                              "requests_per_s": sustained["achieved_rps"] if sustained else None}
-            (out / f"serve-{shape}-{model}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-            results[model] = {"sustained_rps": result["sustained_within_slo"]["requests_per_s"],
-                              "steps": [{k: st[k] for k in ("target", "offered_rps", "achieved_rps", "failed")} |
-                                        {"p99_ms": (st["latency_ms"] or {}).get("p99")} for st in result["steps"]],
-                              "max_gpu_memory_mib": max((x["memory_mib"] for x in sampler.samples), default=None),
-                              "mean_gpu_util_pct": (sum(x["util_pct"] for x in sampler.samples) / len(sampler.samples)
-                                                    if sampler.samples else None)}
+        for model in ("embed", "retrieve"):  # each on its own: a refused or failed run of one leaves the other's figures
+            try:
+                results[model] = _sweep_one(out, args, s, shape, model, grpc, metrics, parser, load_s / 2)
+            except (RuntimeError, OutOfTime) as e:
+                results[model] = {"error": f"{type(e).__name__}: {e}"}
+        if all("error" in r for r in results.values()):
+            raise RuntimeError(f"no sweep of {shape} gave figures: {results}")
     finally:
         stop_process_group(proc, 60)
         log.close()
     return results
+
+
+def _sweep_one(out: Path, args, s: dict, shape: str, model: str, grpc: int, metrics: int, parser, need_s: float) -> dict:
+    """One model's open-loop sweep, with nvidia-smi sampled during it; its raw JSON is written beside the summary."""
+    from benchmarks.__main__ import run_load
+
+    _budget(args, 0, need_s)  # a sweep that cannot finish before the deadline is not started
+    raw = out / f"serve-{shape}-{model}.json"
+    load = parser.parse_args([
+        "--grpc-url", f"127.0.0.1:{grpc}", "--metrics-url", f"http://127.0.0.1:{metrics}/metrics",
+        "--model", model, "--load-mode", "open", "--steps", s["sweep"], "--step-time", str(s["step_time"]),
+        "--warmup", "2" if args.dry_run else "5", "--processes", str(s["processes"]),
+        "--queries", str(_queries_file()), "--out", str(raw)])
+    with GpuSampler() as sampler:
+        result = run_load(load)
+    result["gpu_samples"] = sampler.samples
+    sustained = planner.sustained_step(result["steps"], s["slo_p99_ms"])
+    result["sustained_within_slo"] = {"slo_p99_ms": s["slo_p99_ms"], "requests_per_s": sustained["achieved_rps"] if sustained else None}
+    raw.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    utils = [x["util_pct"] for x in sampler.samples]
+    return {"sustained_rps": result["sustained_within_slo"]["requests_per_s"],
+            "steps": [{k: st[k] for k in ("target", "offered_rps", "achieved_rps", "failed")} |
+                      {"p99_ms": (st["latency_ms"] or {}).get("p99")} for st in result["steps"]],
+            "max_gpu_memory_mib": max((x["memory_mib"] for x in sampler.samples), default=None),
+            "mean_gpu_util_pct": sum(utils) / len(utils) if utils else None}
 
 
 def _queries_file() -> Path:
@@ -238,7 +251,7 @@ def step_serving(out: Path, args, s: dict) -> dict:
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for shape, by_model in results.items():
-            steps = [st for st in by_model[model]["steps"] if st["p99_ms"] is not None]
+            steps = [st for st in by_model[model].get("steps", []) if st["p99_ms"] is not None]  # none where it failed
             ax.plot([st["offered_rps"] for st in steps], [st["p99_ms"] for st in steps], marker="o", label=f"{shape} p99")
         ax.axhline(s["slo_p99_ms"], color="red", linestyle="--", label=f"SLO p99 {s['slo_p99_ms']:g} ms")
         ax.set(xlabel="offered requests/s (open loop)", ylabel="p99 latency, ms (log)", yscale="log",
@@ -274,10 +287,14 @@ def markdown(summary: dict) -> str:
     if serving:
         lines += ["", f"Sustained open-loop rate within p99 <= {summary['settings']['slo_p99_ms']:g} ms:", "",
                   "| shape | model | requests/s | max GPU memory MiB | mean GPU util % |", "|---|---|---|---|---|"]
+        fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
         for shape, by_model in serving.items():
+            if shape == "skipped":  # shapes the deadline left out
+                lines += [f"| {name} | (skipped) | {why} | | |" for name, why in by_model.items()]
+                continue
             for model, r in by_model.items():
-                fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-                lines.append(f"| {shape} | {model} | {fmt(r['sustained_rps'], '.1f')} | {fmt(r['max_gpu_memory_mib'], '.0f')} "
+                lines.append(f"| {shape} | {model} | failed: {r['error']} | | |" if "error" in r else
+                             f"| {shape} | {model} | {fmt(r['sustained_rps'], '.1f')} | {fmt(r['max_gpu_memory_mib'], '.0f')} "
                              f"| {fmt(r['mean_gpu_util_pct'], '.0f')} |")
     return "\n".join(lines) + "\n"
 

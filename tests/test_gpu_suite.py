@@ -62,3 +62,31 @@ def test_a_deadline_skips_the_steps_that_cannot_fit_and_says_so(tmp_path):
     assert serving["status"] == "skipped" and serving["seconds"] < 5, serving
     assert "s left of --deadline-s, it needs about" in serving["error"] and "skipped" in (out / "summary.md").read_text()
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())  # nothing was built for it
+
+
+def test_a_failed_sweep_or_a_skipped_shape_is_reported_beside_the_figures_that_came(tmp_path, monkeypatch):
+    """One model's refused run must not cost the other's figures, nor the summary: what came, failed
+    and was skipped each has its line."""
+    import argparse
+
+    from benchmarks import gpu_suite
+
+    ok = {"sustained_rps": 812.5, "steps": [{"target": 500, "offered_rps": 500.0, "achieved_rps": 499.0, "failed": 0, "p99_ms": 4.2}],
+          "max_gpu_memory_mib": 2048.0, "mean_gpu_util_pct": 37.0}
+
+    def serve_one(out, args, s, shape):
+        if shape == "bert-base":
+            raise gpu_suite.OutOfTime("skipped: 40 s left of --deadline-s, it needs about 200 s")
+        return {"embed": {"error": "RuntimeError: the run was refused and wrote no results"}, "retrieve": ok}
+
+    monkeypatch.setattr(gpu_suite, "_serve_one", serve_one)
+    s = {"shapes": "minilm,bert-base", "rows": 1000, "slo_p99_ms": 10.0}
+    result = gpu_suite.step_serving(tmp_path, argparse.Namespace(dry_run=True), s)
+    assert result["minilm"]["retrieve"] == ok and "error" in result["minilm"]["embed"]
+    assert result["skipped"] == {"bert-base": "skipped: 40 s left of --deadline-s, it needs about 200 s"}
+    assert (tmp_path / "serve-retrieve.png").stat().st_size > 0 and (tmp_path / "serve-embed.png").exists()
+    md = gpu_suite.markdown({"dry_run": False, "started": "t", "git_commit": "c", "command": "x", "settings": s,
+                             "steps": {"serving": {"status": "ok", "seconds": 1.0, "result": result}}})
+    assert "| minilm | embed | failed: RuntimeError: the run was refused and wrote no results | | |" in md
+    assert "| minilm | retrieve | 812.5 | 2048 | 37 |" in md
+    assert "| bert-base | (skipped) | skipped: 40 s left of --deadline-s" in md
