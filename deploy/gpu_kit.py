@@ -264,9 +264,16 @@ def run(kit: Path, out: Path, venv: Path, image_python: str, budget_s: float, dr
         log(f"{name}: {' '.join(cmd[1:])}")
         t0 = time.monotonic()
         with open(results / f"{name}.log", "wb") as f:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
             try:
-                code = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=deadline + 15).returncode
-            except subprocess.TimeoutExpired:
+                code = proc.wait(timeout=deadline + 15)
+            except subprocess.TimeoutExpired:  # SIGTERM first: `python -m benchmarks` then stops the servers it started
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
                 code = "timeout"
         record["parts"][name] = {"exit": code, "seconds": round(time.monotonic() - t0, 1), "deadline_s": round(deadline)}
         log(f"{name}: exit {code} in {record['parts'][name]['seconds']} s")
