@@ -87,6 +87,15 @@ class OutOfTime(RuntimeError):
     """What is left of ``--deadline-s`` cannot hold this step."""
 
 
+def _require(args, need_s: float) -> None:
+    """Refuse (OutOfTime) a step that cannot finish before the deadline, before it starts anything."""
+    _budget(args, need_s, need_s)
+
+
+def _warmup_s(args) -> float:
+    return 2.0 if args.dry_run else 5.0
+
+
 def _budget(args, cap_s: float, need_s: float = 5.0) -> float:
     """Seconds this step may take: ``cap_s``, cut to what is left before the deadline (with 5 s to write)."""
     if getattr(args, "deadline", None) is None:
@@ -169,8 +178,8 @@ class GpuSampler:
 def _serve_one(out: Path, args, s: dict, shape: str) -> dict:
     from benchmarks.__main__ import add_load_arguments
 
-    load_s = 2 * (len(s["sweep"].split(",")) * s["step_time"] + (2 if args.dry_run else 5) + 5)  # embed and retrieve
-    _budget(args, 0, load_s + (20 if args.dry_run else 90))  # + build, index and server start: a shape that cannot finish is skipped
+    load_s = 2 * (len(s["sweep"].split(",")) * s["step_time"] + _warmup_s(args) + 5)  # embed and retrieve
+    _require(args, load_s + (20 if args.dry_run else 90))  # + build, index and server start: a shape that cannot finish is skipped
     work = args.workdir / shape
     flavour = [] if args.dry_run else ["--target", "gpu", "--encoder-implementation", "torch", "--topk-implementation", "torch",
                                        "--pool-implementation", "triton"]
@@ -205,12 +214,12 @@ def _sweep_one(out: Path, args, s: dict, shape: str, model: str, grpc: int, metr
     """One model's open-loop sweep, with nvidia-smi sampled during it; its raw JSON is written beside the summary."""
     from benchmarks.__main__ import run_load
 
-    _budget(args, 0, need_s)  # a sweep that cannot finish before the deadline is not started
+    _require(args, need_s)  # a sweep that cannot finish before the deadline is not started
     raw = out / f"serve-{shape}-{model}.json"
     load = parser.parse_args([
         "--grpc-url", f"127.0.0.1:{grpc}", "--metrics-url", f"http://127.0.0.1:{metrics}/metrics",
         "--model", model, "--load-mode", "open", "--steps", s["sweep"], "--step-time", str(s["step_time"]),
-        "--warmup", "2" if args.dry_run else "5", "--processes", str(s["processes"]),
+        "--warmup", f"{_warmup_s(args):g}", "--processes", str(s["processes"]),
         "--queries", str(_queries_file()), "--out", str(raw)])
     with GpuSampler() as sampler:
         result = run_load(load)

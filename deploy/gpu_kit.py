@@ -63,9 +63,14 @@ def log(msg: str) -> None:
     print(f"gpu-kit: {msg}", file=sys.stderr, flush=True)
 
 
+def _target_args(python: str) -> list[str]:
+    """pip's options for the device's interpreter and platforms, whatever this machine runs."""
+    return ["--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+            *[a for p in PLATFORMS for a in ("--platform", p)]]
+
+
 def _pip_download(dest: Path, python: str, requirements: list[str], deps: bool) -> list[Path]:
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--python-version", python,
-           "--implementation", "cp", "-d", str(dest), *[a for p in PLATFORMS for a in ("--platform", p)], *requirements]
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", *_target_args(python), "-d", str(dest), *requirements]
     subprocess.run(cmd + ([] if deps else ["--no-deps"]), check=True)
     return sorted(dest.glob("*.whl"))
 
@@ -156,8 +161,7 @@ def fetch(python: str, kit: Path) -> dict:
         wheels = [w for w in _pip_download(tmp / "site", python, SITE, deps=True) if _project(w) not in IMAGE_HAS]
         target = tmp / "site-tree"
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-compile",
-                        "--only-binary=:all:", "--python-version", python, "--implementation", "cp", "--target", str(target),
-                        *[a for p in PLATFORMS for a in ("--platform", p)], *map(str, wheels)], check=True)
+                        *_target_args(python), "--target", str(target), *map(str, wheels)], check=True)
         shutil.rmtree(kit, ignore_errors=True)
         kit.mkdir(parents=True)
         log("packing tritonserver (xz -9: about a minute)")
@@ -222,14 +226,14 @@ def install(kit: Path, venv: Path, image_python: str) -> dict:
 
 
 def missing_libraries(site: Path, python: str) -> list[str]:
-    """What ``ldd`` cannot find for the stub, with the launcher's LD_LIBRARY_PATH (the kit's libraries
-    and the interpreter's LIBDIR, where libpython3.X.so must be)."""
+    """What ``ldd`` cannot find for the stub, with the LD_LIBRARY_PATH the launcher gives the server
+    (``server_env``: the kit's libraries and the interpreter's LIBDIR, where libpython3.X.so must be)."""
     if not shutil.which("ldd"):
         return ["(ldd not found: not checked)"]
-    libdir = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-                            capture_output=True, text=True, check=True).stdout.strip()
+    code = "from model_repository.launcher import server_env; print(server_env()['LD_LIBRARY_PATH'])"  # what the server gets
+    library_path = subprocess.run([python, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     (stub,) = site.glob("pytriton/tritonserver/python_backend_stubs/*/triton_python_backend_stub")
-    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join([str(site / "nvidia_pytriton.libs"), libdir])}
+    env = {**os.environ, "LD_LIBRARY_PATH": library_path}
     out = subprocess.run(["ldd", str(stub)], capture_output=True, text=True, env=env).stdout
     return [line.split()[0] for line in out.splitlines() if "not found" in line]
 
