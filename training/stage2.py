@@ -216,9 +216,16 @@ def all_ranks_mean(values: list[float]) -> list[float]:
 
 
 def save(run: Distilled, c: Stage2Config, teacher_dir: Path, train_file: Path, out: Path) -> dict:
-    """Under torchrun every rank holds the same student; rank 0 alone writes it."""
-    if not run.main:
-        return run.metrics
+    """Under torchrun every rank holds the same student; rank 0 alone writes it, and no rank returns
+    before it has (as stage 1 ends: a rank that leaves early tears its gloo threads down under the others)."""
+    if run.main:
+        _write(run, c, teacher_dir, train_file, out)
+    if dist.is_initialized():
+        dist.barrier()
+    return run.metrics
+
+
+def _write(run: Distilled, c: Stage2Config, teacher_dir: Path, train_file: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     run.student.save(out / "student")
     (out / "losses.json").write_text(json.dumps(run.curves) + "\n", encoding="utf-8")
@@ -226,4 +233,3 @@ def save(run: Distilled, c: Stage2Config, teacher_dir: Path, train_file: Path, o
     inputs = {"train": train_file, "teacher_spec": teacher_dir / SPEC_FILE} | ({"queries": Path(c.queries)} if c.queries else {})
     write_run_card(out, "stage2", c, run.metrics, inputs, run.started,
                    {"teacher": str(teacher_dir)})
-    return run.metrics

@@ -27,4 +27,5 @@ if common.setup_distributed().rank == 0:
 
     torch.save({"weights": {k: v.detach().cpu() for k, v in run.student.state_dict().items()}, "metrics": run.metrics}, out)
 if dist.is_initialized():
+    dist.barrier()  # rank 0 has written: no rank tears its gloo threads down under the other
     dist.destroy_process_group()

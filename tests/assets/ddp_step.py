@@ -33,4 +33,5 @@ if ctx.rank == 0:
     grads = {n: p.grad.detach().cpu() for n, p in towers.named_parameters() if p.grad is not None}
     torch.save({"loss": float(loss), "grads": grads, "world": ctx.world}, out)
 if dist.is_initialized():
+    dist.barrier()  # rank 0 has written: no rank tears its gloo threads down under the other
     dist.destroy_process_group()
