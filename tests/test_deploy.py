@@ -67,6 +67,13 @@ def _matches(keys, scores, want_keys, want_scores) -> bool:
     return all(k == wk or abs(s - ws) < 1e-4 for k, s, wk, ws in zip(keys, scores, want_keys, want_scores))
 
 
+def _lifecycle(server) -> str:
+    """The model loads and unloads in the server's log (wall-clock stamped)."""
+    keep = ("loading:", "successfully", "unload", "ModelInstance", "mips_topk:")
+    log = server.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return "\n".join(line[:200] for line in log if any(k in line for k in keep))[-20000:]
+
+
 def test_index_swaps_under_load_lose_nothing(deployment, indexes, expected):
     """8 clients, two swaps: no failed call, every answer matches the index it reports, and the latency
     users feel around each swap (max and p99 within 2 s of it) is bounded and written down."""
@@ -98,9 +105,12 @@ def test_index_swaps_under_load_lose_nothing(deployment, indexes, expected):
     assert not wrong, f"{len(wrong)} responses do not match the index version they report: {wrong[:3]}"
     assert len(answers) > 100
     assert deploy.serving_version(server.grpc_url) == 3
-    # What users feel: a call that takes seconds but succeeds is an outage too.
-    for swap in swaps:
-        assert swap["latency_ms_within_2s_of_fault"]["max"] < SWAP_MAX_MS, swap
+    # What users feel: a call that takes seconds but succeeds is an outage too. A failure says whether the
+    # slow call was stuck alone (others completed meanwhile) or everything stalled, and what the server did.
+    for swap, (_, _, at, _) in zip(swaps, timeline):
+        slow = traffic.slow(SWAP_MAX_MS, at - 2.0, at + 2.0)
+        assert not slow, (f"swap to version {swap['version']} (deploy {swap['deploy_s']} s): {len(slow)} calls over "
+                          f"{SWAP_MAX_MS:.0f} ms: {slow[:8]}\nserver log:\n{_lifecycle(server)}")
 
 
 def test_a_corrupt_or_mismatched_index_is_refused_and_the_old_version_keeps_serving(deployment, indexes, tmp_path):

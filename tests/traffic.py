@@ -41,6 +41,18 @@ class Traffic:
         self.retries = 0  # attempts the clients repeated (RetryPolicy)
         self._halt = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(clients)]
+        self.pauses: list[tuple[float, float]] = []  # (start, seconds) this process was not scheduled (> 0.25 s)
+        self._threads.append(threading.Thread(target=self._watch, daemon=True))
+        self.wall_at_start = time.time() - time.monotonic()  # monotonic -> wall clock, for the server's log
+
+    def _watch(self, period_s: float = 0.01, report_s: float = 0.25) -> None:
+        """A canary: a sleep that overshoots by seconds means this process (or the machine) stalled, not the server."""
+        while not self._halt.is_set():
+            start = time.monotonic()
+            time.sleep(period_s)
+            late = time.monotonic() - start - period_s
+            if late > report_s:
+                self.pauses.append((start, round(late, 3)))
 
     def _run(self, n: int) -> None:
         with RetrievalClient(self.url, timeout_s=self.timeout_s, retry=self.retry, seed=n) as client:
@@ -64,6 +76,22 @@ class Traffic:
         self._halt.set()
         for t in self._threads:
             t.join(timeout=self.timeout_s + 30)
+
+    def slow(self, threshold_ms: float, since: float, until: float) -> list[dict]:
+        """The calls that started in [since, until] and took over ``threshold_ms``, each with what else happened
+        meanwhile: calls other clients completed during it (many: it was stuck alone, not the machine) and
+        this process's own stalls (the canary) that overlap it. Start offsets are from ``since``."""
+        calls = list(self.calls)
+        out = []
+        for c in sorted(calls, key=lambda c: -c.ms):
+            if c.ms <= threshold_ms or not since <= c.start <= until:
+                continue
+            out.append({"start_s": round(c.start - since, 3), "ms": round(c.ms, 1), "error": c.error,
+                        "answer": None if c.value is None else str(c.value[1] if isinstance(c.value, tuple) else c.value)[:40],
+                        "completed_meanwhile": sum(1 for o in calls if o is not c and c.start < o.end < c.end),
+                        "process_stalls": [p for p in self.pauses if p[0] < c.end and p[0] + p[1] > c.start],
+                        "wall": time.strftime("%H:%M:%S", time.localtime(c.start + self.wall_at_start))})
+        return out
 
     def answered_since_last_failure(self) -> int:
         """Successful calls that started after the last failed call started (all of them if none failed)."""
