@@ -39,7 +39,7 @@ from pathlib import Path
 
 from benchmarks import planner
 from benchmarks.common import free_port, stop_process_group, wait_healthy
-from model_repository.runtime.provenance import git_commit, machine, pyplot
+from model_repository.runtime.provenance import git_commit, machine, pyplot, save_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("env", "tests", "kernels", "serving")
@@ -268,7 +268,7 @@ def step_serving(out: Path, args, s: dict) -> dict:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / f"serve-{model}.png", dpi=120)
+        save_figure(fig, out / f"serve-{model}.png", dpi=120)
         plt.close(fig)
     return {**results, **({"skipped": skipped} if skipped else {})}
 

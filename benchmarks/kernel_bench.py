@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import median_seconds
-from model_repository.runtime.provenance import git_commit, machine, pyplot
+from model_repository.runtime.provenance import git_commit, machine, pyplot, save_figure
 
 
 def _unit(rng, n: int, d: int) -> np.ndarray:
@@ -125,7 +125,7 @@ def _plot_topk(result: dict, path: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -178,7 +178,7 @@ def _plot_compression(result: dict, path: Path, k: int) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -24,7 +24,7 @@ from benchmarks import openloop, triton_metrics
 from benchmarks.common import check_loopback, read_queries
 from benchmarks.procs import pinned, server_processes
 from model_repository.runtime.cpus import cpus_allowed, parse_cpus
-from model_repository.runtime.provenance import git_commit, machine
+from model_repository.runtime.provenance import git_commit, machine, save_figure
 
 
 def queue_policies(url: str, model: str) -> dict:
@@ -103,7 +103,7 @@ def plot(result: dict, path: Path) -> Path:
     ax.set_title(f"overload: {result['model']}, {result['factor']:g}x capacity ({result['capacity_rps']:.0f} req/s) "
                  f"in the middle phase")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     return path
 
 
@@ -126,7 +126,7 @@ def plot_policies(results: dict[str, dict], path: Path) -> Path:
                    f"from {first['phases'][0]['seconds']:g} s to {first['phases'][0]['seconds'] + first['phases'][1]['seconds']:g} s)")
     ax.set_title(f"overload, {first['model']}: queue policies side by side")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     return path
 
 

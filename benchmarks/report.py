@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import procs, triton_metrics
-from model_repository.runtime.provenance import git_commit, machine, pyplot
+from model_repository.runtime.provenance import git_commit, machine, pyplot, save_figure
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
 COUNT_TOLERANCE = 0.005  # client and server counts further apart than this: the run is refused, nothing written
@@ -143,7 +143,7 @@ def _finish(fig, ax, path: Path, *, title: str, xlabel: str, ylabel: str, slo_p9
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks.procs import rss_bytes, server_processes
+from model_repository.runtime.provenance import save_figure
 
 
 class RssSampler(threading.Thread):
@@ -101,7 +102,7 @@ def plot(result: dict, path: Path) -> Path:
     ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="upper left")
     ax.set_title(f"soak: {result['model']} at {result['rate_rps']:.1f} req/s ({result['fraction_of_capacity']:.0%} of capacity)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     return path
 
 

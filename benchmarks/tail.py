@@ -33,7 +33,7 @@ from benchmarks import procs
 from benchmarks.common import free_port, read_queries, stop_process_group, wait_healthy
 from benchmarks.openloop import OK, Generator
 from model_repository.runtime.cpus import parse_cpus
-from model_repository.runtime.provenance import git_commit, machine, pyplot
+from model_repository.runtime.provenance import git_commit, machine, pyplot, save_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -192,7 +192,7 @@ def plot(matched: list[tuple], path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 

@@ -178,7 +178,7 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> Path:
-    from model_repository.runtime.provenance import pyplot
+    from model_repository.runtime.provenance import pyplot, save_figure
 
     plt = pyplot()
     names = list(result["sets"])
@@ -199,6 +199,6 @@ def plot(result: dict, path: Path) -> Path:
     ax2.set_xticks([0, 1], ["batch 1, median ms", "batch 64, ms per query"])
     ax2.set_title("speed, one core (float32 left, int8 right)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path

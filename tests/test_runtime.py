@@ -161,3 +161,31 @@ def test_gpu_repositories_get_a_cuda_pool_sized_for_their_batches(tmp_path):
         f"--cuda-memory-pool-byte-size=0:{448 * MIB}", f"--cuda-memory-pool-byte-size=1:{448 * MIB}"]
     (tmp_path / "render.json").write_text(json.dumps({"context": {**context, "target": "cpu"}}))
     assert not [f for f in TritonServer(ServerConfig(tmp_path, tmp_path)).command(tmp_path) if "cuda-memory-pool" in f]
+
+
+def test_saved_figures_are_palette_pngs_that_look_the_same_at_a_fraction_of_the_bytes(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from model_repository.runtime.provenance import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.linspace(0, 10, 200)
+    for i in range(4):
+        ax.plot(x, np.sin(x + i), label=f"system {i}")
+    ax.fill_between(x, -0.5, 0.5, alpha=0.2)
+    ax.legend()
+    full = io.BytesIO()
+    fig.savefig(full, format="png", dpi=110)
+    path = save_figure(fig, tmp_path / "plot.png", dpi=110)
+    plt.close(fig)
+    saved = Image.open(path)
+    assert saved.mode == "P" and not (tmp_path / ".plot.png.tmp").exists()
+    want = np.asarray(Image.open(io.BytesIO(full.getvalue())).convert("RGB"), dtype=int)
+    got = np.asarray(saved.convert("RGB"), dtype=int)
+    assert got.shape == want.shape
+    diff = np.abs(got - want).max(axis=2)
+    assert (diff > 24).mean() < 0.01 and diff.mean() < 1.0, (diff.mean(), (diff > 24).mean())
+    assert path.stat().st_size < 0.6 * len(full.getvalue())

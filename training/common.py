@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from model_repository.runtime.files import sha256_file
-from model_repository.runtime.provenance import git_commit, pyplot
+from model_repository.runtime.provenance import git_commit, pyplot, save_figure
 
 @dataclasses.dataclass
 class Dist:
@@ -86,7 +86,7 @@ def plot_curves(path: Path, title: str, curves: dict[str, list[float]]) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -22,7 +22,7 @@ from ir_measures import RR, R, nDCG
 from kernels.compressed import truncate
 from kernels.topk import NumpyTopK
 from model_repository.runtime.files import sha256_file
-from model_repository.runtime.provenance import pyplot
+from model_repository.runtime.provenance import pyplot, save_figure
 
 from .config import EvalSet
 from .data import document_text, read_eval_corpus, read_eval_queries
@@ -226,7 +226,7 @@ def plot(results: dict, path: Path) -> None:
         axes[1].set_ylabel("query encoding, batch 1, median ms (CPU)")
         axes[1].tick_params(axis="x", labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

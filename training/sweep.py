@@ -195,7 +195,7 @@ def write(out: Path, stage: str, recipe: str, base_overrides: list[str], teacher
 
 
 def plot(summary: dict, path: Path) -> None:
-    from model_repository.runtime.provenance import pyplot
+    from model_repository.runtime.provenance import pyplot, save_figure
 
     plt = pyplot()
     labels = list(summary["candidates"])
@@ -209,5 +209,5 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_title(f"{summary['stage']} candidates on the dev splits", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
