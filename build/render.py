@@ -63,7 +63,7 @@ class ServingSettings:
     snippet_chars: int = dataclasses.field(default=240, metadata={"help": "length of the snippet returned per document"})
     target: str = dataclasses.field(default="cpu", metadata={"help": "cpu (ONNX Runtime, numpy) or gpu (TensorRT engine, Triton and CuPy kernels)"})
     pool_implementation: str = dataclasses.field(default="auto", metadata={"help": "pool_normalize: numpy or triton (auto: numpy on cpu, triton on gpu)"})
-    topk_implementation: str = dataclasses.field(default="auto", metadata={"help": "mips_topk: numpy, chunked, cupy or torch (auto: numpy on cpu, cupy on gpu)"})
+    topk_implementation: str = dataclasses.field(default="auto", metadata={"help": "mips_topk: numpy, faiss (cpu: faiss's scan for one query, numpy's for a batch), chunked, cupy or torch (auto: numpy on cpu, cupy on gpu)"})
     preferred_batch_sizes: str = dataclasses.field(default="8,16,32,64", metadata={"help": "gpu: the TensorRT encoder's preferred batch sizes"})
     pad_to_multiple: int = dataclasses.field(default=16, metadata={"help": "gpu: the tokenizer pads to a multiple of this many tokens"})
     encoder_implementation: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: onnx (CPU), torch (the tower's weights through PyTorch: fp16 + CUDA graphs on gpu, float32 on cpu) or tensorrt (auto: onnx on cpu, tensorrt on gpu)"})
@@ -110,7 +110,7 @@ class ServingSettings:
     # the query_encoder's stub (which pools) also holds the index and answers retrieve itself; mips_topk
     # stays for direct calls, and index deploys version both. Opt-in: 0.74 ms less server time a retrieve, p99
     # better in 4 rounds of 6 (benchmarks/results/peer-documents-2026-12-04/), twice the index's memory.
-    search_step: str = dataclasses.field(default="separate", metadata={"help": "where retrieve's search runs: separate (the mips_topk model, its own step) or encoder (inside the query_encoder's stub, which then pools too: cpu, numpy or chunked search, one index shard; mips_topk keeps a copy for direct calls)"})
+    search_step: str = dataclasses.field(default="separate", metadata={"help": "where retrieve's search runs: separate (the mips_topk model, its own step) or encoder (inside the query_encoder's stub, which then pools too: cpu, numpy, faiss or chunked search, one index shard; mips_topk keeps a copy for direct calls)"})
 
     def resolved(self) -> dict:
         """The settings as rendered: concrete implementations, GPU-only knobs zeroed on the CPU."""
@@ -147,9 +147,9 @@ class ServingSettings:
         if pooling_step not in POOLING_STEPS or (pooling_step == "encoder" and not fusable):
             raise ValueError(f"pooling_step must be one of {list(POOLING_STEPS)} ('encoder' needs the onnx encoder and numpy "
                              f"pooling); got {pooling_step!r} with encoder {encoder!r} and pooling {pool!r}")
-        if self.search_step not in SEARCH_STEPS or (self.search_step == "encoder" and (pooling_step != "encoder" or topk not in ("numpy", "chunked"))):
-            raise ValueError(f"search_step must be one of {list(SEARCH_STEPS)} ('encoder' needs pooling_step 'encoder' and the numpy "
-                             f"or chunked search); got {self.search_step!r} with pooling_step {pooling_step!r} and search {topk!r}")
+        if self.search_step not in SEARCH_STEPS or (self.search_step == "encoder" and (pooling_step != "encoder" or topk not in ("numpy", "faiss", "chunked"))):
+            raise ValueError(f"search_step must be one of {list(SEARCH_STEPS)} ('encoder' needs pooling_step 'encoder' and the numpy, "
+                             f"faiss or chunked search); got {self.search_step!r} with pooling_step {pooling_step!r} and search {topk!r}")
         for knob, top in (("encoder_nice", 19), ("topk_nice", 20)):
             if not -1 <= getattr(self, knob) <= top:
                 raise ValueError(f"{knob} must be in [0, {top}], or -1 for auto; got {getattr(self, knob)}")

@@ -62,16 +62,34 @@ def test_chunked_topk_served_equals_numpy_served(chunked_server, server, queries
     assert "implementation=numpy(gemm numpy+torch)" in server.log_path.read_text(encoding="utf-8", errors="replace")
 
 
+@pytest.fixture(scope="module")
+def faiss_server(tmp_path_factory, repository):
+    with _serving(tmp_path_factory, "faiss", "--topk-implementation", "faiss") as (server, _):
+        yield server
+
+
+def test_faiss_topk_served_equals_numpy_served(faiss_server, server, queries):
+    """One query a request (faiss's scan) and a batch of 24 (numpy's search) answer as the default does."""
+    texts = queries[:24]
+    with RetrievalClient(server.grpc_url) as a, RetrievalClient(faiss_server.grpc_url) as b:
+        for k in (1, 10, 200):
+            for batch in ([[t] for t in texts[:6]] + [texts]):
+                ra, rb = a.retrieve(batch, k=k), b.retrieve(batch, k=k)
+                assert_same_ranking([[h.doc_id for h in row] for row in ra.hits], [[h.score for h in row] for row in ra.hits],
+                                    [[h.doc_id for h in row] for row in rb.hits], [[h.score for h in row] for row in rb.hits])
+    assert "implementation=faiss(batches: numpy gemm numpy+torch)" in faiss_server.log_path.read_text(encoding="utf-8", errors="replace")
+
+
 @pytest.mark.parametrize("flag,value,message", [
     ("--topk-implementation", "cupy", "implementation 'cupy' needs CuPy and a CUDA device"),
     ("--pool-implementation", "triton", "implementation 'triton' needs a CUDA device"),
     ("--topk-implementation", "torch", "implementation on torch needs a KIND_GPU instance; this one is CPU"),
-    ("--topk-implementation", "faiss", "mips_topk: implementation must be one of"),
+    ("--topk-implementation", "scann", "mips_topk: implementation must be one of"),
 ])
 def test_a_gpu_or_unknown_implementation_refuses_to_load_here(tmp_path_factory, repository, flag, value, message):
     import torch
 
-    if torch.cuda.is_available() and value != "faiss":
+    if torch.cuda.is_available() and value != "scann":
         pytest.skip("this machine has CUDA; the GPU implementation would load")
     repo = _repository(tmp_path_factory, f"impl-{value}", flag, value)
     with pytest.raises(ServerStartError) as err:

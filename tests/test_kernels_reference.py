@@ -165,3 +165,39 @@ def test_topk_cpu_benchmark_runs_every_search_and_they_agree(tmp_path):
             assert row[f"{name}_ms_min"] <= row[f"{name}_ms"] <= row[f"{name}_ms_max"]
     assert result["timing"]["rounds"] == 2 and result["cpus_allowed"]
     assert out.with_suffix(".png").stat().st_size > 0 and "numpy+torch" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("n,dim,k", [(1023, 384, 10), (500, 33, 1), (5000, 64, 100)])
+def test_faiss_topk_equals_brute_force_through_faiss_for_one_query(n, dim, k):
+    """One query goes through faiss's scan (numpy's search is not called), a batch through numpy's;
+    both give the reference's documents in its order."""
+    from kernels.topk_faiss import FaissTopK
+
+    rng = np.random.default_rng(n + k)
+    index = rng.standard_normal((n, dim)).astype(np.float32)
+    queries = rng.standard_normal((6, dim)).astype(np.float32)
+    topk = FaissTopK(index)
+    batch = topk.search(queries, k)
+    exact_search, topk.exact.search = topk.exact.search, None  # one query must not need it
+    for row in range(len(queries)):
+        ids, scores = topk.search(queries[row : row + 1], k)
+        ref_ids, ref_scores = mips_topk_reference(queries[row : row + 1], index, k)
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(batch[0][row], ref_ids[0])
+    topk.exact.search = exact_search
+
+
+def test_faiss_topk_ties_at_the_kth_score_break_to_the_lower_id():
+    """Coarse vectors tie by the dozen: faiss's heap keeps an arbitrary one of equal scores, so a tie that
+    runs past its list falls back to numpy's search; every answer is the reference's."""
+    from kernels.topk_faiss import FaissTopK
+
+    rng = np.random.default_rng(3)
+    index = rng.integers(-1, 2, size=(400, 4)).astype(np.float32)
+    queries = rng.integers(-1, 2, size=(16, 4)).astype(np.float32)
+    topk = FaissTopK(index)
+    for k in (1, 5, 37, 390):
+        for row in range(len(queries)):
+            ids, _ = topk.search(queries[row : row + 1], k)
+            np.testing.assert_array_equal(ids, mips_topk_reference(queries[row : row + 1], index, k)[0])

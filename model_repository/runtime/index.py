@@ -145,14 +145,14 @@ def load_index(folder: Path | str, query_tower_fingerprint: str, mmap: bool = Fa
 
 def resident_bytes(manifest: dict, implementation: str) -> int:
     """Bytes the served search keeps resident for this index: device memory for cupy and torch,
-    host memory for numpy and chunked. A compressed index keeps only its codes (and int8 scales);
-    its float16 vectors stay memory-mapped and only the candidates are read. The numpy search
-    holds float32 copies; the others float16."""
+    host memory for numpy, faiss and chunked. A compressed index keeps only its codes (and int8 scales);
+    its float16 vectors stay memory-mapped and only the candidates are read. The numpy and faiss
+    searches hold float32 copies; the others float16."""
     n, d = int(manifest["count"]), int(manifest["dim"])
     c = manifest.get("compression")
     if c:
         return n * int(c["bytes_per_vector"])
-    return n * d * (4 if implementation == "numpy" else 2)
+    return n * d * (4 if implementation in ("numpy", "faiss") else 2)
 
 
 def snippet(text: str, max_chars: int) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 
 from kernels.topk import NumpyTopK
 from kernels.topk_chunked import ChunkedTopK, cupy_topk
+from kernels.topk_faiss import FaissTopK
 from kernels.topk_torch import TorchTopK
 
 from . import InvalidInput
@@ -22,7 +23,7 @@ from .index import load_index, snippet
 from .params import ModelParams
 from .placement import Placement, cupy_devices
 
-IMPLEMENTATIONS = {"numpy": NumpyTopK, "chunked": ChunkedTopK, "cupy": cupy_topk, "torch": TorchTopK}
+IMPLEMENTATIONS = {"numpy": NumpyTopK, "faiss": FaissTopK, "chunked": ChunkedTopK, "cupy": cupy_topk, "torch": TorchTopK}
 OUTPUTS = ("doc_ids", "scores", "doc_keys", "titles", "snippets", "index_version")
 
 
@@ -43,8 +44,8 @@ class IndexSearch:
         if params.int("index_rows") != len(self.index):
             raise ValueError(f"{model}: config says index_rows={params.int('index_rows')}; the index has {len(self.index)}")
         c = self.index.compressed
-        if c and implementation == "torch":
-            raise ValueError(f"{model}: a compressed index searches with numpy, chunked or cupy; got implementation 'torch'")
+        if c and implementation in ("torch", "faiss"):
+            raise ValueError(f"{model}: a compressed index searches with numpy, chunked or cupy; got implementation {implementation!r}")
         with placement.scope():  # the index goes to this instance's GPU
             if c:  # candidates from the compressed copy, ranked exactly with the float16 vectors
                 from kernels.compressed import RescoringTopK
@@ -54,6 +55,9 @@ class IndexSearch:
             elif implementation == "numpy":  # the float32 copy; which BLAS scores a batch (kernels/topk.py)
                 self.search = NumpyTopK(self.index.embeddings, gemm=params.optional("gemm", "auto"))
                 implementation = f"numpy(gemm {self.search.gemm})"
+            elif implementation == "faiss":  # faiss's scan for one query, numpy's search (MKL) for a batch, one float32 copy
+                self.search = FaissTopK(self.index.embeddings)
+                implementation = f"faiss(batches: numpy gemm {self.search.exact.gemm})"
             else:
                 self.search = IMPLEMENTATIONS[implementation](self.index.rows.float16())  # no fp32 copy
             for rows in (1, 2):  # warm: kernels, cuBLAS handle; on the CPU a batch of 2+ takes torch's MKL, ~9 ms on first use

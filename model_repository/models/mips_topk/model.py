@@ -1,6 +1,6 @@
 """mips_topk: embedding, k -> doc_ids, scores, doc_keys, titles, snippets, index_version.
 
-The search itself, its index checks and its kernels (``implementation``: numpy, chunked, cupy or
+The search itself, its index checks and its kernels (``implementation``: numpy, faiss, chunked, cupy or
 torch) are ``runtime.search.IndexSearch``, shared with the CPU query encoder that searches in its own
 stub (render's ``search_step`` "encoder"). Unsharded, this step gives back a ``retrieve`` request's
 admission ticket once it has answered (runtime.admission). ``cupy`` without a CUDA device refuses to
