@@ -48,36 +48,28 @@ def chunked_server(tmp_path_factory, repository):
         yield server
 
 
-def test_chunked_topk_served_equals_numpy_served(chunked_server, server, queries):
-    texts = queries[:24]
-    with RetrievalClient(server.grpc_url) as a, RetrievalClient(chunked_server.grpc_url) as b:
-        for k in (1, 10, 200):
-            ra, rb = a.retrieve(texts, k=k), b.retrieve(texts, k=k)
-            # numpy scores this batch with MKL, chunked with OpenBLAS: near-ties (~1e-7) may swap, nothing else
-            assert_same_ranking([[h.doc_id for h in row] for row in ra.hits], [[h.score for h in row] for row in ra.hits],
-                                [[h.doc_id for h in row] for row in rb.hits], [[h.score for h in row] for row in rb.hits])
-    log = chunked_server.log_path.read_text(encoding="utf-8", errors="replace")
-    assert "implementation=chunked" in log
-    # the default scores a batch of 2+ with torch's GEMM (kernels/topk.py), and says so
-    assert "implementation=numpy(gemm numpy+torch)" in server.log_path.read_text(encoding="utf-8", errors="replace")
-
-
 @pytest.fixture(scope="module")
 def faiss_server(tmp_path_factory, repository):
     with _serving(tmp_path_factory, "faiss", "--topk-implementation", "faiss") as (server, _):
         yield server
 
 
-def test_faiss_topk_served_equals_numpy_served(faiss_server, server, queries):
-    """One query a request (faiss's scan) and a batch of 24 (numpy's search) answer as the default does."""
+@pytest.mark.parametrize("other,says", [("chunked_server", "implementation=chunked"),
+                                        ("faiss_server", "implementation=faiss(batches: numpy gemm numpy+torch)")])
+def test_other_cpu_searches_served_equal_numpy_served(request, other, says, server, queries):
+    """One query a request (faiss's scan; chunked alike) and a batch of 24 (numpy's MKL GEMM, faiss's too)
+    answer as the default does: near-ties (~1e-7, other summation orders) may swap, nothing else."""
+    other = request.getfixturevalue(other)
     texts = queries[:24]
-    with RetrievalClient(server.grpc_url) as a, RetrievalClient(faiss_server.grpc_url) as b:
+    with RetrievalClient(server.grpc_url) as a, RetrievalClient(other.grpc_url) as b:
         for k in (1, 10, 200):
-            for batch in ([[t] for t in texts[:6]] + [texts]):
+            for batch in [[t] for t in texts[:6]] + [texts]:
                 ra, rb = a.retrieve(batch, k=k), b.retrieve(batch, k=k)
                 assert_same_ranking([[h.doc_id for h in row] for row in ra.hits], [[h.score for h in row] for row in ra.hits],
                                     [[h.doc_id for h in row] for row in rb.hits], [[h.score for h in row] for row in rb.hits])
-    assert "implementation=faiss(batches: numpy gemm numpy+torch)" in faiss_server.log_path.read_text(encoding="utf-8", errors="replace")
+    assert says in other.log_path.read_text(encoding="utf-8", errors="replace")
+    # the default scores a batch of 2+ with torch's GEMM (kernels/topk.py), and says so
+    assert "implementation=numpy(gemm numpy+torch)" in server.log_path.read_text(encoding="utf-8", errors="replace")
 
 
 @pytest.mark.parametrize("flag,value,message", [
