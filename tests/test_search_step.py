@@ -134,7 +134,7 @@ def test_the_search_step_setting_is_checked():
 
     assert ServingSettings().resolved()["search_step"] == "separate"
     with pytest.raises(ValueError, match=r"search_step must be one of \['separate', 'encoder'\] \('encoder' needs pooling_step "
-                                         r"'encoder' and the numpy or chunked search\); got 'encoder' with pooling_step 'separate'"):
+                                         r"'encoder' and the numpy, faiss or chunked search\); got 'encoder' with pooling_step 'separate'"):
         ServingSettings(search_step="encoder", pooling_step="separate").resolved()
     with pytest.raises(ValueError, match=r"got 'encoder' with pooling_step 'separate' and search 'cupy'"):
         ServingSettings(search_step="encoder", target="gpu").resolved()
