@@ -77,17 +77,18 @@ class Traffic:
         for t in self._threads:
             t.join(timeout=self.timeout_s + 30)
 
-    def slow(self, threshold_ms: float, since: float, until: float) -> list[dict]:
-        """The calls that started in [since, until] and took over ``threshold_ms``, each with what else happened
-        meanwhile: calls other clients completed during it (many: it was stuck alone, not the machine) and
-        this process's own stalls (the canary) that overlap it. Start offsets are from ``since``."""
+    def slow(self, threshold_ms: float, since: float, until: float, answer: Callable[[Any], Any] = str) -> list[dict]:
+        """The calls that started in [since, until] and took over ``threshold_ms``, each with ``answer`` of its
+        value and what else happened meanwhile: calls other clients completed during it (many: it was stuck
+        alone, not the machine) and this process's own stalls (the canary) that overlap it. Start offsets are
+        from ``since``."""
         calls = list(self.calls)
         out = []
         for c in sorted(calls, key=lambda c: -c.ms):
             if c.ms <= threshold_ms or not since <= c.start <= until:
                 continue
             out.append({"start_s": round(c.start - since, 3), "ms": round(c.ms, 1), "error": c.error,
-                        "answer": None if c.value is None else str(c.value[1] if isinstance(c.value, tuple) else c.value)[:40],
+                        "answer": None if c.value is None else answer(c.value),
                         "completed_meanwhile": sum(1 for o in calls if o is not c and c.start < o.end < c.end),
                         "process_stalls": [p for p in self.pauses if p[0] < c.end and p[0] + p[1] > c.start],
                         "wall": time.strftime("%H:%M:%S", time.localtime(c.start + self.wall_at_start))})

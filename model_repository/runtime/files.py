@@ -47,13 +47,18 @@ def atomic_folder(out: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to a hidden file beside ``path``, then replace ``path`` atomically."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a hidden file beside ``path``, then replace ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to a hidden file beside ``path``, then replace ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 ARTIFACTS_MANIFEST = "artifacts.json"  # in a model's version folder: sha256 of every data file it loads

@@ -55,17 +55,15 @@ def save_figure(fig, path, dpi: int = 110):
     GPU run re-sends the whole tree under a 64 MiB cap, so the bytes count.
     """
     import io
-    import os
-    from pathlib import Path
 
     from PIL import Image  # matplotlib's own dependency
 
-    path = Path(path)
-    raw = io.BytesIO()
+    from .files import atomic_write_bytes
+
+    raw, png = io.BytesIO(), io.BytesIO()
     fig.savefig(raw, format="png", dpi=dpi)
     raw.seek(0)
     image = Image.open(raw).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", optimize=True)
-    os.replace(tmp, path)
-    return path
+    image.save(png, format="PNG", optimize=True)
+    atomic_write_bytes(Path(path), png.getvalue())
+    return Path(path)
