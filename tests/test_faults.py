@@ -91,12 +91,13 @@ def test_a_killed_stub_is_back_within_seconds(supervised, baseline, model):
                             for e in supervised.supervisor.events if e.at > fault_at]
     write_result(f"stub-killed-{model}", result)
     assert result["recovery_s"] is not None and result["recovery_s"] <= 10.0, result
-    late = [c for c in traffic.failures if c.start > fault_at + result["recovery_s"]]
+    back = traffic.back_at(fault_at)  # recovery_s is rounded: a failed call may start within 0.5 ms of it
+    late = [c for c in traffic.failures if c.start >= back]
     assert not late, f"calls failed after the recovery: {late[:3]}"
     wrong = [c.value for c in traffic.calls if not c.error and not _same(*c.value[1:], *baseline[c.value[0]])]
     assert not wrong, f"{len(wrong)} answers differ from before the fault: {wrong[:2]}"
     assert supervised.is_ready() and _health(supervised, "/v2/health/live") == 200
-    assert sum(1 for c in traffic.calls if not c.error and c.start > fault_at + result["recovery_s"]) > 20
+    assert sum(1 for c in traffic.calls if not c.error and c.start >= back) > 20
 
 
 def test_without_the_supervisor_a_killed_stub_is_a_silent_outage(repository, tmp_path):

@@ -77,6 +77,16 @@ class Traffic:
         for t in self._threads:
             t.join(timeout=self.timeout_s + 30)
 
+    def back_at(self, fault_at: float) -> float | None:
+        """Unrounded: the start of the first call (of those ending after ``fault_at``) from which on every call
+        succeeded; ``fault_at`` itself if none failed, None if the run never got there. ``summary``'s
+        ``recovery_s`` is this, less ``fault_at``, rounded to the millisecond: compare calls with this."""
+        after = sorted((c for c in self.calls if c.end >= fault_at), key=lambda c: c.start)
+        last_bad = max((i for i, c in enumerate(after) if c.error), default=None)
+        if last_bad is None:
+            return fault_at
+        return after[last_bad + 1].start if last_bad + 1 < len(after) else None
+
     def slow(self, threshold_ms: float, since: float, until: float, answer: Callable[[Any], Any] = str) -> list[dict]:
         """The calls that started in [since, until] and took over ``threshold_ms``, each with ``answer`` of its
         value and what else happened meanwhile: calls other clients completed during it (many: it was stuck
@@ -115,13 +125,9 @@ class Traffic:
                "latency_ms": _percentiles(ms)}
         if fault_at is not None:
             after = [c for c in calls if c.end >= fault_at]
-            last_bad = max((i for i, c in enumerate(after) if c.error), default=None)
-            back = after[last_bad + 1].start if last_bad is not None and last_bad + 1 < len(after) else None
+            back = self.back_at(fault_at)  # None: never back within the run
             near = np.array([c.ms for c in calls if abs(c.start - fault_at) <= window_s and not c.error])
-            if last_bad is None:
-                recovery = 0.0
-            else:  # None: never back within the run
-                recovery = None if back is None else round(max(0.0, back - fault_at), 3)
+            recovery = None if back is None else round(max(0.0, back - fault_at), 3)
             out.update({
                 "failed_after_fault": sum(1 for c in after if c.error),
                 "recovery_s": recovery,
