@@ -172,3 +172,16 @@ def test_a_rebuild_without_corpus_refuses_a_folder_built_from_another_corpus(tmp
     err = capsys.readouterr().err
     assert "was built from --corpus /data/wordnet/corpus.jsonl: pass --corpus /data/wordnet/corpus.jsonl" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == [".build.lock", "model_repository"]  # nothing built
+
+
+def test_a_cached_other_point_release_does_not_stand_in_for_the_pinned_one(tmp_path):
+    """A cache left by another point release once built the FAQ corpus from it (pinned: false) while
+    the pinned .deb was one apt-get away; the pinned one wins when both are cached."""
+    from training.corpus import fetch_deb
+
+    lock = json.loads((ROOT / "training" / "sources.lock.json").read_text(encoding="utf-8"))["python3.11-doc"]
+    pinned = tmp_path / f"python3.11-doc_{lock['version']}_all.deb"
+    for name in ("python3.11-doc_3.11.2-6+deb12u1_all.deb", "python3.11-doc_3.11.2-7_all.deb"):
+        (tmp_path / name).write_bytes(b"another point release")
+    pinned.write_bytes(b"the pinned one")
+    assert fetch_deb(tmp_path) == pinned

@@ -133,9 +133,30 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def pinned_version(package: str) -> str | None:
+    """The version ``sources.lock.json`` pins for ``package``, if it pins one."""
+    entry = json.loads(LOCK_FILE.read_text(encoding="utf-8")).get(package)
+    return entry["version"] if entry else None
+
+
 def fetch_deb(cache: Path, package: str = DOC_PACKAGE) -> Path:
-    """apt-get download into ``cache`` (once); refresh apt lists if apt does not know the package."""
+    """apt-get download into ``cache`` (once); refresh apt lists if apt does not know the package.
+
+    A package the lock pins is fetched at the pinned version (``apt-get download pkg=version``), and a
+    cached copy of another version does not stand in for it: a cache left by an older point release
+    would silently change the corpus. Only if apt cannot give the pinned version is the newest cached
+    or downloadable one used (``check_lock`` then warns and records it)."""
     cache.mkdir(parents=True, exist_ok=True)
+    pinned = pinned_version(package)
+    if pinned:
+        mine = sorted(cache.glob(f"{package}_{pinned.replace(':', '%3a')}_*.deb"))
+        if mine:
+            return mine[-1]
+        r = subprocess.run(["apt-get", "download", f"{package}={pinned}"], cwd=cache, capture_output=True, text=True)
+        mine = sorted(cache.glob(f"{package}_{pinned.replace(':', '%3a')}_*.deb"))
+        if r.returncode == 0 and mine:
+            return mine[-1]
+        print(f"apt-get download {package}={pinned} failed ({r.stderr.strip()[-200:]}); trying the newest version", file=sys.stderr)
     found = sorted(cache.glob(f"{package}_*.deb"))
     if found:
         return found[-1]
