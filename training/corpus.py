@@ -133,10 +133,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def pinned_version(package: str) -> str | None:
-    """The version ``sources.lock.json`` pins for ``package``, if it pins one."""
-    entry = json.loads(LOCK_FILE.read_text(encoding="utf-8")).get(package)
-    return entry["version"] if entry else None
+def locked(package: str) -> dict | None:
+    """What ``sources.lock.json`` pins for ``package`` ({"version", "sha256"}), if it pins it."""
+    return json.loads(LOCK_FILE.read_text(encoding="utf-8")).get(package)
+
+
+def cached_deb(cache: Path, package: str, version: str = "*") -> Path | None:
+    """The newest ``package`` .deb in ``cache`` of ``version`` (apt writes an epoch's ':' as %3a)."""
+    found = sorted(cache.glob(f"{package}_{version.replace(':', '%3a')}_*.deb"))
+    return found[-1] if found else None
 
 
 def fetch_deb(cache: Path, package: str = DOC_PACKAGE) -> Path:
@@ -147,24 +152,21 @@ def fetch_deb(cache: Path, package: str = DOC_PACKAGE) -> Path:
     would silently change the corpus. Only if apt cannot give the pinned version is the newest cached
     or downloadable one used (``check_lock`` then warns and records it)."""
     cache.mkdir(parents=True, exist_ok=True)
-    pinned = pinned_version(package)
-    if pinned:
-        mine = sorted(cache.glob(f"{package}_{pinned.replace(':', '%3a')}_*.deb"))
-        if mine:
-            return mine[-1]
-        r = subprocess.run(["apt-get", "download", f"{package}={pinned}"], cwd=cache, capture_output=True, text=True)
-        mine = sorted(cache.glob(f"{package}_{pinned.replace(':', '%3a')}_*.deb"))
-        if r.returncode == 0 and mine:
-            return mine[-1]
-        print(f"apt-get download {package}={pinned} failed ({r.stderr.strip()[-200:]}); trying the newest version", file=sys.stderr)
-    found = sorted(cache.glob(f"{package}_*.deb"))
-    if found:
-        return found[-1]
+    pin = locked(package)
+    if pin:
+        if deb := cached_deb(cache, package, pin["version"]):
+            return deb
+        r = subprocess.run(["apt-get", "download", f"{package}={pin['version']}"], cwd=cache, capture_output=True, text=True)
+        if r.returncode == 0 and (deb := cached_deb(cache, package, pin["version"])):
+            return deb
+        print(f"apt-get download {package}={pin['version']} failed ({r.stderr.strip()[-200:]}); trying the newest version",
+              file=sys.stderr)
+    if deb := cached_deb(cache, package):
+        return deb
     for attempt in range(2):
         r = subprocess.run(["apt-get", "download", package], cwd=cache, capture_output=True, text=True)
-        found = sorted(cache.glob(f"{package}_*.deb"))
-        if r.returncode == 0 and found:
-            return found[-1]
+        if r.returncode == 0 and (deb := cached_deb(cache, package)):
+            return deb
         if attempt == 0:
             print(f"apt-get download {package} failed; running apt-get update once", file=sys.stderr)
             subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
@@ -175,7 +177,7 @@ def fetch_deb(cache: Path, package: str = DOC_PACKAGE) -> Path:
 
 
 def check_lock(deb: Path) -> dict:
-    lock = json.loads(LOCK_FILE.read_text(encoding="utf-8"))[DOC_PACKAGE]
+    lock = locked(DOC_PACKAGE)
     version = deb.name.split("_")[1]
     actual = sha256_file(deb)
     if version == lock["version"] and actual != lock["sha256"]:

@@ -46,9 +46,8 @@ def main() -> None:
     for s in sets:
         ax.plot([r[2] for r in students], [r[5][s] for r in students], "o-", label=s)
     ax.plot([1.0], [1.0], "k*", ms=9, label="stage 1 itself")
-    for label, _, x, *_ in students:
-        ax.annotate(label, (x, min(r[5][s] for r in rows if r[0] == label for s in sets)), textcoords="offset points",
-                    xytext=(0, -14), ha="center", fontsize=8)
+    for label, _, x, _, _, ratio in students:  # under its lowest point
+        ax.annotate(label, (x, min(ratio.values())), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
     ax.axhline(KEEP, color="grey", ls="--", lw=1)
     ax.axvline(SPEEDUP, color="grey", ls=":", lw=1)
     ax.text(SPEEDUP, ax.get_ylim()[0], " 4x", fontsize=8, va="bottom")
