@@ -99,7 +99,7 @@ def pick_stage2(scores: dict[str, dict]) -> tuple[str, str]:
 
 def run(recipe: str, base_overrides: list[str], stage: str, candidates: list[str], out: Path, teacher: Path | None = None) -> dict:
     from . import stage1, stage2
-    from .__main__ import data_step, log
+    from .steps import data_step, log
 
     out.mkdir(parents=True, exist_ok=True)
     cache = evaluate.EMBEDDING_CACHE
