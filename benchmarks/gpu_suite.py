@@ -37,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks import planner
+from benchmarks.capacity import planner
 from benchmarks.common import free_port, stop_process_group, wait_healthy
 from model_repository.runtime.provenance import git_commit, machine, pyplot, save_figure
 
@@ -176,7 +176,7 @@ class GpuSampler:
 
 
 def _serve_one(out: Path, args, s: dict, shape: str) -> dict:
-    from benchmarks.__main__ import add_load_arguments
+    from benchmarks.load.runner import add_load_arguments
 
     load_s = 2 * (len(s["sweep"].split(",")) * s["step_time"] + _warmup_s(args) + 5)  # embed and retrieve
     _require(args, load_s + (20 if args.dry_run else 90))  # + build, index and server start: a shape that cannot finish is skipped
@@ -212,7 +212,7 @@ def _serve_one(out: Path, args, s: dict, shape: str) -> dict:
 
 def _sweep_one(out: Path, args, s: dict, shape: str, model: str, grpc: int, metrics: int, parser, need_s: float) -> dict:
     """One model's open-loop sweep, with nvidia-smi sampled during it; its raw JSON is written beside the summary."""
-    from benchmarks.__main__ import run_load
+    from benchmarks.load.runner import run_load
 
     _require(args, need_s)  # a sweep that cannot finish before the deadline is not started
     raw = out / f"serve-{shape}-{model}.json"

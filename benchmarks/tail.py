@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import procs
+from benchmarks.load import procs
 from benchmarks.common import free_port, read_queries, stop_process_group, wait_healthy
-from benchmarks.openloop import OK, Generator
+from benchmarks.load.openloop import OK, Generator
 from model_repository.runtime.cpus import parse_cpus
 from model_repository.runtime.provenance import git_commit, machine, pyplot, save_figure
 

@@ -175,7 +175,7 @@ def test_fastembed_peer_serves_the_same_embeddings_and_documents_as_ours(retriev
     port = free_port()
     index = ["--index", str(repository / "mips_topk" / "1" / "index"), *compare.snippet_chars(repository)]
     assert index[-2:] == ["--snippet-chars", "240"]
-    proc = subprocess.Popen([str(FASTEMBED_PYTHON), "-m", "benchmarks.st_server", "--engine", "fastembed", "--model", str(folder),
+    proc = subprocess.Popen([str(FASTEMBED_PYTHON), "-m", "benchmarks.peers.st_server", "--engine", "fastembed", "--model", str(folder),
                              "--port", str(port), "--threads", "1", *index], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                             start_new_session=True)
     texts = ["how do I read a file line by line", "What is a lambda?"]

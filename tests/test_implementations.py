@@ -149,7 +149,7 @@ def test_sharded_index_served_equals_the_whole_index(sharded_server, server, que
 
 def test_load_breakdown_follows_the_ensemble_the_server_runs(sharded_server, server, tmp_path):
     """The per-step breakdown reads the served ensemble's steps: a sharded repository is measured shard by shard."""
-    from benchmarks.__main__ import run_load
+    from benchmarks.load.runner import run_load
     from tests.test_load import load_args
 
     sharded, _ = sharded_server

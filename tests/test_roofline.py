@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks import roofline
+from benchmarks.capacity import roofline
 from benchmarks.__main__ import main as bench_main
 from tests.conftest import ARTIFACTS
 

@@ -121,7 +121,7 @@ def test_a_burst_of_embed_and_retrieve_batched_in_the_encoder_each_equals_the_re
 def test_the_planner_counts_both_copies_of_the_index(fused, server):
     """The capacity planner's memory fit reads what each copy of the index holds resident: the encoder's and
     mips_topk's, twice the default repository's."""
-    from benchmarks.planner import sizes_from_server
+    from benchmarks.capacity.planner import sizes_from_server
 
     served, _ = fused
     default, searched = sizes_from_server(server.grpc_url), sizes_from_server(served.grpc_url)

@@ -20,9 +20,9 @@ import json
 import os
 from pathlib import Path
 
-from benchmarks import openloop, triton_metrics
+from benchmarks.load import openloop, triton_metrics
 from benchmarks.common import check_loopback, read_queries
-from benchmarks.procs import pinned, server_processes
+from benchmarks.load.procs import pinned, server_processes
 from model_repository.runtime.cpus import cpus_allowed, parse_cpus
 from model_repository.runtime.provenance import git_commit, machine, save_figure
 
@@ -82,7 +82,7 @@ def verdicts(windows: list[dict], storm: list[dict], after: list[dict], storm_su
 
 
 def plot(result: dict, path: Path) -> Path:
-    from benchmarks.report import _axes  # matplotlib with the Agg backend
+    from benchmarks.load.report import _axes  # matplotlib with the Agg backend
 
     fig, ax = _axes()
     ws = result["windows"]
@@ -109,7 +109,7 @@ def plot(result: dict, path: Path) -> Path:
 
 def plot_policies(results: dict[str, dict], path: Path) -> Path:
     """Admitted p99 and admitted rate per window over time, one line per queue policy (name -> result)."""
-    from benchmarks.report import _axes
+    from benchmarks.load.report import _axes
 
     fig, (ax, ax2) = _axes(nrows=2, sharex=True, figsize=(8, 7))
     for name, r in results.items():

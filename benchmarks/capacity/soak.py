@@ -13,7 +13,7 @@ window within ``--max-p99-drift`` of the first; RSS of every process within ``--
 end of the first window (warm-up done: arenas, caches and the batcher's buffers have grown by then).
 The results JSON holds RSS per window per process; the PNG plots p99 and RSS over time.
 
-The 10-minute soak is a benchmark (README); tests/test_soak.py runs a 60-second one in CI.
+The 10-minute soak is a benchmark (docs/operations.md); tests/test_soak.py runs a 60-second one in CI.
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.procs import rss_bytes, server_processes
+from benchmarks.load.procs import rss_bytes, server_processes
+from benchmarks.load.runner import run_load
 from model_repository.runtime.provenance import save_figure
 
 
@@ -86,7 +87,7 @@ def verdicts(windows: list[dict], rss: list[dict], max_rss_growth: float, max_p9
 
 
 def plot(result: dict, path: Path) -> Path:
-    from benchmarks.report import _axes  # matplotlib with the Agg backend
+    from benchmarks.load.report import _axes  # matplotlib with the Agg backend
 
     fig, ax = _axes()
     ws = result["window_s"]
@@ -106,8 +107,7 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
-def run(args: argparse.Namespace, run_load) -> dict:
-    """``run_load``: benchmarks.__main__.run_load (Locust under a hard limit)."""
+def run(args: argparse.Namespace) -> dict:
     base = Path(args.out)
     capacity = None
     if args.rate:

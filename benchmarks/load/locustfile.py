@@ -1,7 +1,7 @@
 """Locust load test of the retrieval server over gRPC (tritonclient), bounded and microsecond-exact.
 
 Run it through ``python -m benchmarks load`` (headless, hard time limit, JSON + PNG), or
-directly for the web UI: ``locust -f benchmarks/locustfile.py --grpc-url 127.0.0.1:8001``.
+directly for the web UI: ``locust -f benchmarks/load/locustfile.py --grpc-url 127.0.0.1:8001``.
 
 Why it is bounded: gRPC's blocking calls do not cooperate with gevent, and
 ``grpc.experimental.gevent.init_gevent()`` hung here, ignoring ``-t``. Each call instead
@@ -38,10 +38,10 @@ from locust import LoadTestShape, User, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from tritonclient.utils import InferenceServerException
 
-from benchmarks import procs, report, triton_metrics
+from benchmarks.load import procs, report, triton_metrics
 from benchmarks.common import check_loopback, error_kind, read_queries
-from benchmarks.options import add_load_options
-from benchmarks.recorder import Recorder
+from benchmarks.load.options import add_load_options
+from benchmarks.load.recorder import Recorder
 from clients.retrieval import RetrievalClient
 
 
@@ -313,7 +313,7 @@ class InfinityUser(HttpPeerUser):
 
 
 class ShimUser(HttpPeerUser):
-    """The thin HTTP shim (``benchmarks/st_server.py``): ``/embed``, and ``/retrieve`` with faiss-cpu."""
+    """The thin HTTP shim (``benchmarks/peers/st_server.py``): ``/embed``, and ``/retrieve`` with faiss-cpu."""
 
     def request(self, texts):
         if self.options.model == "retrieve":

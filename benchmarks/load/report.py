@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import procs, triton_metrics
+from benchmarks.load import procs, triton_metrics
 from model_repository.runtime.provenance import git_commit, machine, pyplot, save_figure
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}

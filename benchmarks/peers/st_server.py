@@ -1,6 +1,6 @@
 """The plain baselines: an embedder behind a minimal HTTP server, one request at a time.
 
-python -m benchmarks.st_server --model PATH [--engine st|fastembed] [--threads N] [--index DIR] [--port 7998]
+python -m benchmarks.peers.st_server --model PATH [--engine st|fastembed] [--threads N] [--index DIR] [--port 7998]
 (binds 127.0.0.1). POST /embed {"texts": [...]} -> {"embeddings": [[...], ...]};
 GET /health -> 200 once loaded, with the engine and its thread counts.
 With --index (an index folder: shard-*.npy, docs.jsonl, manifest.json), also faiss-cpu IndexFlatIP over
@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.st_server")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers.st_server")
     parser.add_argument("--model", required=True, help="sentence-transformers model folder")
     parser.add_argument("--index", default="", help="index folder with shard-*.npy to serve /retrieve with faiss")
     parser.add_argument("--engine", choices=("st", "fastembed"), default="st")

@@ -127,7 +127,7 @@ def fastembed(repository: Path) -> dict:
         urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:27010/embed", data=body,
                                                       headers={"Content-Type": "application/json"})).read()
 
-    return served([str(PEERS / "fastembed-venv/bin/python"), "-m", "benchmarks.st_server", "--engine", "fastembed",
+    return served([str(PEERS / "fastembed-venv/bin/python"), "-m", "benchmarks.peers.st_server", "--engine", "fastembed",
                    "--model", str(folder), "--port", "27010", "--threads", "1"], "http://127.0.0.1:27010/health", call,
                   HERE / "fastembed-server.log")
 

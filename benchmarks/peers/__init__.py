@@ -1,0 +1,1 @@
+"""The peers compare serves beside ours: the sentence-transformers / fastembed shim (+ faiss-cpu)."""
