@@ -10,7 +10,7 @@ split), so an int8 query is searched against full-precision documents.
 The quantized graph is written once per tower, next to its ``model.onnx``
 (``model.int8.onnx``, with ``int8.json`` saying how it was made and how far its embeddings
 moved on the export's check texts). Its retrieval cost is measured by ``report`` (dev splits
-only) and written down in the README, next to its speed.
+only) and written down in docs/performance.md, next to its speed.
 """
 from __future__ import annotations
 

@@ -47,15 +47,13 @@ TORCH_ENCODER_FILES = ("config.json", "*.safetensors")  # the tower's weights, i
 class ServingSettings:
     max_batch_size: int = dataclasses.field(default=128, metadata={"help": "Triton max_batch_size of every model (rows per executed batch)"})
     max_rows_per_request: int = dataclasses.field(default=64, metadata={"help": "most texts one request may carry"})
-    # On the CPU a lone request waited the whole window at each of the three batched python steps
-    # (~0.6 ms each, Triton's traces); with 0 the batcher still merges what queued while the
-    # instance was busy, so the window adapts: none when light, a batch when backed up.
+    # 0 on the CPU: a window makes a lone request wait it out at every batched step, and with 0 the batcher
+    # still merges what queued while the instance was busy (benchmarks/results/window-2026-11-24/).
     max_queue_delay_us: int = dataclasses.field(default=-1, metadata={"help": "dynamic batcher: how long a request may wait for others (-1: auto, 0 on cpu, 500 on gpu)"})
-    # Off by default: with any default_queue_policy, Triton 2.51's dynamic batcher leaves queued
-    # requests waiting while their instance idles, until the next arrival or its 500 ms timer
-    # (measured: benchmarks/results/tail-2026-11-23/). Either knob below turns a policy on.
-    max_queue_size: int = dataclasses.field(default=0, metadata={"help": "requests a model may queue before rejecting with UNAVAILABLE (0: unbounded, no queue policy; any policy brings Triton 2.51's batcher stalls, see README)"})
-    queue_timeout_us: int = dataclasses.field(default=0, metadata={"help": "a request queued longer than this is rejected (0: never; any policy brings Triton 2.51's batcher stalls, see README)"})
+    # No queue policy by default: under any default_queue_policy Triton 2.51's batcher leaves queued requests
+    # waiting while their instance idles (benchmarks/results/tail-2026-11-23/). Either knob turns one on.
+    max_queue_size: int = dataclasses.field(default=0, metadata={"help": "requests a model may queue before rejecting with UNAVAILABLE (0: unbounded, no queue policy; any policy brings Triton 2.51's batcher stalls, see docs/performance.md)"})
+    queue_timeout_us: int = dataclasses.field(default=0, metadata={"help": "a request queued longer than this is rejected (0: never; any policy brings Triton 2.51's batcher stalls, see docs/performance.md)"})
     instances: int = dataclasses.field(default=1, metadata={"help": "instances of each python model"})
     max_chars: int = dataclasses.field(default=8192, metadata={"help": "longest accepted text, in characters"})
     intra_op_threads: int = dataclasses.field(default=0, metadata={"help": "ONNX Runtime intra-op threads (0: one per core)"})
@@ -69,47 +67,23 @@ class ServingSettings:
     encoder_implementation: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: onnx (CPU), torch (the tower's weights through PyTorch: fp16 + CUDA graphs on gpu, float32 on cpu) or tensorrt (auto: onnx on cpu, tensorrt on gpu)"})
     encoder_cuda_graphs: int = dataclasses.field(default=1, metadata={"help": "gpu, encoder torch: capture one CUDA graph per (batch bucket, token multiple) at load (0: eager)"})
     encoder_batch_buckets: str = dataclasses.field(default="1,2,4,8,16,32,64,128", metadata={"help": "encoder torch: batches are padded up to one of these row counts"})
-    # On a CPU core a batch of n short queries costs ~n times one query (measured: README,
-    # "Tail latency"), so merging queued requests gains no throughput and makes the first of
-    # them wait for the last. One request per execution, in arrival order, is the CPU default.
-    # Admission at the tokenizer (model_repository/runtime/admission.py): a request that would put
-    # more rows than this between the tokenizer and pooling is refused at once (UNAVAILABLE), so an
-    # admitted request waits behind fewer than this many rows of encoder work. On the CPU, 8 rows
-    # held 3x capacity to an admitted p99 of ~170 ms (benchmarks/results/overload-default-2026-11-24/);
-    # without a limit the queue grew to the clients' deadline. Off on the GPU, where batching wants
-    # many rows in flight and no limit has been measured. A burst above the limit is refused, not
-    # queued (README, "Overload").
+    # 8 rows on the CPU: it held 3x capacity to an admitted p99 of ~170 ms, where without a limit the queue grew
+    # to the clients' deadline (benchmarks/results/overload-default-2026-11-24/). Off on the GPU: not measured.
     admission_max_rows: int = dataclasses.field(default=-1, metadata={"help": "rows in flight between the tokenizer and the step that answers (pooling for embed, the search for retrieve) before new requests are refused at once with UNAVAILABLE (0: no limit; -1: auto, 8 on cpu, 0 on gpu)"})
-    # 19 on the CPU until 2026-12-03: at 3x capacity it took the refusal p99 from 5.4-5.5 to 4.5-4.7 ms
-    # (benchmarks/results/overload-default-2026-11-24/nice-exploration/), but at ordinary load the
-    # encoder's compute waited behind every other stage: retrieve at 20 req/s, 3 interleaved rounds,
-    # p99 78.9 ms (59.4-100.4) at 19 (search SCHED_IDLE) against 45.0 (37.0-58.8) at 0/0
-    # (benchmarks/results/capacity-retrieve-2026-12-03/). Opt-in now.
-    encoder_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend query_encoder: nice value its stub takes at load, 0-19 (0: unchanged; -1: auto, 0; 19 lets the short stages and refusals run ahead of it under overload, at a cost to the tail at ordinary load)"})
-    # OpenBLAS's SGEMM with a few columns scored 2 queries of a 100k-row index in 60 ms where one took
-    # 15 ms (one core); torch's MKL GEMM takes 22 ms (benchmarks/results/topk-cpu-2026-11-24/).
+    # A batch of 2+ queries through torch's MKL GEMM: OpenBLAS's few-column SGEMM is slower for 2 than 1
+    # (benchmarks/results/topk-cpu-2026-11-24/).
     topk_gemm: str = dataclasses.field(default="auto", metadata={"help": "mips_topk numpy: auto (OpenBLAS GEMV for one query, torch's MKL GEMM for 2+) or numpy (OpenBLAS for every batch)"})
-    # Under SCHED_IDLE the search's stub runs only while the encoder has nothing to do, so on a shared
-    # core the encoder runs ahead and queued searches merge into one MKL GEMM: on the 117,659-document
-    # index at 30 req/s p99 234.6 ms against 332 at nice 0 with the encoder at 19, and 238 with both at 0
-    # (benchmarks/results/compare-100k-30rps-2026-11-24/). The CPU default from 2026-12-02 to -03; with the
-    # encoder back at 0 it is opt-in (see encoder_nice). Bounded: retrieve's admission ticket comes back
-    # after its search, so the rows waiting there count against the limit.
-    topk_nice: int = dataclasses.field(default=-1, metadata={"help": "python-backend mips_topk: nice value its stub takes at load, 0-19, or 20 for SCHED_IDLE (0: unchanged; -1: auto, 0)"})
     admission_ttl_s: float = dataclasses.field(default=5.0, metadata={"help": "an admitted request that never gets its answer step (cancelled, a stub killed) stops counting after this long"})
+    # Sequential on the CPU: a batch of n short queries costs ~n queries on a core, so merging only makes
+    # the first wait for the last (benchmarks/results/batching-2026-11-23/).
     encoder_batching: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: dynamic (Triton's dynamic batcher merges queued requests) or sequential (one request per execution, in arrival order; no batcher); auto: dynamic on gpu or with a queue policy, sequential on cpu"})
-    # Opt-in: ONNX Runtime's dynamic int8 quantization of the query encoder (build/quantize.py);
-    # the document index stays as the float doc tower built it. Its quality cost: README.
-    encoder_quantization: str = dataclasses.field(default="none", metadata={"help": "query_encoder on the CPU: none (float32) or int8 (ONNX Runtime dynamic quantization of the weights; 1.10x at batch 1 on an AVX2-only CPU, up to 3% nDCG@10: see README)"})
-    # On the CPU the pool_normalize step was a python hop of its own (~1-2 ms of IPC and
-    # scheduling per request, Triton's traces) for a few microseconds of numpy. With "encoder" the
-    # query_encoder's stub pools and normalises with the same function and answers the embedding.
+    # Off by default: not worth its quality cost on a CPU without VNNI (benchmarks/results/int8-encoder-2026-11-24/).
+    encoder_quantization: str = dataclasses.field(default="none", metadata={"help": "query_encoder on the CPU: none (float32) or int8 (ONNX Runtime dynamic quantization of the weights; 1.10x at batch 1 on an AVX2-only CPU, up to 3% nDCG@10: see docs/performance.md)"})
+    # In the encoder's stub on the CPU: a step of its own is a python hop for microseconds of numpy
+    # (benchmarks/results/pooling-step-2026-11-24/).
     pooling_step: str = dataclasses.field(default="auto", metadata={"help": "where pooling + L2 normalisation run: separate (the pool_normalize model, its own step) or encoder (inside the onnx query_encoder's stub, one python hop fewer); auto: encoder on cpu with the onnx encoder and numpy pooling, else separate"})
-    # retrieve's search was a python hop of its own after the encoder (~0.7 ms of IPC a call, and the
-    # index cache-cold behind the encoder: benchmarks/results/grid-retrieve-2026-12-03/). With "encoder"
-    # the query_encoder's stub (which pools) also holds the index and answers retrieve itself; mips_topk
-    # stays for direct calls, and index deploys version both. Opt-in: 0.74 ms less server time a retrieve, p99
-    # better in 4 rounds of 6 (benchmarks/results/peer-documents-2026-12-04/), twice the index's memory.
+    # Opt-in: it saves a hop but holds the index twice, and one stub queues every request behind the slowest
+    # (benchmarks/results/peer-documents-2026-12-04/, compare-100k-faiss-2026-12-06/).
     search_step: str = dataclasses.field(default="separate", metadata={"help": "where retrieve's search runs: separate (the mips_topk model, its own step) or encoder (inside the query_encoder's stub, which then pools too: cpu, numpy, faiss or chunked search, one index shard; mips_topk keeps a copy for direct calls)"})
 
     def resolved(self) -> dict:
@@ -150,24 +124,18 @@ class ServingSettings:
         if self.search_step not in SEARCH_STEPS or (self.search_step == "encoder" and (pooling_step != "encoder" or topk not in ("numpy", "faiss", "chunked"))):
             raise ValueError(f"search_step must be one of {list(SEARCH_STEPS)} ('encoder' needs pooling_step 'encoder' and the numpy, "
                              f"faiss or chunked search); got {self.search_step!r} with pooling_step {pooling_step!r} and search {topk!r}")
-        for knob, top in (("encoder_nice", 19), ("topk_nice", 20)):
-            if not -1 <= getattr(self, knob) <= top:
-                raise ValueError(f"{knob} must be in [0, {top}], or -1 for auto; got {getattr(self, knob)}")
-        nice = max(self.encoder_nice, 0)
         if self.topk_gemm not in NumpyTopK.GEMMS:
             raise ValueError(f"topk_gemm must be one of {list(NumpyTopK.GEMMS)}; got {self.topk_gemm!r}")
         if self.admission_max_rows < -1 or self.admission_ttl_s <= 0:
             raise ValueError(f"admission_max_rows must be >= 0 (or -1 for auto) and admission_ttl_s > 0; "
                              f"got {self.admission_max_rows} and {self.admission_ttl_s}")
         admission = self.admission_max_rows if self.admission_max_rows >= 0 else (0 if gpu else 8)
-        topk_nice = max(self.topk_nice, 0)
         return {**dataclasses.asdict(self), "pool_implementation": pool, "topk_implementation": topk,
                 "preferred_batch_sizes": sizes, "pad_to_multiple": self.pad_to_multiple if gpu else 0,
                 "encoder_implementation": encoder, "encoder_device": "cuda" if gpu else "cpu",
                 "encoder_dtype": "float16" if gpu else "float32", "encoder_cuda_graphs": self.encoder_cuda_graphs if gpu else 0,
                 "encoder_batch_buckets": ",".join(map(str, buckets)), "encoder_batching": batching, "max_queue_delay_us": delay,
-                "pooling_step": pooling_step, "search_step": self.search_step, "admission_max_rows": admission, "encoder_nice": nice,
-                "topk_nice": topk_nice}
+                "pooling_step": pooling_step, "search_step": self.search_step, "admission_max_rows": admission}
 
 
 def _t(name: str, dtype: str, dims: str) -> dict:
@@ -192,7 +160,7 @@ def ensembles(dim: int, shard_count: int = 0, pooling_step: str = "separate", se
     topk_outputs = {"doc_ids": "DOC_IDS", "scores": "SCORES", "doc_keys": "DOC_KEYS", "titles": "TITLES",
                     "snippets": "SNIPPETS", "index_version": "INDEX_VERSION"}
     # retrieve's ticket comes back after its search, not at pooling: the rows admission bounds include the
-    # search's queue (a search stub at a low priority, --topk-nice, must not queue outside the limit)
+    # search's queue
     untaken = {**pool, "inputs": {k: v for k, v in pool["inputs"].items() if k != "admission_ticket"}}
     if search_step == "encoder":  # the encoder searches, answers and gives retrieve's ticket back itself
         search = [{**pool, "inputs": {**pool["inputs"], "k": "K"}, "outputs": topk_outputs}]
@@ -316,7 +284,7 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
     encoder = settings.resolved()["encoder_implementation"]
     if encoder == "tensorrt" and (engine is None or not Path(engine).is_file()):
         raise ValueError(f"encoder 'tensorrt' needs a TensorRT engine file (--engine model.plan); got {engine}. "
-                         "Build one with `python -m build engine` inside NVIDIA's TensorRT container (README: GPU serving), "
+                         "Build one with `python -m build engine` inside NVIDIA's TensorRT container (docs/gpu.md), "
                          "or serve the tower through PyTorch with --encoder-implementation torch")
     index_manifest = json.loads((index_dir / "manifest.json").read_text(encoding="utf-8"))
     if index_manifest["query_tower_fingerprint"] != q["fingerprint"]:

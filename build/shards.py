@@ -5,7 +5,7 @@ a contiguous range of doc ids (a compressed index's codes are not carried over: 
 shard searches its fp16 vectors exactly), with ``id_offset`` in its manifest so that it answers
 with global ids. A merge step (``kernels.topk.merge_topk``) turns the shards' top-k
 lists into the global top-k, ties to the lower id, so the answer equals a search over
-the whole index. ``split_index`` writes the shards; the README's "Beyond one machine"
+the whole index. ``split_index`` writes the shards; docs/scale-out.md
 shows the ensemble that fans a query out to ``mips_topk_<i>`` on GPU i and merges.
 """
 from __future__ import annotations

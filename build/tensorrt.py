@@ -6,7 +6,7 @@ Written against TensorRT 10's documented Python API (``tensorrt.Builder``,
 here (PyPI carries only stubs that download from NVIDIA's index), so
 ``require_tensorrt`` refuses with instructions instead. Build engines inside NVIDIA's
 TensorRT container whose TensorRT matches the Triton container that serves them
-(Triton 2.51 = NGC 24.10 = TensorRT 10.5): see the README, "GPU serving".
+(Triton 2.51 = NGC 24.10 = TensorRT 10.5): see docs/gpu.md.
 
 Precision: fp16 by default; int8 with entropy calibration on real query text; fp8
 only for an ONNX graph that already carries Q/DQ nodes (explicit quantization, e.g.
@@ -86,7 +86,7 @@ def require_tensorrt():
             "TensorRT container matching the serving Triton (Triton 2.51 = nvcr.io/nvidia/tensorrt:24.10-py3, TensorRT 10.5):\n"
             "  docker run --rm --gpus all -v $PWD:/work -w /work nvcr.io/nvidia/tensorrt:24.10-py3 \\\n"
             "    bash -c 'pip install -r deploy/requirements-engine.txt && python -m build engine --precision fp16'\n"
-            "(README: GPU serving)"
+            "(docs/gpu.md)"
         ) from None
     return trt
 

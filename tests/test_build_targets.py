@@ -105,26 +105,16 @@ def test_batch_window_is_zero_on_the_cpu_unless_asked(render_info):
     assert {m: c.dynamic_batching.max_queue_delay_microseconds for m, c in gpu.items()} == {"ensemble_tokenizer": 500, "query_encoder": 500}
 
 
-def test_admission_and_encoder_nice_are_checked():
+def test_admission_is_checked():
     # on by default on the CPU (measured there), off on the GPU (not measured); an explicit value wins
     auto = {t: ServingSettings(target=t).resolved() for t in ("cpu", "gpu")}
-    assert {t: (r["admission_max_rows"], r["encoder_nice"]) for t, r in auto.items()} == {"cpu": (8, 0), "gpu": (0, 0)}
-    assert ServingSettings(encoder_nice=19).resolved()["encoder_nice"] == 19  # opt-in: ahead of it under overload
-    assert ServingSettings(admission_max_rows=0, encoder_nice=0).resolved()["admission_max_rows"] == 0
-    assert ServingSettings(admission_max_rows=4, encoder_nice=3, target="gpu").resolved()["encoder_nice"] == 3
+    assert {t: r["admission_max_rows"] for t, r in auto.items()} == {"cpu": 8, "gpu": 0}
+    assert ServingSettings(admission_max_rows=0).resolved()["admission_max_rows"] == 0
+    assert ServingSettings(admission_max_rows=4, target="gpu").resolved()["admission_max_rows"] == 4
     with pytest.raises(ValueError, match=r"admission_max_rows must be >= 0 \(or -1 for auto\) and admission_ttl_s > 0; got -2 and 5.0"):
         ServingSettings(admission_max_rows=-2).resolved()
-    with pytest.raises(ValueError, match=r"encoder_nice must be in \[0, 19\], or -1 for auto; got 20"):
-        ServingSettings(encoder_nice=20).resolved()
-    # the stubs keep their priority unless asked (measured: benchmarks/results/capacity-retrieve-2026-12-03/)
-    assert [ServingSettings(target=t).resolved()["topk_nice"] for t in ("cpu", "gpu")] == [0, 0]
-    assert ServingSettings(admission_max_rows=0).resolved()["topk_nice"] == 0
-    assert ServingSettings(admission_max_rows=0, topk_nice=20).resolved()["topk_nice"] == 20
-    assert ServingSettings(topk_nice=12).resolved()["topk_nice"] == 12
     with pytest.raises(ValueError, match=r"topk_gemm must be one of \['auto', 'numpy'\]; got 'blas'"):
         ServingSettings(topk_gemm="blas").resolved()
-    with pytest.raises(ValueError, match=r"topk_nice must be in \[0, 20\], or -1 for auto; got -3"):
-        ServingSettings(topk_nice=-3).resolved()
 
 
 def test_gpu_settings_are_checked(render_info):

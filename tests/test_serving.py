@@ -211,24 +211,22 @@ def assert_a_stalled_search_holds_the_tickets(client, search_pid, table, texts, 
 def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_rest(repository, queries, tmp_path):
     """--admission-max-rows 2: of a burst, the requests that would put more than 2 rows in flight
     get UNAVAILABLE naming the limit, at once; every admitted one equals the request alone; every
-    ticket comes back; the server goes on serving. (--encoder-nice 7: its stub runs at nice 7; --topk-nice 20:
-    the search's stub runs under SCHED_IDLE, and admission still bounds its queue.) The burst arrives
+    ticket comes back; the server goes on serving. The burst arrives
     while the search's stub is stopped, so the first two admitted hold the limit however slowly the
     machine delivers the burst (unpaused, a loaded CI machine once answered all 32 one after another)."""
-    from benchmarks import openloop
-    from benchmarks.procs import server_processes
+    from benchmarks.load import openloop
+    from benchmarks.load.procs import server_processes
     from model_repository.runtime.admission import Admission, table_path
     from tests.conftest import render_variant, start_server
 
-    render_variant(tmp_path / "repo", repository, admission_max_rows=2, encoder_nice=7, topk_nice=20)
+    render_variant(tmp_path / "repo", repository, admission_max_rows=2)
     server = start_server(tmp_path / "repo", tmp_path / "work")
     try:
         stubs = server_processes(server.grpc_url)
-        assert {name: os.getpriority(os.PRIO_PROCESS, pid) for name, pid in stubs.items() if name != "tritonserver"} == {
-            "stub:tokenizer_0_0": 0, "stub:ensemble_tokenizer_0_0": 0, "stub:query_encoder_0_0": 7,
-            "stub:mips_topk_0_0": 0}  # the CPU encoder pools
-        assert os.sched_getscheduler(stubs["stub:mips_topk_0_0"]) == os.SCHED_IDLE
-        assert os.sched_getscheduler(stubs["stub:query_encoder_0_0"]) == os.SCHED_OTHER
+        # every stub keeps the server's priority (the CPU encoder pools: no pool_normalize stub)
+        assert {name: (os.getpriority(os.PRIO_PROCESS, pid), os.sched_getscheduler(pid)) for name, pid in stubs.items()
+                if name != "tritonserver"} == {name: (0, os.SCHED_OTHER) for name in (
+                    "stub:tokenizer_0_0", "stub:ensemble_tokenizer_0_0", "stub:query_encoder_0_0", "stub:mips_topk_0_0")}
         client = grpcclient.InferenceServerClient(server.grpc_url)
         texts = queries[:32]
         alone = [client.infer("retrieve", retrieve_request([t], 5)) for t in texts]  # one at a time: all admitted

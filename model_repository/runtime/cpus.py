@@ -28,18 +28,3 @@ def cpus_allowed(pid: int) -> str:
         if line.startswith("Cpus_allowed_list:"):
             return line.split(":", 1)[1].strip()
     return "?"
-
-
-def take_nice(model: str, nice: int, log) -> None:
-    """Set this process's nice value (absolute: a reload in the same process does not add up).
-
-    0 leaves it unchanged; 20 means Linux's SCHED_IDLE policy, below nice 19: the process runs
-    when no other one on its core wants it (a nice-19 process still gets ~5x its share).
-    Call it before the engine's threads exist: they inherit it.
-    """
-    if nice == 20:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        log(f"{model}: SCHED_IDLE")
-    elif nice:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
-        log(f"{model}: nice {os.getpriority(os.PRIO_PROCESS, 0)}")

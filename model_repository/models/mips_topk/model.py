@@ -10,7 +10,6 @@ sharded index sit on their own GPUs.
 import triton_python_backend_utils as pb_utils
 
 from runtime.adapter import TicketReturn, execute_batched, input_tensor, version_folder
-from runtime.cpus import take_nice
 from runtime.params import ModelParams
 from runtime.search import IndexSearch
 
@@ -18,7 +17,6 @@ from runtime.search import IndexSearch
 class TritonPythonModel:
     def initialize(self, args):
         params = ModelParams(args["model_config"])
-        take_nice("mips_topk", params.int("nice"), pb_utils.Logger.log_info)
         self.input_names = [i["name"] for i in params.config["input"]]  # embedding, k (, admission_ticket)
         self.tickets = TicketReturn()
         self.output_names = params.output_names()

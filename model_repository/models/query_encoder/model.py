@@ -28,7 +28,6 @@ import triton_python_backend_utils as pb_utils
 from kernels.pooling import Pooling, pool_normalize_reference
 from runtime import InvalidInput
 from runtime.adapter import TicketReturn, execute_batched, input_array, version_folder
-from runtime.cpus import take_nice
 from runtime.files import verify_artifacts
 from runtime.params import ModelParams
 from runtime.placement import Placement
@@ -49,7 +48,6 @@ class TritonPythonModel:
         implementation = params.optional("implementation", "onnx")
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"query_encoder: implementation must be one of {list(IMPLEMENTATIONS)}; got {implementation!r}")
-        take_nice("query_encoder", params.int("nice"), pb_utils.Logger.log_info)
         folder = version_folder(args)
         verify_artifacts(folder)  # the ONNX graph or the tower's weights, against the sha256 rendered with them
         if implementation == "torch":
