@@ -1,18 +1,18 @@
-"""The GPU run in one device call: the kit it carries, its install, and the run (README: "A GPU run").
+"""The GPU bundle: everything a GPU machine with no network needs to run the GPU suite (docs/gpu.md).
 
-The device machine has no network, takes at most 64 MiB a call (the tracked tree and ``carry``),
-keeps what a call installed only while it stays warm (30 s idle), and a session has 15 minutes of
-device time, a machine's start included. So the kit and the whole run go in one call:
+    on a machine with the package registries:   python3 deploy/gpu_kit.py fetch              (writes .kit/, ~38 MiB)
+    on the GPU machine, in the repository:      python3 deploy/gpu_kit.py run --out DIR      (DIR/gpu-results.tgz)
 
-    here, with the registries:   python3 deploy/gpu_kit.py fetch                 (writes .kit/, ~38 MiB)
-    there, one call:             python3 deploy/gpu_kit.py run --out "$OUT"      (carry .kit)
+Copy the repository with its ``.kit/`` to the GPU machine, which needs the NVIDIA driver and an image
+with Python 3.12, torch (CUDA), CuPy and pytest. The bundle and the tracked tree are kept under 64 MiB
+together, so that they travel as one upload.
 
 ``fetch`` packs two archives: the ``tritonserver`` binary with its libraries, backends and the one
 python stub it needs (the rest of the nvidia-pytriton wheel is PyTriton's Python API, stubs for other
 Pythons and a libpython only the 3.13 stub links), and the packages the image lacks (numpy 1.26 for
 the stub, tritonclient, protobuf as new as tritonclient's generated code, Locust and its web stack).
 
-The image's ``python3`` is itself a venv (/opt/torch/.venv). A venv made from it with
+The image's ``python3`` may itself be a venv (/opt/torch/.venv). A venv made from it with
 ``--system-site-packages`` sees the *base* interpreter's packages, not torch, so ``install`` makes a
 plain venv, unpacks the kit into its site-packages and appends the image interpreter's
 site-packages with a ``.pth`` file: the kit's numpy 1.26 comes first (the python stub corrupts
@@ -22,7 +22,7 @@ image's own python3 (numpy 2, which CuPy 14 needs); the served sweep runs in the
 
 ``run`` installs, then runs ``python -m benchmarks gpu-suite`` three times (kernels, the served
 sweep, the gpu tests: the headline figures first), each within what is left of ``--budget-s``, and
-packs every result into ``$OUT/gpu-results.tgz``. Standard library only: it runs before anything is
+packs every result into ``DIR/gpu-results.tgz``. Standard library only: it runs before anything is
 installed.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 KIT = ROOT / ".kit"
 PYTRITON = "nvidia-pytriton==0.7.0"
-# What the image lacks (KINDS.md's package list), pinned; protobuf as new as tritonclient's generated
+# What the GPU image lacks, pinned; protobuf as new as tritonclient's generated
 # code (6.33.5) and ml_dtypes as old as tritonclient allows (newer ones may need numpy 2).
 SITE = ["numpy==1.26.4", "tritonclient[grpc]==2.73.0", "protobuf==6.33.6", "ml-dtypes==0.5.4", "locust==2.47.0",
         "hdrhistogram==0.10.8"]
@@ -54,7 +54,7 @@ IMAGE_HAS = {"grpcio", "requests", "urllib3", "certifi", "idna", "charset-normal
 PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64", "manylinux_2_24_x86_64",
              "manylinux_2_26_x86_64", "manylinux_2_27_x86_64", "manylinux_2_28_x86_64", "manylinux_2_31_x86_64",
              "manylinux_2_34_x86_64", "manylinux_2_35_x86_64"]
-TRANSFER_MIB = 64  # the device tool's limit for one call: tracked tree + carry
+TRANSFER_MIB = 64  # the bundle and the tracked tree travel as one upload of at most this
 MARGIN_MIB = 4  # what results and notes committed later may add to the tree
 SITE_DROP = ["*/tests/*", "numpy/f2py/*", "numpy/distutils/*", "numpy/core/_simd.*", "*.pyi", "bin/*", "*/__pycache__/*"]
 
@@ -64,7 +64,7 @@ def log(msg: str) -> None:
 
 
 def _target_args(python: str) -> list[str]:
-    """pip's options for the device's interpreter and platforms, whatever this machine runs."""
+    """pip's options for the GPU machine's interpreter and platforms, whatever this machine runs."""
     return ["--only-binary=:all:", "--python-version", python, "--implementation", "cp",
             *[a for p in PLATFORMS for a in ("--platform", p)]]
 
@@ -173,9 +173,9 @@ def fetch(python: str, kit: Path) -> dict:
     (kit / "kit.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     kit_mib, tree_mib = sum(info["bytes"].values()) / 2**20, tracked_bytes() / 2**20
     info["transfer_mib"] = round(kit_mib + tree_mib, 1)
-    log(f"kit {kit_mib:.1f} MiB + tracked tree {tree_mib:.1f} MiB = {kit_mib + tree_mib:.1f} MiB of the {TRANSFER_MIB} MiB a call takes")
+    log(f"kit {kit_mib:.1f} MiB + tracked tree {tree_mib:.1f} MiB = {kit_mib + tree_mib:.1f} MiB of the {TRANSFER_MIB} MiB upload")
     if kit_mib + tree_mib > TRANSFER_MIB - MARGIN_MIB:
-        raise SystemExit(f"gpu-kit: the kit and the tree must stay under {TRANSFER_MIB - MARGIN_MIB} MiB to travel in one call; "
+        raise SystemExit(f"gpu-kit: the kit and the tree must stay under {TRANSFER_MIB - MARGIN_MIB} MiB to travel as one upload; "
                          f"got {kit_mib + tree_mib:.1f} MiB")
     return info
 
@@ -298,17 +298,16 @@ def run(kit: Path, out: Path, venv: Path, image_python: str, budget_s: float, dr
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="deploy/gpu_kit.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    f = sub.add_parser("fetch", help="here, with the registries: pack .kit/ for one device call")
-    f.add_argument("--python", default="3.12", help="the device image's Python (KINDS.md: 3.12)")
-    for name, text in (("install", "there: the venv for the served sweep"), ("run", "there: install, then the whole GPU suite")):
+    f = sub.add_parser("fetch", help="on a machine with the package registries: pack .kit/ for the GPU machine")
+    f.add_argument("--python", default="3.12", help="the GPU image's Python")
+    for name, text in (("install", "on the GPU machine: the venv for the served sweep"), ("run", "on the GPU machine: install, then the whole GPU suite")):
         q = sub.add_parser(name, help=text)
         q.add_argument("--venv", type=Path, default=Path("/tmp/sn-venv"))
         q.add_argument("--image-python", default="python3", help="the image's interpreter (torch, CuPy, numpy 2)")
         if name == "run":
-            q.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "artifacts/gpu-run")))
+            q.add_argument("--out", type=Path, default=Path("artifacts/gpu-run"))
             q.add_argument("--budget-s", type=float, default=480.0,
-                           help="wall clock for everything: a call may run 600 s, and 480 leave a session of 15 device minutes "
-                                "time for one short call after it")
+                           help="wall clock for everything; each part is cut to what is left of it")
             q.add_argument("--work", type=Path, default=Path("/tmp/sn-gpu"))
             q.add_argument("--dry-run", action="store_true", help="the CPU rehearsal: tiny sizes, measures nothing")
     for q in (f, *[sub.choices[n] for n in ("install", "run")]):
