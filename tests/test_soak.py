@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks.__main__ import main as bench_main
-from benchmarks.soak import verdicts
+from benchmarks.capacity.soak import verdicts
 
 from tests.conftest import render_variant, start_server
 

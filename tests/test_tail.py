@@ -13,7 +13,7 @@ import time
 import pytest
 
 from benchmarks import tail
-from benchmarks.openloop import OK, Sample
+from benchmarks.load.openloop import OK, Sample
 from tests.conftest import ARTIFACTS, ROOT
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pins server and generator to different cores")
