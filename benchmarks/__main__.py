@@ -18,6 +18,7 @@ from benchmarks.capacity.search import search_load
 from benchmarks.common import read_queries
 from benchmarks.load import report, triton_metrics
 from benchmarks.load.runner import add_load_arguments, run_load
+from model_repository.runtime.rendered import Rendered
 
 
 def stop_on_sigterm(signum: int, _frame) -> None:
@@ -132,9 +133,9 @@ def cmd_compression(args: argparse.Namespace) -> int:
 
     from benchmarks import kernel_bench
 
-    render = json.loads((args.repository / "render.json").read_text(encoding="utf-8"))["context"]
-    pipeline = EmbeddingPipeline(TextTokenizer(args.repository / "tokenizer" / "1" / render["tokenizer_file"], render["max_tokens"]),
-                                 OnnxEncoder(args.repository / "query_encoder" / "1" / render["onnx_file"]), Pooling.parse(render["pooling"]))
+    render = Rendered.read(args.repository).context
+    pipeline = EmbeddingPipeline(TextTokenizer(args.repository / "tokenizer" / "1" / render.tokenizer_file, render.max_tokens),
+                                 OnnxEncoder(args.repository / "query_encoder" / "1" / render.onnx_file), Pooling.parse(render.pooling))
     queries = read_queries(Path("artifacts/corpus/python-docs/queries.jsonl"))
     kernel_bench.compression(args.out, args.repository / "mips_topk" / "1" / "index", queries, pipeline)
     print(args.out.with_suffix(".md").read_text(encoding="utf-8"))
@@ -157,9 +158,9 @@ def cmd_roofline(args: argparse.Namespace) -> int:
         from model_repository.runtime.encoder import OnnxEncoder
         from model_repository.runtime.text import TextTokenizer
 
-        render = json.loads((args.repository / "render.json").read_text(encoding="utf-8"))["context"]
-        tokenizer = TextTokenizer(args.repository / "tokenizer" / "1" / render["tokenizer_file"], render["max_tokens"])
-        encoder = OnnxEncoder(args.repository / "query_encoder" / "1" / render["onnx_file"])
+        render = Rendered.read(args.repository).context
+        tokenizer = TextTokenizer(args.repository / "tokenizer" / "1" / render.tokenizer_file, render.max_tokens)
+        encoder = OnnxEncoder(args.repository / "query_encoder" / "1" / render.onnx_file)
         queries = read_queries(Path(args.queries))[:64]
         calibration = roofline.calibrate_cpu(encoder, tokenizer(queries), roofline.TOWERS["minilm"], rows=args.calibration_rows)
         result["cpu_calibration"] = calibration

@@ -45,6 +45,7 @@ from benchmarks.load.runner import run_load
 from benchmarks.common import stop_process_group, wait_healthy
 from model_repository.runtime.cpus import parse_cpus
 from model_repository.runtime.provenance import git_commit, machine
+from model_repository.runtime.rendered import Rendered
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "artifacts" / "peers"
@@ -97,11 +98,8 @@ def parse_variants(specs: list[str], base: Path) -> dict[str, Path]:
 
 
 def _served(repository: Path) -> tuple[str, str]:
-    try:
-        built = json.loads((repository / "render.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"{repository} has no readable render.json: {e}") from e
-    return built["query_tower"]["fingerprint"], built["index"]["index_version"]
+    built = Rendered.read(repository)
+    return built.query_tower["fingerprint"], built.index["index_version"]
 
 
 # what a repository's render.json says of how ours was set up: recorded for each of ours in the summary
@@ -110,8 +108,8 @@ SETTINGS = ("encoder_batching", "max_queue_delay_us", "admission_max_rows", "ins
 
 
 def our_settings(repository: Path) -> dict:
-    context = json.loads((repository / "render.json").read_text(encoding="utf-8"))["context"]
-    return {k: context[k] for k in SETTINGS if k in context}
+    context = Rendered.read(repository).context
+    return {k: getattr(context, k) for k in SETTINGS}
 
 
 def round_order(systems: list[str], r: int) -> list[str]:
@@ -159,8 +157,8 @@ DEFAULT_REPOSITORY = ROOT / "artifacts" / "model_repository"
 
 def snippet_chars(repository: Path) -> list[str]:
     """The shim's --snippet-chars as ours serves them (render.json), so both answer the same documents' text."""
-    render = repository / "render.json"
-    return ["--snippet-chars", str(json.loads(render.read_text(encoding="utf-8"))["context"]["snippet_chars"])] if render.exists() else []
+    rendered = Rendered.read_if_rendered(repository)
+    return ["--snippet-chars", str(rendered.context.snippet_chars)] if rendered else []
 
 
 def onnx_folder(model_path: Path, repository: Path) -> Path:

@@ -234,7 +234,7 @@ def variant_main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log(f"{args.out}: the tower and index of {args.repository}, " + ", ".join(
-        f"{k} {resolved['context'][k]}" for k in ("encoder_batching", "max_queue_delay_us", "admission_max_rows",
+        f"{k} {getattr(resolved.context, k)}" for k in ("encoder_batching", "max_queue_delay_us", "admission_max_rows",
                                                        "pooling_step", "search_step")))
     print(args.out)
     return 0

@@ -49,6 +49,7 @@ from google.protobuf import text_format
 from model_repository.launcher import GRPC_ADMIN_HEADER  # a server off loopback restricts model control to this header
 from model_repository.runtime.files import atomic_write_text
 from model_repository.runtime.index import IndexMismatch, load_index, read_manifest, resident_bytes
+from model_repository.runtime.rendered import Rendered
 
 from .render import parse_model_config
 
@@ -67,8 +68,7 @@ def versions(repository: Path, model: str = MODEL) -> list[int]:
 
 def holders(repository: Path) -> list[str]:
     """The models whose version folders hold the index: the one ``retrieve`` searches first."""
-    context = json.loads((repository / "render.json").read_text(encoding="utf-8"))["context"]
-    return ["query_encoder", MODEL] if context.get("search_step") == "encoder" else [MODEL]
+    return ["query_encoder", MODEL] if Rendered.read(repository).context.search_step == "encoder" else [MODEL]
 
 
 def _bookkeeping(repository: Path) -> Path:
@@ -102,7 +102,7 @@ def _write_config_for(repository: Path, version: int, model: str = MODEL) -> Non
 
 
 def _query_tower(repository: Path) -> str:
-    return json.loads((repository / "render.json").read_text(encoding="utf-8"))["context"]["query_tower_fingerprint"]
+    return Rendered.read(repository).context.query_tower_fingerprint
 
 
 def _client(url: str):

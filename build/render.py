@@ -23,6 +23,7 @@ from tritonclient.grpc import model_config_pb2
 from kernels.topk import NumpyTopK
 from model_repository.runtime.files import atomic_folder, write_artifacts_manifest
 from model_repository.runtime.index import resident_bytes
+from model_repository.runtime.rendered import Rendered, ServingContext
 
 from .export import ExportedTower
 from .quantize import INT8_FILE
@@ -215,16 +216,17 @@ def _pb_string(value: str) -> str:
     return f'"{escaped}"'
 
 
-def render_configs(context: dict) -> dict[str, str]:
+def render_configs(serving: ServingContext) -> dict[str, str]:
     """model name -> config.pbtxt text, each checked as ModelConfig protobuf."""
+    context = dataclasses.asdict(serving)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["pbstr"] = _pb_string
-    shard_count = context.get("shard_count", 0)
+    shard_count = context["shard_count"]
     configs = {name: env.get_template(f"{name}/config.pbtxt.j2").render(context) for name in PYTHON_MODELS
                if not (shard_count > 1 and name == "mips_topk") and not (context["pooling_step"] == "encoder" and name == "pool_normalize")}
     configs[ENSEMBLE_TOKENIZER] = env.get_template("tokenizer/config.pbtxt.j2").render(
         {**context, "model_name": ENSEMBLE_TOKENIZER, "admits": True})
-    for i, rows in enumerate(context.get("shard_rows", [])):
+    for i, rows in enumerate(context["shard_rows"]):
         shard = {**context, "model_name": f"mips_topk_{i}", "shard": f"{i}/{shard_count}", "index_rows": rows,
                  "index_resident_bytes": resident_bytes({"count": rows, "dim": context["dim"]}, context["topk_implementation"])}
         if context["target"] == "gpu":
@@ -252,9 +254,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def render_context(query_tower: ExportedTower, index_manifest: dict, settings: ServingSettings, encoder_bytes: int) -> dict:
+def render_context(query_tower: ExportedTower, index_manifest: dict, settings: ServingSettings, encoder_bytes: int) -> ServingContext:
     q = query_tower.info
-    return {
+    return ServingContext(**{
         **settings.resolved(),
         "dim": q["dim"],
         "max_tokens": q["max_tokens"],
@@ -269,11 +271,11 @@ def render_context(query_tower: ExportedTower, index_manifest: dict, settings: S
         "index_rows": index_manifest["count"],
         "index_dtype": index_manifest["dtype"],
         "index_resident_bytes": resident_bytes(index_manifest, settings.resolved()["topk_implementation"]),
-    }
+    })
 
 
 def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, settings: ServingSettings,
-                      engine: Path | None = None, shards: list[Path] | None = None) -> dict:
+                      engine: Path | None = None, shards: list[Path] | None = None) -> Rendered:
     """Write the repository to ``out`` (replacing it whole) and return the resolved render config.
 
     Target ``gpu`` takes a TensorRT ``engine`` (model.plan) for the query encoder in
@@ -303,15 +305,14 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
         manifests = [json.loads((f / "manifest.json").read_text(encoding="utf-8")) for f in shards]
         if any(m.get("shards_of") != index_manifest["index_version"] for m in manifests):
             raise ValueError(f"shards {[str(f) for f in shards]} are not all shards of index {index_manifest['index_version']}")
-        if context["search_step"] == "encoder":
+        if context.search_step == "encoder":
             raise ValueError(f"search_step 'encoder' searches one index in the encoder's stub; got {len(shards)} shards "
                              "(render sharded indexes with --search-step separate)")
-        context.update(shard_count=len(shards), shard_rows=[m["count"] for m in manifests],
-                       index_version=index_manifest["index_version"])
+        context = dataclasses.replace(context, shard_count=len(shards), shard_rows=[m["count"] for m in manifests],
+                                      index_version=index_manifest["index_version"])
     configs = render_configs(context)
-    resolved = {"context": context, "sources": sources_fingerprint(), "query_tower": q, "index": {k: v for k, v in index_manifest.items() if k != "shards"}}
-    rendered = json.dumps(resolved, indent=2, sort_keys=True) + "\n"
-    if (out / "render.json").exists() and (out / "render.json").read_text(encoding="utf-8") == rendered:
+    resolved = Rendered(context, sources_fingerprint(), q, {k: v for k, v in index_manifest.items() if k != "shards"})
+    if (out / "render.json").exists() and (out / "render.json").read_text(encoding="utf-8") == resolved.to_json():
         return resolved  # same inputs: keep the repository a running server may be using
     with atomic_folder(out) as tmp:
         for name, text in configs.items():
@@ -335,7 +336,7 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
                 for f in sorted(Path(q["source"]).glob(pattern)):
                     _link_or_copy(f, tmp / "query_encoder" / "1" / "torch" / f.name)
         searchers = [(f"mips_topk_{i}", f) for i, f in enumerate(shards)] if len(shards) > 1 else [("mips_topk", index_dir)]
-        if context["search_step"] == "encoder":
+        if context.search_step == "encoder":
             searchers.append(("query_encoder", index_dir))
         for model, folder in searchers:
             for f in sorted(folder.iterdir()):
@@ -344,24 +345,21 @@ def render_repository(out: Path, query_tower: ExportedTower, index_dir: Path, se
         encoder_folder = tmp / "query_encoder" / "1"
         write_artifacts_manifest(encoder_folder, [f for f in encoder_folder.rglob("*") if f.is_file() and f.name != "model.py"
                                                   and f.relative_to(encoder_folder).parts[0] not in {*SHIPPED_FOLDERS, "index"}])
-        (tmp / "render.json").write_text(rendered, encoding="utf-8")
+        resolved.write(tmp)
     return resolved
 
 
-def render_variant(repository: Path, out: Path, settings: ServingSettings) -> dict:
+def render_variant(repository: Path, out: Path, settings: ServingSettings) -> Rendered:
     """``repository``'s own query tower and index (from its render.json, in the artifacts folder that holds it)
     rendered into ``out`` with ``settings``: the same model and documents served another way, for a side-by-side
     run (``benchmarks compare --variant``). Nothing is encoded again."""
-    try:
-        built = json.loads((repository / "render.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"{repository} has no readable render.json (render it with `python -m build` first): {e}") from e
-    if built["context"].get("shard_count", 0) > 1:
-        raise ValueError(f"{repository} is sharded ({built['context']['shard_count']} shards): render a variant of it with "
+    built = Rendered.read(repository)
+    if built.context.shard_count > 1:
+        raise ValueError(f"{repository} is sharded ({built.context.shard_count} shards): render a variant of it with "
                          "`python -m build --shards N` and the settings instead")
     artifacts = repository.parent
-    tower = artifacts / "towers" / built["query_tower"]["fingerprint"]
-    index = artifacts / "index" / built["index"]["index_version"]
+    tower = artifacts / "towers" / built.query_tower["fingerprint"]
+    index = artifacts / "index" / built.index["index_version"]
     for what, folder in (("query tower", tower), ("index", index)):
         if not folder.is_dir():
             raise FileNotFoundError(f"the {what} {repository} was rendered from is not at {folder}")

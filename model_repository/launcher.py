@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -36,6 +35,7 @@ from pathlib import Path
 from . import supervisor
 from .runtime import admission
 from .runtime.files import ARTIFACTS_MANIFEST, ArtifactMismatch, verify_artifacts
+from .runtime.rendered import Rendered
 from .runtime.index import IndexMismatch, verify_index_files
 
 LOOPBACK = "127.0.0.1"
@@ -74,14 +74,12 @@ def policy_flags(model_control: str = "explicit", cuda_pools: dict[int, int] | N
 
 def repository_cuda_pools(repository: Path) -> dict[int, int]:
     """GPU id -> pool bytes for a rendered GPU repository (from its render.json); none for a CPU one."""
-    path = Path(repository) / "render.json"
-    if not path.exists():
+    rendered = Rendered.read_if_rendered(repository)
+    if rendered is None or rendered.context.target != "gpu":
         return {}
-    context = json.loads(path.read_text(encoding="utf-8"))["context"]
-    if context.get("target") != "gpu":
-        return {}
-    size = cuda_pool_bytes(int(context["max_batch_size"]), int(context["max_tokens"]), int(context["dim"]))
-    return {gpu: size for gpu in range(max(1, int(context.get("shard_count", 0) or 0)))}
+    c = rendered.context
+    size = cuda_pool_bytes(c.max_batch_size, c.max_tokens, c.dim)
+    return {gpu: size for gpu in range(max(1, c.shard_count))}
 
 
 class ServerStartError(RuntimeError):

@@ -43,8 +43,10 @@ def repository() -> Path:
 
 
 @pytest.fixture(scope="session")
-def render_info(repository) -> dict:
-    return json.loads((repository / "render.json").read_text(encoding="utf-8"))
+def render_info(repository):
+    from model_repository.runtime.rendered import Rendered
+
+    return Rendered.read(repository)
 
 
 @pytest.fixture(scope="session")
@@ -62,12 +64,12 @@ def pipeline(repository, render_info):
     from model_repository.runtime.pipeline import EmbeddingPipeline
     from model_repository.runtime.text import TextTokenizer
 
-    ctx = render_info["context"]
+    ctx = render_info.context
     return EmbeddingPipeline(
-        TextTokenizer(repository / "tokenizer" / "1" / ctx["tokenizer_file"], ctx["max_tokens"], prefix=ctx["prefix"],
-                      eos_id=int(ctx["eos_id"]) if ctx["eos_id"] else None),
-        OnnxEncoder(repository / "query_encoder" / "1" / ctx["onnx_file"]),
-        Pooling.parse(ctx["pooling"]),
+        TextTokenizer(repository / "tokenizer" / "1" / ctx.tokenizer_file, ctx.max_tokens, prefix=ctx.prefix,
+                      eos_id=int(ctx.eos_id) if ctx.eos_id else None),
+        OnnxEncoder(repository / "query_encoder" / "1" / ctx.onnx_file),
+        Pooling.parse(ctx.pooling),
     )
 
 

@@ -64,7 +64,7 @@ def test_lock_accepts_and_records_a_newer_point_release(tmp_path, capsys):
 
 
 def test_export_recorded_its_check_against_pytorch(render_info):
-    check = render_info["query_tower"]["check"]
+    check = render_info.query_tower["check"]
     assert check["min_cosine"] >= 0.9999 and check["texts"] >= 16
     assert check["max_abs_diff_embedding"] < 1e-4
 
@@ -74,7 +74,7 @@ def test_export_check_refuses_a_model_that_differs(repository, render_info, pipe
 
     from build.export import _torch_module
 
-    module = _torch_module(Path(render_info["query_tower"]["source"]))
+    module = _torch_module(Path(render_info.query_tower["source"]))
     with torch.no_grad():
         for p in module.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -98,8 +98,8 @@ def test_every_rendered_config_is_a_valid_model_config(repository):
 
 
 def test_rendering_is_deterministic(repository, render_info, tmp_path):
-    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
-    index_dir = ARTIFACTS / "index" / render_info["index"]["index_version"]
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info.query_tower["fingerprint"])
+    index_dir = ARTIFACTS / "index" / render_info.index["index_version"]
     settings = ServingSettings()
     render_repository(tmp_path / "a", tower, index_dir, settings)
     render_repository(tmp_path / "b", tower, index_dir, settings)
@@ -110,7 +110,7 @@ def test_rendering_is_deterministic(repository, render_info, tmp_path):
 
 
 def test_rendering_refuses_an_index_of_another_query_tower(render_info, tmp_path):
-    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info.query_tower["fingerprint"])
     index_dir = tmp_path / "index"
     index_dir.mkdir()
     (index_dir / "manifest.json").write_text(json.dumps({"query_tower_fingerprint": "someoneelse"}), encoding="utf-8")
@@ -138,7 +138,7 @@ def test_a_cached_export_is_found_without_torch(render_info, monkeypatch):
 
     from build.export import default_tower, export_tower
 
-    q = render_info["query_tower"]
+    q = render_info.query_tower
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     tower = export_tower(default_tower(), ROOT / "artifacts" / "towers", Pooling.parse(q["pooling"]), q["max_tokens"], ["x"])
     assert tower.info["fingerprint"] == q["fingerprint"]

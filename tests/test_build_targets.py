@@ -28,9 +28,9 @@ from tests.conftest import ARTIFACTS, ROOT
 def _gpu_configs(render_info, **overrides) -> dict:
     from build.export import ExportedTower
 
-    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info.query_tower["fingerprint"])
     settings = ServingSettings(target="gpu", **overrides)
-    return render_configs(render_context(tower, render_info["index"], settings, encoder_bytes=123))
+    return render_configs(render_context(tower, render_info.index, settings, encoder_bytes=123))
 
 
 def test_gpu_target_configs_are_valid_model_configs(render_info):
@@ -67,12 +67,12 @@ def test_gpu_target_with_the_torch_encoder_needs_no_engine(render_info):
 def test_cpu_target_is_unchanged_by_gpu_settings(render_info):
     from build.export import ExportedTower
 
-    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
-    configs = render_configs(render_context(tower, render_info["index"], ServingSettings(), encoder_bytes=1))
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info.query_tower["fingerprint"])
+    configs = render_configs(render_context(tower, render_info.index, ServingSettings(), encoder_bytes=1))
     enc = parse_model_config(configs["query_encoder"])
     assert enc.backend == "python" and not enc.HasField("dynamic_batching")  # sequential on the CPU
     assert "pool_normalize" not in configs and parse_model_config(configs["query_encoder"]).parameters["pooling"].string_value
-    separate = render_configs(render_context(tower, render_info["index"], ServingSettings(pooling_step="separate"), encoder_bytes=1))
+    separate = render_configs(render_context(tower, render_info.index, ServingSettings(pooling_step="separate"), encoder_bytes=1))
     assert parse_model_config(separate["pool_normalize"]).parameters["implementation"].string_value == "numpy"
     assert "FORCE_CPU_ONLY_INPUT_TENSORS" not in parse_model_config(configs["mips_topk"]).parameters
 
@@ -96,8 +96,8 @@ def test_batch_window_is_zero_on_the_cpu_unless_asked(render_info):
         ServingSettings(max_queue_delay_us=-2).resolved()
     from build.export import ExportedTower
 
-    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
-    configs = render_configs(render_context(tower, render_info["index"], ServingSettings(), encoder_bytes=1))
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info.query_tower["fingerprint"])
+    configs = render_configs(render_context(tower, render_info.index, ServingSettings(), encoder_bytes=1))
     for model in ("tokenizer", "ensemble_tokenizer", "mips_topk"):
         config = parse_model_config(configs[model])
         assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 0, model
@@ -180,14 +180,15 @@ def test_gpu_image_can_compile_triton_kernels_and_runs_with_room_for_shared_memo
     """Triton JIT needs a C compiler in the image; the python backend passes tensors through /dev/shm (64 MiB by default)."""
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8")
     assert any(line.startswith("RUN ") and " gcc " in line for line in dockerfile.splitlines())
-    serving = [line for text in (dockerfile, (ROOT / "README.md").read_text(encoding="utf-8")) for line in text.splitlines()
+    docs = [(ROOT / "README.md").read_text(encoding="utf-8"), *(f.read_text(encoding="utf-8") for f in sorted((ROOT / "docs").glob("*.md")))]
+    serving = [line for text in (dockerfile, *docs) for line in text.splitlines()
                if "docker run" in line and "nvcr.io/nvidia/tensorrt" not in line]  # the engine build needs no python backend
     assert len(serving) >= 2 and all("--shm-size=" in line for line in serving), serving
 
 
 def test_sharded_search_merged_equals_the_whole_index(render_info, tmp_path, repository):
-    index_dir = ARTIFACTS / "index" / render_info["index"]["index_version"]
-    whole = load_index(index_dir, render_info["query_tower"]["fingerprint"])
+    index_dir = ARTIFACTS / "index" / render_info.index["index_version"]
+    whole = load_index(index_dir, render_info.query_tower["fingerprint"])
     shards = split_index(index_dir, 3, tmp_path)
     rng = np.random.default_rng(0)
     queries = np.concatenate([whole.embeddings[[5, 1500, 3000]], rng.standard_normal((4, whole.embeddings.shape[1]))])
@@ -195,7 +196,7 @@ def test_sharded_search_merged_equals_the_whole_index(render_info, tmp_path, rep
     for k in (1, 10, 200):
         parts = []
         for folder in shards:
-            shard = load_index(folder, render_info["query_tower"]["fingerprint"])
+            shard = load_index(folder, render_info.query_tower["fingerprint"])
             offset = shard.manifest["id_offset"]
             ids, scores = NumpyTopK(shard.embeddings).search(queries, min(k, len(shard)))
             parts.append((ids + offset, scores))
@@ -221,8 +222,8 @@ def _plain_and_int8(render_info, tmp_path, documents: int):
     from training.corpus import read_corpus
 
     docs = read_corpus(ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl")[:documents]
-    tower = ExportedTower(ARTIFACTS / "towers" / render_info["index"]["doc_tower_fingerprint"])
-    fingerprint = render_info["query_tower"]["fingerprint"]
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info.index["doc_tower_fingerprint"])
+    fingerprint = render_info.query_tower["fingerprint"]
     name = f"first-{documents}"
     return (fingerprint, build_index(docs, name, tower, fingerprint, tmp_path / "index"),
             build_index(docs, name, tower, fingerprint, tmp_path / "index", compression="int8"))
@@ -243,7 +244,7 @@ def test_int8_calibration_batches_have_the_profiles_opt_shape(repository, render
     from build.tensorrt import calibration_batches
     from model_repository.runtime.text import TextTokenizer
 
-    tokenizer = TextTokenizer(repository / "tokenizer" / "1" / render_info["context"]["tokenizer_file"], 256)
+    tokenizer = TextTokenizer(repository / "tokenizer" / "1" / render_info.context.tokenizer_file, 256)
     texts = ["how do I copy a file"] * 5 + ["a much longer text about the python documentation " * 20] * 30
     profile = Profile(max_batch=128, opt_batch=8, max_seq=256, opt_seq=32)
     batches = calibration_batches(texts, tokenizer, profile, batches=3)
@@ -335,7 +336,7 @@ def test_an_int8_graph_that_strays_is_refused_and_leaves_nothing(render_info, tm
     from build import quantize
     from build.export import ExportedTower
 
-    source = ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"]
+    source = ARTIFACTS / "towers" / render_info.query_tower["fingerprint"]
     for name in ("model.onnx", "tokenizer.json", "export.json"):
         (tmp_path / name).symlink_to(source / name)
     monkeypatch.setattr(quantize, "MIN_COSINE", 0.99999)  # no int8 graph is that close

@@ -18,6 +18,7 @@ from benchmarks import compare
 from benchmarks.__main__ import main as benchmarks_main
 from benchmarks.common import wait_healthy
 from model_repository.launcher import free_port
+from model_repository.runtime.rendered import Rendered
 from tests.conftest import ARTIFACTS, ROOT
 
 FASTEMBED_PYTHON = compare.PEERS / "fastembed-venv" / "bin" / "python"
@@ -130,9 +131,9 @@ def test_a_variant_must_serve_the_same_tower_and_index(repository, tmp_path):
     assert served[served.index("--repository") + 1] == str(out)
     other = tmp_path / "other"
     other.mkdir()
-    built = json.loads((out / "render.json").read_text())
-    built["index"]["index_version"] = "not-this-one"
-    (other / "render.json").write_text(json.dumps(built))
+    built = Rendered.read(out)
+    built.index["index_version"] = "not-this-one"
+    built.write(other)
     with pytest.raises(ValueError, match="--variant other: .* serves tower/index .*not-this-one"):
         compare.parse_variants([f"other={other}"], repository)
     with pytest.raises(FileNotFoundError, match="render.json"):

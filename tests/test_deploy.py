@@ -32,10 +32,10 @@ SWAP_MAX_MS = 1500.0
 
 @pytest.fixture(scope="module")
 def indexes(repository, render_info, tmp_path_factory) -> dict[str, object]:
-    a = ARTIFACTS / "index" / render_info["index"]["index_version"]
+    a = ARTIFACTS / "index" / render_info.index["index_version"]
     docs = read_corpus(ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl")[:300]
-    doc_tower = ExportedTower(ARTIFACTS / "towers" / render_info["index"]["doc_tower_fingerprint"])
-    b = build_index(docs, "first-300-documents", doc_tower, render_info["query_tower"]["fingerprint"],
+    doc_tower = ExportedTower(ARTIFACTS / "towers" / render_info.index["doc_tower_fingerprint"])
+    b = build_index(docs, "first-300-documents", doc_tower, render_info.query_tower["fingerprint"],
                     tmp_path_factory.mktemp("index-b"))
     return {"A": a, "B": b}
 

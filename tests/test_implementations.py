@@ -14,6 +14,7 @@ import pytest
 from build.__main__ import main as build_main
 from clients.retrieval import RetrievalClient
 from model_repository.launcher import ServerStartError
+from model_repository.runtime.rendered import Rendered
 from tests.conftest import ARTIFACTS, assert_same_ranking, rows_in_flight_settled, start_server
 
 
@@ -214,7 +215,6 @@ def int8_encoder_server(tmp_path_factory, repository):
 def test_int8_encoder_serves_its_quantized_graph_near_the_float_one(int8_encoder_server, server, queries, render_info):
     """Opt-in int8: the served graph is the quantized one (integer MatMuls), answers as the same graph
     in-process, and stays near float32 (cosine, and the float top 10 it keeps) on real queries."""
-    import json
 
     import onnx
 
@@ -222,11 +222,11 @@ def test_int8_encoder_serves_its_quantized_graph_near_the_float_one(int8_encoder
     from build.quantize import INT8_FILE, pipeline
 
     served, repo = int8_encoder_server
-    assert json.loads((repo / "render.json").read_text())["context"]["encoder_quantization"] == "int8"
+    assert Rendered.read(repo).context.encoder_quantization == "int8"
     ops = {n.op_type for n in onnx.load(str(repo / "query_encoder" / "1" / "model.onnx")).graph.node}
     assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops, sorted(ops)
     texts = _short_and_long(queries)
-    tower = ExportedTower(ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"])
+    tower = ExportedTower(ARTIFACTS / "towers" / render_info.query_tower["fingerprint"])
     with RetrievalClient(server.grpc_url) as f, RetrievalClient(served.grpc_url) as q:
         a, b = f.embed(texts), q.embed(texts)
         np.testing.assert_allclose(b, pipeline(tower, tower.folder / INT8_FILE).embed(texts), rtol=0, atol=1e-5)
@@ -263,8 +263,8 @@ def test_torch_encoder_pads_to_buckets_without_changing_rows(render_info):
     from model_repository.runtime.torch_encoder import TorchEncoder
     from tests.conftest import ARTIFACTS
 
-    tower = ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"]
-    encoder = TorchEncoder(render_info["query_tower"]["source"], device="cpu", dtype="float32", batch_buckets=(4, 128))
+    tower = ARTIFACTS / "towers" / render_info.query_tower["fingerprint"]
+    encoder = TorchEncoder(render_info.query_tower["source"], device="cpu", dtype="float32", batch_buckets=(4, 128))
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, 2000, size=(3, 19)).astype(np.int64)
     mask = np.ones_like(ids)
@@ -274,4 +274,4 @@ def test_torch_encoder_pads_to_buckets_without_changing_rows(render_info):
     expected = OnnxEncoder(tower / "model.onnx")(ids, mask)
     np.testing.assert_allclose(got[mask == 1], expected[mask == 1], atol=2e-4, rtol=0)
     with pytest.raises(ValueError, match=r"cuda_graphs needs device 'cuda'"):
-        TorchEncoder(render_info["query_tower"]["source"], device="cpu", dtype="float32", cuda_graphs=True)
+        TorchEncoder(render_info.query_tower["source"], device="cpu", dtype="float32", cuda_graphs=True)

@@ -120,11 +120,11 @@ def test_plan_combines_throughput_and_memory():
 
 def test_sizes_come_from_the_served_configs(server, render_info):
     sizes = sizes_from_server(server.grpc_url)
-    assert sizes.index_rows == render_info["index"]["count"] and sizes.dim == render_info["query_tower"]["dim"]
+    assert sizes.index_rows == render_info.index["count"] and sizes.dim == render_info.query_tower["dim"]
     assert sizes.index_dtype == "float16"
-    rows, dim = render_info["index"]["count"], render_info["query_tower"]["dim"]
+    rows, dim = render_info.index["count"], render_info.query_tower["dim"]
     assert sizes.index_bytes == rows * dim * 4  # the served numpy search holds float32 copies
-    assert sizes.encoder_bytes == (ARTIFACTS / "towers" / render_info["query_tower"]["fingerprint"] / "model.onnx").stat().st_size
+    assert sizes.encoder_bytes == (ARTIFACTS / "towers" / render_info.query_tower["fingerprint"] / "model.onnx").stat().st_size
 
 
 def test_plan_end_to_end_on_a_short_sweep(server, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Serving-side library without a server: validation, tokenization, ragged batching, index loading."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -94,7 +95,7 @@ def index_copy(repository, tmp_path):
 
 
 def test_index_loads_and_matches_manifest(index_copy, render_info):
-    index = load_index(index_copy, render_info["query_tower"]["fingerprint"])
+    index = load_index(index_copy, render_info.query_tower["fingerprint"])
     assert len(index) == index.manifest["count"] == len(index.keys)
     np.testing.assert_allclose(np.linalg.norm(index.embeddings, axis=1), 1.0, atol=2e-3)  # fp16 storage
 
@@ -110,7 +111,7 @@ def test_tampered_index_is_refused(index_copy, render_info):
     data[-1] ^= 0xFF
     shard.write_bytes(bytes(data))
     with pytest.raises(IndexMismatch, match=rf"{shard.name}: sha256 must be [0-9a-f]{{64}}; got [0-9a-f]{{64}}"):
-        load_index(index_copy, render_info["query_tower"]["fingerprint"])
+        load_index(index_copy, render_info.query_tower["fingerprint"])
 
 
 def test_atomic_folder_replaces_whole_or_leaves_the_old_one(tmp_path):
@@ -148,18 +149,18 @@ def test_shard_rows_gather_across_shards_in_any_order():
     np.testing.assert_array_equal(rows.float16(), full)
 
 
-def test_gpu_repositories_get_a_cuda_pool_sized_for_their_batches(tmp_path):
+def test_gpu_repositories_get_a_cuda_pool_sized_for_their_batches(render_info, tmp_path):
     """Triton's 64 MiB default sends last_hidden_state through pinned host memory at 128 x 256 x 384."""
     from model_repository.launcher import MIB, ServerConfig, TritonServer, cuda_pool_bytes
 
     assert cuda_pool_bytes(128, 256, 384) == 256 * MIB  # 4 batches of 128 x 256 x 384 fp32 states + ids and masks
     assert cuda_pool_bytes(128, 256, 768) == 448 * MIB and cuda_pool_bytes(1, 8, 8) == 64 * MIB
-    context = {"target": "gpu", "max_batch_size": 128, "max_tokens": 256, "dim": 768, "shard_count": 2}
-    (tmp_path / "render.json").write_text(json.dumps({"context": context}))
+    context = dataclasses.replace(render_info.context, target="gpu", max_batch_size=128, max_tokens=256, dim=768, shard_count=2)
+    dataclasses.replace(render_info, context=context).write(tmp_path)
     flags = TritonServer(ServerConfig(tmp_path, tmp_path)).command(tmp_path)
     assert [f for f in flags if f.startswith("--cuda-memory-pool")] == [
         f"--cuda-memory-pool-byte-size=0:{448 * MIB}", f"--cuda-memory-pool-byte-size=1:{448 * MIB}"]
-    (tmp_path / "render.json").write_text(json.dumps({"context": {**context, "target": "cpu"}}))
+    dataclasses.replace(render_info, context=dataclasses.replace(context, target="cpu")).write(tmp_path)
     assert not [f for f in TritonServer(ServerConfig(tmp_path, tmp_path)).command(tmp_path) if "cuda-memory-pool" in f]
 
 
@@ -189,3 +190,22 @@ def test_saved_figures_are_palette_pngs_that_look_the_same_at_a_fraction_of_the_
     diff = np.abs(got - want).max(axis=2)
     assert (diff > 24).mean() < 0.01 and diff.mean() < 1.0, (diff.mean(), (diff > 24).mean())
     assert path.stat().st_size < 0.6 * len(full.getvalue())
+
+
+def test_render_json_is_one_typed_value_written_and_read_whole(render_info, repository, tmp_path):
+    """build writes render.json through Rendered and every reader reads it back the same; a file from another
+    version of build (a setting it no longer has, one it lacks) is refused by name, not half-read."""
+    from model_repository.runtime.rendered import Rendered
+
+    assert (repository / "render.json").read_text(encoding="utf-8") == render_info.to_json()
+    render_info.write(tmp_path)
+    assert Rendered.read(tmp_path) == render_info
+    raw = json.loads(render_info.to_json())
+    raw["context"]["encoder_nice"] = 19
+    del raw["context"]["dim"]
+    (tmp_path / "render.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"unknown settings \['encoder_nice'\], missing \['dim'\].*render the repository again"):
+        Rendered.read(tmp_path)
+    assert Rendered.read_if_rendered(tmp_path / "nothing") is None
+    with pytest.raises(FileNotFoundError, match="render.json is missing"):
+        Rendered.read(tmp_path / "nothing")

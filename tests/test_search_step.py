@@ -29,7 +29,7 @@ def fused(repository, tmp_path_factory):
     folder = tmp_path_factory.mktemp("search-in-encoder")
     resolved = render_variant(folder / "repo", repository, search_step="encoder", encoder_batching="dynamic",
                               max_queue_delay_us=20000)
-    assert resolved["context"]["search_step"] == "encoder" and resolved["context"]["admission_max_rows"] == 8
+    assert resolved.context.search_step == "encoder" and resolved.context.admission_max_rows == 8
     server = start_server(folder / "repo", folder / "work")
     try:
         yield server, folder / "repo"
@@ -156,8 +156,8 @@ def test_an_index_deploy_swaps_the_encoders_index_and_mips_topks_together_and_ro
 
     served, repo = fused
     docs = read_corpus(ARTIFACTS / "corpus" / "python-docs" / "corpus.jsonl")[:60]
-    doc_tower = ExportedTower(ARTIFACTS / "towers" / render_info["index"]["doc_tower_fingerprint"])
-    small = build_index(docs, "first-60-documents", doc_tower, render_info["query_tower"]["fingerprint"], tmp_path / "index")
+    doc_tower = ExportedTower(ARTIFACTS / "towers" / render_info.index["doc_tower_fingerprint"])
+    small = build_index(docs, "first-60-documents", doc_tower, render_info.query_tower["fingerprint"], tmp_path / "index")
     small_version = json.loads((small / "manifest.json").read_text(encoding="utf-8"))["index_version"]
     assert deploy.holders(repo) == ["query_encoder", "mips_topk"]
     texts = ["how do I copy a file", "what is a lambda"]

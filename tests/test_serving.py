@@ -40,7 +40,7 @@ def test_served_embed_agrees_with_sentence_transformers(retrieval, render_info, 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(render_info["query_tower"]["source"], device="cpu")
+    model = SentenceTransformer(render_info.query_tower["source"], device="cpu")
     texts = queries[:16]
     reference = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
     assert cosine_rows(retrieval.embed(texts), reference).min() >= COSINE_MIN
@@ -147,7 +147,7 @@ def unlimited(repository, render_info, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("unlimited")
     resolved = render_variant(folder / "repo", repository, admission_max_rows=0)
-    assert resolved["context"]["admission_max_rows"] == 0 and render_info["context"]["admission_max_rows"] == 8
+    assert resolved.context.admission_max_rows == 0 and render_info.context.admission_max_rows == 8
     server = start_server(folder / "repo", folder / "work")
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
@@ -174,7 +174,7 @@ def test_the_dynamic_batching_encoder_merges_requests_and_each_equals_the_reques
     from tests.conftest import render_variant, start_server
 
     resolved = render_variant(tmp_path / "repo", repository, encoder_batching="dynamic", admission_max_rows=0)
-    assert resolved["context"]["encoder_batching"] == "dynamic"
+    assert resolved.context.encoder_batching == "dynamic"
     server = start_server(tmp_path / "repo", tmp_path / "work")
     try:
         client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -272,7 +272,7 @@ def test_clients_calling_the_tokenizer_take_no_admission_ticket(server, grpc, pi
     is answered at once, and each answer is the tokens the in-process pipeline encodes."""
     from model_repository.runtime.admission import Admission, table_path
 
-    limit = int(render_info["context"]["admission_max_rows"])
+    limit = int(render_info.context.admission_max_rows)
     assert limit > 0, "the default repository admits; the test proves nothing without a limit"
     config = grpc.get_model_config("tokenizer", as_json=True)["config"]
     assert [o["name"] for o in config["output"]] == ["input_ids", "attention_mask"]
@@ -359,7 +359,7 @@ def test_in_a_dynamic_batch_only_the_bad_requests_fail(unlimited, queries):
 
 
 def test_every_response_names_the_index_version(retrieval, render_info):
-    assert retrieval.retrieve(["what is a generator"], k=2).index_version == render_info["index"]["index_version"]
+    assert retrieval.retrieve(["what is a generator"], k=2).index_version == render_info.index["index_version"]
 
 
 def test_client_cli_prints_results_and_latency(server):

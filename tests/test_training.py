@@ -21,6 +21,7 @@ import torch
 
 from training.corpus import build_python_docs, is_built
 from model_repository.launcher import free_port
+from model_repository.runtime.rendered import Rendered
 from tests.conftest import ARTIFACTS, DEVICE, ROOT
 from training import config as tconfig
 from training import evaluate, stage1, stage2
@@ -613,8 +614,8 @@ def test_decoder_towers_with_prefix_and_eos_serve_what_they_compute(decoder_repo
 
     artifacts, s1, docs = decoder_repository
     repo = artifacts / "model_repository"
-    render = json.loads((repo / "render.json").read_text())["context"]
-    assert render["prefix"] == "query: " and render["eos_id"] == "102" and render["pooling"] == "last_token"
+    render = Rendered.read(repo).context
+    assert render.prefix == "query: " and render.eos_id == "102" and render.pooling == "last_token"
     # The index holds what the doc tower computes in-process, prefix and EOS included.
     index_dir = repo / "mips_topk" / "1" / "index"
     index = load_index(index_dir, read_manifest(index_dir)["query_tower_fingerprint"])
