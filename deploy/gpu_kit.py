@@ -1,6 +1,6 @@
 """The GPU bundle: everything a GPU machine with no network needs to run the GPU suite (docs/gpu.md).
 
-    on a machine with the package registries:   python3 deploy/gpu_kit.py fetch              (writes .kit/, ~38 MiB)
+    on a machine with the package registries:   python3 deploy/gpu_kit.py fetch              (writes .kit/, ~34 MiB)
     on the GPU machine, in the repository:      python3 deploy/gpu_kit.py run --out DIR      (DIR/gpu-results.tgz)
 
 Copy the repository with its ``.kit/`` to the GPU machine, which needs the NVIDIA driver and an image
