@@ -152,7 +152,7 @@ def test_topk_rejects_wrong_dimension():
 
 
 def test_topk_cpu_benchmark_runs_every_search_and_they_agree(tmp_path):
-    """The benchmark behind the README's CPU search table: every implementation answers as faiss does."""
+    """The benchmark behind the CPU search figures (benchmarks/results/topk-cpu-2026-11-24/): every implementation answers as faiss does."""
     pytest.importorskip("faiss")
     from benchmarks import kernel_bench
 
