@@ -1,4 +1,4 @@
-"""python -m benchmarks load|plan|overload|soak|compare|topk-cpu|compression|gpu-kernels|gpu-suite|roofline.
+"""python -m benchmarks load|plan|overload|burst|soak|compare|tail|topk-cpu|compression|gpu-kernels|gpu-suite|roofline.
 
 Every call to a served model goes through ``clients/`` (gRPC) and the metrics endpoint.
 The offline benchmarks (kernels, index compression) run ``kernels/`` and the serving
@@ -68,6 +68,18 @@ def cmd_overload(args: argparse.Namespace) -> int:
     print(json.dumps(result["verdict"], indent=2))
     print(f"results: {args.out}\nplot:    {args.out.with_suffix('.png')}")
     return 0 if result["verdict"]["passed"] else 1
+
+
+def cmd_burst(args: argparse.Namespace) -> int:
+    """Closed-loop bursts of 1..64 plain tritonclient callers: refusals, errors, answers, p99 per level."""
+    from benchmarks.capacity import burst
+
+    result = burst.run(args)
+    md = burst.markdown(result)
+    args.out.with_suffix(".md").write_text(md, encoding="utf-8")
+    print(md)
+    print(f"results: {args.out}\nplot:    {args.out.with_suffix('.png')}")
+    return 0 if result["passed"] else 1
 
 
 def cmd_overload_compare(args: argparse.Namespace) -> int:
@@ -209,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.capacity import overload
 
     overload.add_arguments(p)
+    from benchmarks.capacity import burst
+
+    burst.add_arguments(sub.add_parser("burst", help="closed-loop bursts of 1..64 plain tritonclient callers: every call answered?"))
     p = sub.add_parser("overload-compare", help="one plot of several overload runs (e.g. one per queue policy)")
     p.add_argument("results", nargs="+", help="NAME=path/to/overload.json")
     p.add_argument("--out", type=Path, required=True, help="PNG")
@@ -255,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the command line, not a test calling main(): a SIGTERM unwinds like Ctrl-C
         signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
-        return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "overload-compare": cmd_overload_compare, "soak": cmd_soak, "compare": cmd_compare, "tail": cmd_tail,
+        return {"load": cmd_load, "plan": cmd_plan, "overload": cmd_overload, "burst": cmd_burst, "overload-compare": cmd_overload_compare, "soak": cmd_soak, "compare": cmd_compare, "tail": cmd_tail,
                 "topk-cpu": cmd_topk_cpu, "compression": cmd_compression, "gpu-kernels": cmd_gpu_kernels,
                 "gpu-suite": cmd_gpu_suite, "roofline": cmd_roofline}[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -103,7 +103,7 @@ def _served(repository: Path) -> tuple[str, str]:
 
 
 # what a repository's render.json says of how ours was set up: recorded for each of ours in the summary
-SETTINGS = ("encoder_batching", "max_queue_delay_us", "admission_max_rows", "instances",
+SETTINGS = ("encoder_batching", "max_queue_delay_us", "admission_budget_ms", "instances",
             "intra_op_threads", "pooling_step", "search_step", "topk_implementation", "topk_gemm")
 
 

@@ -58,7 +58,7 @@ def corpus_step(c: cfg.BuildConfig) -> tuple[Path, list[dict], str]:
         folder = c.artifacts / "corpus" / "python-docs"
         if not is_built(folder):
             log("building the default corpus from Debian python3.11-doc")
-            m = build_python_docs(folder, c.artifacts / "cache", c.deb)
+            m = build_python_docs(folder, c.artifacts / "cache", c.deb, c.accept_unpinned)
             log(f"corpus: {m['documents']} documents, {m['queries']} FAQ queries ({m['source']['package']} {m['source']['version']})")
         path = folder / "corpus.jsonl"
     return path, read_corpus(path), sha256_file(path)
@@ -234,7 +234,7 @@ def variant_main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log(f"{args.out}: the tower and index of {args.repository}, " + ", ".join(
-        f"{k} {getattr(resolved.context, k)}" for k in ("encoder_batching", "max_queue_delay_us", "admission_max_rows",
+        f"{k} {getattr(resolved.context, k)}" for k in ("encoder_batching", "max_queue_delay_us", "admission_budget_ms",
                                                        "pooling_step", "search_step")))
     print(args.out)
     return 0

@@ -68,9 +68,9 @@ class ServingSettings:
     encoder_implementation: str = dataclasses.field(default="auto", metadata={"help": "query_encoder: onnx (CPU), torch (the tower's weights through PyTorch: fp16 + CUDA graphs on gpu, float32 on cpu) or tensorrt (auto: onnx on cpu, tensorrt on gpu)"})
     encoder_cuda_graphs: int = dataclasses.field(default=1, metadata={"help": "gpu, encoder torch: capture one CUDA graph per (batch bucket, token multiple) at load (0: eager)"})
     encoder_batch_buckets: str = dataclasses.field(default="1,2,4,8,16,32,64,128", metadata={"help": "encoder torch: batches are padded up to one of these row counts"})
-    # 8 rows on the CPU: it held 3x capacity to an admitted p99 of ~170 ms, where without a limit the queue grew
-    # to the clients' deadline (benchmarks/results/overload-default-2026-11-24/). Off on the GPU: not measured.
-    admission_max_rows: int = dataclasses.field(default=-1, metadata={"help": "rows in flight between the tokenizer and the step that answers (pooling for embed, the search for retrieve) before new requests are refused at once with UNAVAILABLE (0: no limit; -1: auto, 8 on cpu, 0 on gpu)"})
+    # 1 s on the CPU: closed-loop bursts of up to 64 callers are never refused, and open loop at 3x capacity keeps
+    # admitted answers within the budget (benchmarks/results/admission-wait-2026-12-07/). Off on the GPU: not measured.
+    admission_budget_ms: float = dataclasses.field(default=-1, metadata={"help": "refuse at once (UNAVAILABLE) a request whose predicted wait, the rows in flight ahead of it times the measured service time of a row, exceeds this many ms, or whose own timeout it would miss (0: off; -1: auto, 1000 on cpu, 0 on gpu)"})
     # A batch of 2+ queries through torch's MKL GEMM: OpenBLAS's few-column SGEMM is slower for 2 than 1
     # (benchmarks/results/topk-cpu-2026-11-24/).
     topk_gemm: str = dataclasses.field(default="auto", metadata={"help": "mips_topk numpy: auto (OpenBLAS GEMV for one query, torch's MKL GEMM for 2+) or numpy (OpenBLAS for every batch)"})
@@ -127,16 +127,16 @@ class ServingSettings:
                              f"faiss or chunked search); got {self.search_step!r} with pooling_step {pooling_step!r} and search {topk!r}")
         if self.topk_gemm not in NumpyTopK.GEMMS:
             raise ValueError(f"topk_gemm must be one of {list(NumpyTopK.GEMMS)}; got {self.topk_gemm!r}")
-        if self.admission_max_rows < -1 or self.admission_ttl_s <= 0:
-            raise ValueError(f"admission_max_rows must be >= 0 (or -1 for auto) and admission_ttl_s > 0; "
-                             f"got {self.admission_max_rows} and {self.admission_ttl_s}")
-        admission = self.admission_max_rows if self.admission_max_rows >= 0 else (0 if gpu else 8)
+        if (self.admission_budget_ms < 0 and self.admission_budget_ms != -1) or self.admission_ttl_s <= 0:
+            raise ValueError(f"admission_budget_ms must be >= 0 (or -1 for auto) and admission_ttl_s > 0; "
+                             f"got {self.admission_budget_ms} and {self.admission_ttl_s}")
+        admission = self.admission_budget_ms if self.admission_budget_ms >= 0 else (0.0 if gpu else 1000.0)
         return {**dataclasses.asdict(self), "pool_implementation": pool, "topk_implementation": topk,
                 "preferred_batch_sizes": sizes, "pad_to_multiple": self.pad_to_multiple if gpu else 0,
                 "encoder_implementation": encoder, "encoder_device": "cuda" if gpu else "cpu",
                 "encoder_dtype": "float16" if gpu else "float32", "encoder_cuda_graphs": self.encoder_cuda_graphs if gpu else 0,
                 "encoder_batch_buckets": ",".join(map(str, buckets)), "encoder_batching": batching, "max_queue_delay_us": delay,
-                "pooling_step": pooling_step, "search_step": self.search_step, "admission_max_rows": admission}
+                "pooling_step": pooling_step, "search_step": self.search_step, "admission_budget_ms": admission}
 
 
 def _t(name: str, dtype: str, dims: str) -> dict:

@@ -108,11 +108,11 @@ def test_batch_window_is_zero_on_the_cpu_unless_asked(render_info):
 def test_admission_is_checked():
     # on by default on the CPU (measured there), off on the GPU (not measured); an explicit value wins
     auto = {t: ServingSettings(target=t).resolved() for t in ("cpu", "gpu")}
-    assert {t: r["admission_max_rows"] for t, r in auto.items()} == {"cpu": 8, "gpu": 0}
-    assert ServingSettings(admission_max_rows=0).resolved()["admission_max_rows"] == 0
-    assert ServingSettings(admission_max_rows=4, target="gpu").resolved()["admission_max_rows"] == 4
-    with pytest.raises(ValueError, match=r"admission_max_rows must be >= 0 \(or -1 for auto\) and admission_ttl_s > 0; got -2 and 5.0"):
-        ServingSettings(admission_max_rows=-2).resolved()
+    assert {t: r["admission_budget_ms"] for t, r in auto.items()} == {"cpu": 1000, "gpu": 0}
+    assert ServingSettings(admission_budget_ms=0).resolved()["admission_budget_ms"] == 0
+    assert ServingSettings(admission_budget_ms=250, target="gpu").resolved()["admission_budget_ms"] == 250
+    with pytest.raises(ValueError, match=r"admission_budget_ms must be >= 0 \(or -1 for auto\) and admission_ttl_s > 0; got -2 and 5.0"):
+        ServingSettings(admission_budget_ms=-2).resolved()
     with pytest.raises(ValueError, match=r"topk_gemm must be one of \['auto', 'numpy'\]; got 'blas'"):
         ServingSettings(topk_gemm="blas").resolved()
 
@@ -313,8 +313,8 @@ def test_every_serving_setting_parses_to_its_own_type():
 
     parser = argparse.ArgumentParser()
     cfg.add_arguments(parser)
-    _, settings = cfg.from_args(parser.parse_args(["--admission-ttl-s", "2.5", "--admission-max-rows", "4", "--pooling-step", "separate"]))
-    assert (settings.admission_ttl_s, settings.admission_max_rows, settings.pooling_step) == (2.5, 4, "separate")
+    _, settings = cfg.from_args(parser.parse_args(["--admission-ttl-s", "2.5", "--admission-budget-ms", "400", "--pooling-step", "separate"]))
+    assert (settings.admission_ttl_s, settings.admission_budget_ms, settings.pooling_step) == (2.5, 400, "separate")
     assert settings.resolved()["admission_ttl_s"] == 2.5
     for action in parser._actions:  # every option of a typed field converts to that type
         field = {f.name: f for f in dataclasses.fields(ServingSettings)}.get(action.dest)

@@ -119,8 +119,8 @@ def test_a_variant_must_serve_the_same_tower_and_index(repository, tmp_path):
 
     out = tmp_path / "dynamic"
     assert build_main(["variant", "--repository", str(repository), "--out", str(out), "--encoder-batching", "dynamic",
-                       "--admission-max-rows", "0"]) == 0
-    assert compare.our_settings(out)["encoder_batching"] == "dynamic" and compare.our_settings(out)["admission_max_rows"] == 0
+                       "--admission-budget-ms", "0"]) == 0
+    assert compare.our_settings(out)["encoder_batching"] == "dynamic" and compare.our_settings(out)["admission_budget_ms"] == 0
     assert compare.our_settings(repository)["encoder_batching"] == "sequential"
     assert filecmp.cmp(out / "query_encoder" / "1" / "model.onnx", repository / "query_encoder" / "1" / "model.onnx", shallow=False)
     assert compare.parse_variants([f"dynamic={out}"], repository) == {"triton-dynamic": out}

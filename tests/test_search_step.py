@@ -29,7 +29,7 @@ def fused(repository, tmp_path_factory):
     folder = tmp_path_factory.mktemp("search-in-encoder")
     resolved = render_variant(folder / "repo", repository, search_step="encoder", encoder_batching="dynamic",
                               max_queue_delay_us=20000)
-    assert resolved.context.search_step == "encoder" and resolved.context.admission_max_rows == 8
+    assert resolved.context.search_step == "encoder" and resolved.context.admission_budget_ms == 1000
     server = start_server(folder / "repo", folder / "work")
     try:
         yield server, folder / "repo"
@@ -71,7 +71,7 @@ def test_retrieve_searched_in_the_encoder_answers_as_the_mips_topk_step(fused, s
 
 
 def test_a_burst_of_embed_and_retrieve_batched_in_the_encoder_each_equals_the_request_alone(fused, server, queries):
-    """8 concurrent requests (the admission limit): embeds, retrieves at several k and one bad k. The
+    """8 concurrent requests: embeds, retrieves at several k and one bad k. The
     encoder's batcher merges them; each answer equals the default server's answer to it alone, the bad one
     alone is refused, and the admission table reads 0 after (the encoder gave every ticket back)."""
     from model_repository.runtime.admission import Admission, table_path

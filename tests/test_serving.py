@@ -140,14 +140,14 @@ def concurrent_equals_alone(grpc, texts, batched_model):
 
 @pytest.fixture(scope="module")
 def unlimited(repository, render_info, tmp_path_factory):
-    """A client of the default CPU repository rendered without admission (``--admission-max-rows 0``):
-    the batching tests fire more concurrent requests than the default admits (8 rows), and what they
-    check is how the steps batch, not the refusals (test_admission_refuses_... checks those)."""
+    """A client of the default CPU repository rendered without admission (``--admission-budget-ms 0``):
+    what the batching tests check is how the steps batch, and a stall of this shared machine must not
+    turn into refusals (test_admission_refuses_... checks those)."""
     from tests.conftest import render_variant, start_server
 
     folder = tmp_path_factory.mktemp("unlimited")
-    resolved = render_variant(folder / "repo", repository, admission_max_rows=0)
-    assert resolved.context.admission_max_rows == 0 and render_info.context.admission_max_rows == 8
+    resolved = render_variant(folder / "repo", repository, admission_budget_ms=0)
+    assert resolved.context.admission_budget_ms == 0 and render_info.context.admission_budget_ms == 1000
     server = start_server(folder / "repo", folder / "work")
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
@@ -173,7 +173,7 @@ def test_the_dynamic_batching_encoder_merges_requests_and_each_equals_the_reques
     """--encoder-batching dynamic (the GPU default): queued requests run as one padded, ragged batch."""
     from tests.conftest import render_variant, start_server
 
-    resolved = render_variant(tmp_path / "repo", repository, encoder_batching="dynamic", admission_max_rows=0)
+    resolved = render_variant(tmp_path / "repo", repository, encoder_batching="dynamic", admission_budget_ms=0)
     assert resolved.context.encoder_batching == "dynamic"
     server = start_server(tmp_path / "repo", tmp_path / "work")
     try:
@@ -187,9 +187,9 @@ def test_the_dynamic_batching_encoder_merges_requests_and_each_equals_the_reques
 
 def assert_a_stalled_search_holds_the_tickets(client, search_pid, table, texts, alone):
     """retrieve's tickets come back after its search, not after encoding: with the search's stub stopped,
-    two encoded requests still hold the 2-row limit, so a third is refused at once; once it runs again,
-    both are answered as alone and their tickets come back. (Given back at pooling, the search's queue
-    was outside the limit: a search stub at SCHED_IDLE could fall behind without bound.)"""
+    an encoded request still counts ahead of the next, which is refused at once; once the search runs
+    again, it is answered as alone and its ticket comes back. (Given back at pooling, the search's queue
+    would be outside what admission sees.)"""
     encoded = executions(client, "query_encoder")[0]
     os.kill(search_pid, signal.SIGSTOP)
     try:
@@ -197,7 +197,7 @@ def assert_a_stalled_search_holds_the_tickets(client, search_pid, table, texts, 
         assert executions(client, "query_encoder", encoded + len(texts))[0] >= encoded + len(texts), "never encoded"
         time.sleep(0.3)  # the encoder has answered both: given back at pooling, the table would read 0 by now
         assert table.in_flight() == len(texts), "the encoder gave a retrieve ticket back before its search"
-        with pytest.raises(InferenceServerException, match=r"admission_max_rows is 2, 2 rows are in flight") as refused:
+        with pytest.raises(InferenceServerException, match=r"predicted wait \d+ ms \(1 rows ahead x [\d.]+ ms a row\) exceeds admission_budget_ms 1;") as refused:
             client.infer("retrieve", retrieve_request([texts[0]], 5), client_timeout=30)
         assert refused.value.status() == "StatusCode.UNAVAILABLE"
     finally:
@@ -208,18 +208,19 @@ def assert_a_stalled_search_holds_the_tickets(client, search_pid, table, texts, 
     assert rows_in_flight_settled(table) == 0, "a searched request's ticket never came back"
 
 
-def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_rest(repository, queries, tmp_path):
-    """--admission-max-rows 2: of a burst, the requests that would put more than 2 rows in flight
-    get UNAVAILABLE naming the limit, at once; every admitted one equals the request alone; every
-    ticket comes back; the server goes on serving. The burst arrives
-    while the search's stub is stopped, so the first two admitted hold the limit however slowly the
-    machine delivers the burst (unpaused, a loaded CI machine once answered all 32 one after another)."""
+def test_admission_refuses_at_once_what_would_wait_beyond_its_budget_and_serves_the_rest(repository, queries, tmp_path):
+    """--admission-budget-ms 1: once the service time of a row is measured (~10 ms here), any request with
+    a row ahead of it would wait beyond the budget. Of a burst that arrives while the search's stub is
+    stopped, exactly one is admitted (nothing ahead of it); the others get UNAVAILABLE at once, naming
+    the predicted wait, the rows ahead, the time a row and the budget. The admitted one equals the
+    request alone, every ticket comes back, and the server goes on serving. (The stopped search makes
+    the count exact however slowly this machine delivers the burst.)"""
     from benchmarks.load import openloop
     from benchmarks.load.procs import server_processes
     from model_repository.runtime.admission import Admission, table_path
     from tests.conftest import render_variant, start_server
 
-    render_variant(tmp_path / "repo", repository, admission_max_rows=2)
+    render_variant(tmp_path / "repo", repository, admission_budget_ms=1)
     server = start_server(tmp_path / "repo", tmp_path / "work")
     try:
         stubs = server_processes(server.grpc_url)
@@ -229,39 +230,54 @@ def test_admission_refuses_at_once_what_would_exceed_its_limit_and_serves_the_re
                     "stub:tokenizer_0_0", "stub:ensemble_tokenizer_0_0", "stub:query_encoder_0_0", "stub:mips_topk_0_0")}
         client = grpcclient.InferenceServerClient(server.grpc_url)
         texts = queries[:32]
-        alone = [client.infer("retrieve", retrieve_request([t], 5)) for t in texts]  # one at a time: all admitted
+        alone = [client.infer("retrieve", retrieve_request([t], 5)) for t in texts]  # one at a time: all admitted, and measured
         table = Admission(table_path(server.process.pid), 0)
+        assert table.row_ns() > 1_000_000, "a row measured under the 1 ms budget: the test proves nothing"
         finished: list[int] = []
         os.kill(stubs["stub:mips_topk_0_0"], signal.SIGSTOP)
         try:
             answered = fire_concurrently_later(client, "retrieve", [retrieve_request([t], 5) for t in texts], OUTPUTS, finished)
             deadline = time.monotonic() + 60
-            while len(finished) < len(texts) - 2 and time.monotonic() < deadline:
+            while len(finished) < len(texts) - 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert len(finished) == len(texts) - 2, f"{len(finished)} of {len(texts)} answered while two should hold the limit"
-            assert table.in_flight() == 2
+            assert len(finished) == len(texts) - 1, f"{len(finished)} of {len(texts)} answered while one should be held"
+            assert table.in_flight() == 1
         finally:
             os.kill(stubs["stub:mips_topk_0_0"], signal.SIGCONT)
         burst = answered()
         refused = [r for r in burst if isinstance(r, Exception)]
-        assert len(burst) == len(texts) and len(burst) - len(refused) == 2, [type(r).__name__ for r in burst]
+        assert len(burst) == len(texts) and len(burst) - len(refused) == 1, [type(r).__name__ for r in burst]
         for single, answer in zip(alone, burst):
             if not isinstance(answer, Exception):
                 np.testing.assert_array_equal(answer["DOC_IDS"], single.as_numpy("DOC_IDS"))
         for error in refused:
             assert error.status() == "StatusCode.UNAVAILABLE", str(error)
-            assert re.search(r"admission_max_rows is 2, [12] rows are in flight and this request has 1", error.message()), str(error)
+            assert re.search(r"server busy: predicted wait \d+ ms \(1 rows ahead x [\d.]+ ms a row\) exceeds admission_budget_ms 1; "
+                             r"retry with backoff", error.message()), str(error)
         # the overload benchmark's capacity probe (8 callers, back to back) must not take the refusals' churn for capacity
-        with pytest.raises(openloop.ProbeFailed, match=r"calls failed \(StatusCode.UNAVAILABLE: \d+; first: .*admission_max_rows is 2.*--capacity-rps"):
+        with pytest.raises(openloop.ProbeFailed, match=r"calls failed \(StatusCode.UNAVAILABLE: \d+; first: .*admission_budget_ms 1.*--capacity-rps"):
             openloop.Generator(server.grpc_url, "retrieve", texts, k=5).closed_loop(8, 1.5)
-        assert table.in_flight() == 0, "an admitted request's ticket never came back"
+        assert rows_in_flight_settled(table) == 0, "an admitted request's ticket never came back"
         again = client.infer("retrieve", retrieve_request([texts[0]], 5))
         np.testing.assert_array_equal(again.as_numpy("DOC_IDS"), alone[0].as_numpy("DOC_IDS"))
-        assert_a_stalled_search_holds_the_tickets(client, stubs["stub:mips_topk_0_0"], table, texts[:2], alone[:2])
+        assert_a_stalled_search_holds_the_tickets(client, stubs["stub:mips_topk_0_0"], table, texts[:1], alone[:1])
         client.close()
     finally:
         server.stop()
     assert not table_path(server.process.pid).exists(), "the launcher leaves no admission table behind"
+
+
+def test_a_request_whose_timeout_its_own_service_would_miss_is_refused_at_once(server, grpc, queries):
+    """The request's own timeout (tritonclient's ``timeout``, microseconds) reaches the ensemble's first
+    step: a timeout shorter than one row's measured service is refused at once, naming it; a long one is
+    answered, and so is a request without one."""
+    grpc.infer("embed", [text_input(queries[:1])])  # at least one row measured
+    start = time.monotonic()
+    with pytest.raises(InferenceServerException, match=r"predicted wait \d+ ms \(0 rows ahead x [\d.]+ ms a row\) plus this "
+                                                       r"request's 1 rows exceeds its timeout of 0.1 ms; retry") as refused:
+        grpc.infer("embed", [text_input(queries[:1])], timeout=100)
+    assert refused.value.status() == "StatusCode.UNAVAILABLE" and time.monotonic() - start < 2.0
+    assert grpc.infer("embed", [text_input(queries[:1])], timeout=30_000_000).as_numpy("EMBEDDING").shape == (1, 384)
 
 
 def test_clients_calling_the_tokenizer_take_no_admission_ticket(server, grpc, pipeline, render_info, queries):
@@ -272,11 +288,11 @@ def test_clients_calling_the_tokenizer_take_no_admission_ticket(server, grpc, pi
     is answered at once, and each answer is the tokens the in-process pipeline encodes."""
     from model_repository.runtime.admission import Admission, table_path
 
-    limit = int(render_info.context.admission_max_rows)
-    assert limit > 0, "the default repository admits; the test proves nothing without a limit"
+    assert render_info.context.admission_budget_ms > 0, "the default repository admits; the test proves nothing without it"
+    limit = 8
     config = grpc.get_model_config("tokenizer", as_json=True)["config"]
     assert [o["name"] for o in config["output"]] == ["input_ids", "attention_mask"]
-    assert "admission_max_rows" not in config.get("parameters", {})
+    assert "admission_budget_ms" not in config.get("parameters", {})
     table = Admission(table_path(server.process.pid), 0)
     for text in queries[:3 * limit]:
         answer = grpc.infer("tokenizer", [text_input([text], name="text")])

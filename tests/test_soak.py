@@ -24,7 +24,7 @@ def unadmitted(repository, tmp_path_factory):
     8 arrivals one time in five. Shedding such bursts is admission's job, tested in test_admission and
     test_overload; this soak is about leaks, drift and errors, and holds every failed call against it."""
     folder = tmp_path_factory.mktemp("soak")
-    render_variant(folder / "repo", repository, admission_max_rows=0)
+    render_variant(folder / "repo", repository, admission_budget_ms=0)
     srv = start_server(folder / "repo", folder / "work")
     try:
         yield srv

@@ -28,7 +28,7 @@ from model_repository.runtime.provenance import git_commit, machine, save_figure
 
 
 def queue_policies(url: str, model: str) -> dict:
-    """Each step's dynamic batching, queue policy and admission limit, as the server reports it."""
+    """Each step's dynamic batching, queue policy and admission budget, as the server reports it."""
     from clients.retrieval import RetrievalClient  # here: `python -m benchmarks` must start without tritonclient (the GPU image)
 
     with RetrievalClient(url) as client:

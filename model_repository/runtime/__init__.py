@@ -13,4 +13,4 @@ class InvalidInput(ValueError):
 
 
 class Overloaded(RuntimeError):
-    """The server is at its admission limit; the message names the limit and what was in flight."""
+    """Admission refused the request: the message names its predicted wait, what it was judged with, and the budget."""

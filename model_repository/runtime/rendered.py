@@ -40,7 +40,7 @@ class ServingContext:
     encoder_batch_buckets: str
     encoder_batching: str
     encoder_quantization: str
-    admission_max_rows: int
+    admission_budget_ms: float
     admission_ttl_s: float
     topk_gemm: str
     pooling_step: str

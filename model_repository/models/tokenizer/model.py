@@ -2,16 +2,16 @@
 
 Thin adapter over runtime.text. Rendered twice from this code: ``tokenizer`` for clients, and
 ``ensemble_tokenizer``, the ensembles' first step and the server's admission point
-(runtime.admission): there a valid request that would put more than ``admission_max_rows`` rows in
-flight (not yet answered) is answered UNAVAILABLE at once, and an admitted one carries its ticket
-to the step that gives it back. Only a config with the ``admission_ticket`` output admits: a ticket
-handed to a client would never be given back, and would hold its rows until it expired.
+(runtime.admission): there a valid request whose predicted wait exceeds ``admission_budget_ms``, or
+its own timeout, is answered UNAVAILABLE at once, and an admitted one carries its ticket to the step
+that gives it back. Only a config with the ``admission_ticket`` output admits: a ticket handed to a
+client would never be given back, and would hold its rows until it expired.
 """
 import numpy as np
 
 from runtime import InvalidInput, Overloaded
 from runtime.adapter import execute_batched, input_array, version_folder
-from runtime.admission import Admission, table_path
+from runtime.admission import Admission, refusal, table_path
 from runtime.files import verify_artifacts
 from runtime.params import ModelParams
 from runtime.text import TextTokenizer, decode_texts
@@ -30,7 +30,7 @@ class TritonPythonModel:
                                        params.int("pad_to_multiple"), params.str("prefix"), int(eos) if eos else None)
         self.admission = None  # the clients' tokenizer: no tickets, and it never clears the ensembles' table
         if "admission_ticket" in self.output_names:
-            self.admission = Admission(table_path(), params.int("admission_max_rows"), float(params.str("admission_ttl_s")))
+            self.admission = Admission(table_path(), float(params.str("admission_budget_ms")), float(params.str("admission_ttl_s")))
             self.admission.reset()  # a reload follows a dead stub: the tickets it held are lost
 
     def parse(self, request):
@@ -40,11 +40,10 @@ class TritonPythonModel:
         texts = decode_texts(raw.reshape(-1), self.max_chars, field=self.text_name)
         if self.admission is None:
             return texts, None
-        ticket, in_flight = self.admission.admit(len(texts))
-        if self.admission.limit_rows and not ticket:
-            raise Overloaded(f"server at its admission limit: admission_max_rows is {self.admission.limit_rows}, "
-                             f"{in_flight} rows are in flight and this request has {len(texts)}; retry with backoff")
-        return texts, ticket
+        decision = self.admission.admit(len(texts), request.timeout())
+        if self.admission.budget_ms and not decision.ticket:
+            raise Overloaded(refusal(decision, len(texts), self.admission.budget_ms, request.timeout()))
+        return texts, decision.ticket
 
     def compute(self, batches):
         if self.admission is None:
