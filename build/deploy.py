@@ -258,12 +258,18 @@ def _republish(repository: Path, serving: int, failed: int, url: str, timeout_s:
 def _wait_ready(url: str, timeout_s: float) -> None:
     import time
 
+    from tritonclient.utils import InferenceServerException
+
     deadline = time.monotonic() + timeout_s
     with _client(url) as client:
-        while not client.is_server_ready():
-            if time.monotonic() > deadline:
-                raise DeployError(f"the server at {url} did not report ready within {timeout_s:.0f} s")
-            time.sleep(0.1)
+        try:
+            while not client.is_server_ready():
+                if time.monotonic() > deadline:
+                    raise DeployError(f"the server at {url} did not report ready within {timeout_s:.0f} s")
+                time.sleep(0.1)
+        except InferenceServerException as e:
+            raise DeployError(f"the server at {url} stopped answering while the deploy waited for it to be ready "
+                              f"({e.message()}); its config pins the new version, which it serves once restarted") from None
 
 
 def rollback(repository: Path, url: str, timeout_s: float = 300.0) -> int:

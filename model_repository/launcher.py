@@ -192,7 +192,8 @@ class ServerConfig:
 
 ADMIN_HEADER = supervisor.ADMIN_HEADER  # "sn-admin-key"; HTTP clients send it as is
 GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"  # Triton's gRPC front end expects this prefix
-RESTRICTED = "model-repository,shared-memory"
+RESTRICTED = supervisor.RESTRICTED
+restriction_flags = supervisor.restriction_flags  # the one format, shared with the image's entrypoint
 
 
 def check_exposure(config: ServerConfig) -> None:
@@ -225,12 +226,6 @@ def security_flags(config: ServerConfig) -> list[str]:
     if config.admin_key:
         flags += restriction_flags(config.admin_key)
     return flags
-
-
-def restriction_flags(admin_key: str) -> list[str]:
-    """Model control and shared-memory registration behind the admin header, on gRPC and HTTP."""
-    return [f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={admin_key}",
-            f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={admin_key}"]
 
 
 class TritonServer:

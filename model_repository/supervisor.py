@@ -21,6 +21,11 @@ A server killed outright cannot unlink its python-backend shared memory or its s
 Servers we start name their regions after themselves (``region_flag``) so that nothing another
 server uses is touched.
 
+Run as the image's entrypoint (``main``), it also keeps model control closed unless asked: a tritonserver
+command with no restricted protocol of its own gets model control and shared-memory registration put
+behind the admin header, with ``SN_ADMIN_KEY``'s key where one is given and otherwise with a random key
+only the supervisor holds (it still reloads dead stubs; no client can load or unload).
+
 Standard library only: the serving image runs it as ``python3 supervisor.py [options] -- tritonserver ...``
 (deploy/Dockerfile, the k8s manifests); ``python -m model_repository serve`` runs it as a thread.
 """
@@ -33,6 +38,7 @@ import fcntl
 import http.server
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -46,6 +52,7 @@ from pathlib import Path
 STUB = "triton_python_backend_stub"
 RESTART_PARAMETER = "sn_supervisor_restart"  # the one config field a restart changes
 ADMIN_HEADER = "sn-admin-key"  # the launcher's; a restricted repository API needs it
+RESTRICTED = "model-repository,shared-memory"  # the protocols behind the admin header
 IMAGE_PATH = "/opt/scalingnote/supervisor.py"  # where deploy/Dockerfile puts this file
 # What the image and the k8s manifests put before tritonserver; in a pod, /metrics (port 8003) is scraped from outside.
 IMAGE_COMMAND = ["python3", IMAGE_PATH, "--metrics-address=0.0.0.0", "--"]
@@ -56,6 +63,7 @@ class Stub:
     pid: int
     model: str
     instance: str
+    version: str = ""  # the version folder its model.py runs from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +103,7 @@ def living_stubs(server_pid: int) -> dict[int, Stub]:
         if len(args) > 8 and Path(args[0]).name == STUB:
             model = Path(args[1]).parent.parent.name
             if args[8] != model:  # named after the model itself: the short-lived stub a load runs its config through
-                stubs[pid] = Stub(pid, model, args[8])
+                stubs[pid] = Stub(pid, model, args[8], Path(args[1]).parent.name)
     return stubs
 
 
@@ -116,6 +124,10 @@ class Repository:
     def ready_models(self) -> set[str]:
         return {m["name"] for m in json.loads(self._call("/v2/repository/index", {"ready": True}))
                 if m.get("state") == "READY"}
+
+    def states(self) -> dict[tuple[str, str], str]:
+        """(model, version) -> Triton's state of it (READY, LOADING, UNLOADING, UNAVAILABLE)."""
+        return {(m["name"], str(m.get("version", ""))): m.get("state", "") for m in json.loads(self._call("/v2/repository/index", {}))}
 
     def reload(self, model: str, generation: int) -> None:
         """Rebuild every instance of ``model`` from the config it serves with now."""
@@ -220,21 +232,29 @@ class StubSupervisor(threading.Thread):
     """Watches ``server``'s stubs every ``interval_s`` until stop() or the server exits."""
 
     def __init__(self, server: subprocess.Popen, repository: Repository, *, interval_s: float = 0.25,
-                 grace_s: float = 0.5, max_attempts: int = 3, log=print):
+                 grace_s: float = 0.5, max_attempts: int = 3, stuck_s: float = 10.0, log=print):
         super().__init__(name="stub-supervisor", daemon=True)
         self.server, self.repository = server, repository
-        self.interval_s, self.grace_s, self.max_attempts = interval_s, grace_s, max_attempts
+        self.interval_s, self.grace_s, self.max_attempts, self.stuck_s = interval_s, grace_s, max_attempts, stuck_s
         self.log = log
         self.events: list[Event] = []
         self._known: dict[str, str] = {}  # instance -> model, for every instance ever seen alive
         self._missing_since: dict[str, float] = {}  # instance -> when it was first seen without a stub
+        # Every stub seen alive, by pid. One that turns into a zombie child of the server died on its own (Triton
+        # reaps a stub only when it unloads it): that catches a dead stub of a version being retired, whose
+        # instance name a new version's stub already carries (a stub killed during an index deploy's load).
+        self._stubs: dict[int, Stub] = {}
+        self._dead_since: dict[int, float] = {}  # pid -> when it was first seen dead, not yet reaped
+        self._reloaded_for: set[int] = set()  # dead stubs a reload was already made for
         self._generation = 0
         self._failures: dict[str, int] = {}
         self._next_try: dict[str, float] = {}  # model -> not before (backoff after a failed reload)
         self._halt = threading.Event()
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (model, event kind) -> times
         # Seen now, while the server is ready: a stub that dies before the first check still counts.
-        self._known.update({stub.instance: stub.model for stub in living_stubs(server.pid).values()})
+        seen = living_stubs(server.pid)
+        self._stubs.update(seen)
+        self._known.update({stub.instance: stub.model for stub in seen.values()})
         self.instances: dict[str, int] = dict(collections.Counter(self._known.values()))  # model -> living stubs
 
     def stop(self) -> None:
@@ -252,24 +272,48 @@ class StubSupervisor(threading.Thread):
             except Exception as e:  # a probe that failed once must not end the supervision
                 self.log(f"supervisor: check failed: {e!r}", flush=True)
 
+    def _dead_stubs(self, living: dict[int, Stub], now: float) -> dict[str, list[str]]:
+        """model -> the stubs of it that died on their own over ``grace_s`` ago and no reload was made for."""
+        self._stubs.update(living)
+        lost: dict[str, list[str]] = {}
+        for pid, stub in list(self._stubs.items()):
+            if pid in living:
+                continue
+            stat = _stat(pid)
+            if stat is None or stat[1] != self.server.pid or stat[0] != "Z":  # reaped: unloaded by Triton
+                self._stubs.pop(pid)
+                self._dead_since.pop(pid, None)
+                self._reloaded_for.discard(pid)
+                continue
+            if now - self._dead_since.setdefault(pid, now) >= self.grace_s and pid not in self._reloaded_for:
+                lost.setdefault(stub.model, []).append(f"{stub.instance} (pid {pid}, dead)")
+        return lost
+
     def check(self) -> None:
-        alive = {stub.instance: stub.model for stub in living_stubs(self.server.pid).values()}
+        living = living_stubs(self.server.pid)
+        now = time.monotonic()
+        dead = self._dead_stubs(living, now)
+        alive = {stub.instance: stub.model for stub in living.values()}
         self._known.update(alive)
         self.instances = dict(collections.Counter(alive.values()))
-        now = time.monotonic()
         for instance in list(self._missing_since):
             if instance in alive:
                 del self._missing_since[instance]
-        lost = {}
+        lost = dict(dead)
         for instance, model in self._known.items():
             if instance not in alive:
                 since = self._missing_since.setdefault(instance, now)
-                if now - since >= self.grace_s:
+                if now - since >= self.grace_s and instance not in {i.split(" ")[0] for i in lost.get(model, [])}:
                     lost.setdefault(model, []).append(instance)
-        if not lost:
+        if not lost and not self._dead_since:
             return
-        ready = self.repository.ready_models()
+        states = self.repository.states()
+        if self._stuck(states, now):
+            return
+        ready = {m for (m, _), state in states.items() if state == "READY"}
         for model, instances in lost.items():
+            if any(m == model and state == "LOADING" for (m, _), state in states.items()):
+                continue  # a load is on (an index deploy): the config it serves is about to change; look again after
             if model not in ready:  # unloaded on purpose: its instances are gone for good
                 for instance in instances:
                     self._known.pop(instance, None)
@@ -277,6 +321,19 @@ class StubSupervisor(threading.Thread):
                 continue
             if now >= self._next_try.get(model, 0.0):
                 self._restart(model, instances)
+
+    def _stuck(self, states: dict[tuple[str, str], str], now: float) -> bool:
+        """A version whose stub died with requests in flight never finishes unloading (Triton 2.51 never
+        completes those requests; strict readiness stays false for good): once one has been UNLOADING for
+        ``stuck_s``, stop the server, so that it is restarted with the version its config pins."""
+        for pid, since in self._dead_since.items():
+            stub = self._stubs.get(pid)
+            if stub and states.get((stub.model, stub.version)) == "UNLOADING" and now - since >= self.stuck_s:
+                self._event("gave_up", stub.model, f"version {stub.version} cannot finish unloading: its stub (pid {pid}) died "
+                            "with requests in flight; stopping the server so that it restarts with the version its config pins")
+                terminate(self.server)
+                return True
+        return False
 
     def _restart(self, model: str, instances: list[str]) -> None:
         self._event("crashed", model, f"no living stub for {', '.join(sorted(instances))}")
@@ -295,8 +352,9 @@ class StubSupervisor(threading.Thread):
         self._failures.pop(model, None)
         self._next_try.pop(model, None)
         for instance in instances:  # the new stubs bring their names back on the next check
-            self._known.pop(instance, None)
-            self._missing_since.pop(instance, None)
+            self._known.pop(instance.split(" ")[0], None)
+            self._missing_since.pop(instance.split(" ")[0], None)
+        self._reloaded_for |= {pid for pid, stub in self._stubs.items() if stub.model == model and pid in self._dead_since}
         clear_admission(self.server.pid)
         self._event("restarted", model)
 
@@ -334,6 +392,25 @@ class StubSupervisor(threading.Thread):
         return server
 
 
+def restriction_flags(admin_key: str) -> list[str]:
+    """Model control and shared-memory registration behind the admin header, on gRPC and HTTP."""
+    return [f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={admin_key}",
+            f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={admin_key}"]
+
+
+def closed_model_control(command: list[str], admin_key: str | None) -> tuple[list[str], str | None, str]:
+    """The image's rule: a tritonserver that restricts nothing itself gets model control behind the admin
+    key, ``admin_key`` or else a random one that only this process knows. -> (command, the key the
+    supervisor's reloads send, what was done)."""
+    if Path(command[0]).name != "tritonserver" or any(a.startswith(("--grpc-restricted-protocol", "--http-restricted-api")) for a in command):
+        return command, admin_key, "model control as the command sets it"
+    if admin_key:
+        return [*command, *restriction_flags(admin_key)], admin_key, "model control needs the header sn-admin-key (SN_ADMIN_KEY)"
+    key = secrets.token_hex(24)
+    return ([*command, *restriction_flags(key)], key,
+            "model control closed to clients (no SN_ADMIN_KEY): set SN_ADMIN_KEY to load, unload and deploy indexes")
+
+
 def terminate(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
     if process.poll() is not None:
         return
@@ -359,13 +436,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give the server's command line after --")
     if Path(command[0]).name == "tritonserver" and not any("shm-region-prefix-name" in a for a in command):
         command = [*command, region_flag(f"s{os.getpid()}")]  # our prefix, so that a later start can tell its leftovers
+    command, admin_key, control = closed_model_control(command, args.admin_key)
+    print(f"supervisor: {control}", file=sys.stderr, flush=True)
     swept = sweep_shm()
     if swept:
         print(f"supervisor: removed {len(swept)} shared-memory files that servers which died left behind", file=sys.stderr, flush=True)
     server = subprocess.Popen(command)
     for sig in (signal.SIGINT, signal.SIGTERM):  # the orchestrator's stop reaches the server, which drains
         signal.signal(sig, lambda s, _: server.send_signal(s))
-    supervisor = StubSupervisor(server, Repository(args.http_url, args.admin_key), max_attempts=args.max_attempts)
+    supervisor = StubSupervisor(server, Repository(args.http_url, admin_key), max_attempts=args.max_attempts)
     supervisor.start()
     if args.metrics_port:
         supervisor.serve_metrics(args.metrics_address, args.metrics_port)

@@ -238,3 +238,87 @@ def test_a_deploy_interrupted_midway_changes_nothing_served_and_the_next_one_suc
 
 def load_index_version(folder) -> str:
     return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["index_version"]
+
+
+def _index_stubs(server) -> dict[int, int]:
+    """Living mips_topk stubs: pid -> the version folder its model.py runs from (the stub's first argument)."""
+    from pathlib import Path
+
+    from model_repository.supervisor import living_stubs
+
+    out = {}
+    for stub in living_stubs(server.process.pid).values():
+        if stub.model == "mips_topk":
+            try:
+                args = Path(f"/proc/{stub.pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:  # gone meanwhile
+                continue
+            out[stub.pid] = int(Path(args[1]).parent.name)
+    return out
+
+
+def test_a_stub_killed_during_a_deploys_own_load_ends_with_one_version_serving(repository, indexes, tmp_path):
+    """The serving search stub is killed while a deploy's new version loads. The supervisor does not race
+    the deploy with a reload of the old config; the old version, whose dead stub held requests, can never
+    finish unloading (Triton 2.51 never completes those requests, and strict readiness stays false), so
+    the supervisor stops the server within its stuck_s, and the deploy says so instead of hanging. Started
+    again on the same repository, as an orchestrator would, the server is ready with one version of
+    mips_topk, the new one, and every call answers from its index; no call failed before the kill."""
+    import os
+    import signal
+    import threading
+
+    import tritonclient.grpc as grpcclient
+
+    repo = linked_copy(repository, tmp_path)
+    server = start_server(repo, tmp_path / "work")
+    texts = ["how do I copy a file", "what is a generator", "how do I read a file line by line", "what is a lambda"]
+
+    def call(client, i):
+        r = client.retrieve([texts[i % len(texts)]], k=K)
+        return r.index_version, [h.key for h in r.hits[0]]
+
+    outcome: dict = {}
+
+    def deploy_b():
+        try:
+            outcome["version"] = deploy.deploy_index(repo, indexes["B"], server.grpc_url, timeout_s=90)
+        except deploy.DeployError as e:
+            outcome["error"] = str(e)
+
+    try:
+        with Traffic(server.grpc_url, call, clients=CLIENTS) as traffic:
+            time.sleep(2.0)
+            old = _index_stubs(server)
+            assert sorted(old.values()) == [1], old
+            deploying = threading.Thread(target=deploy_b)
+            deploying.start()
+            deadline = time.monotonic() + 60
+            while 2 not in _index_stubs(server).values():  # the new version's instance is starting: the load is on
+                assert time.monotonic() < deadline and deploying.is_alive(), "the new version never started loading"
+                time.sleep(0.01)
+            killed_at = time.monotonic()
+            for pid in old:
+                os.kill(pid, signal.SIGKILL)
+            deploying.join(120)
+            assert not deploying.is_alive(), "the deploy never returned"
+            events = [(e.kind, e.model) for e in server.supervisor.events] if server.supervisor else []
+            if server.process.poll() is not None or not server.is_ready():
+                assert ("gave_up", "mips_topk") in events, (outcome, events, _lifecycle(server))
+                assert "stopped answering while the deploy waited" in outcome.get("error", ""), outcome
+                server.stop()
+                server = start_server(repo, tmp_path / "work")  # what the orchestrator does
+        assert not [c for c in traffic.failures if c.end < killed_at], "calls failed before the kill"
+        with Traffic(server.grpc_url, call, clients=CLIENTS) as after:  # the server that serves now
+            time.sleep(3.0)
+        write_result("stub-killed-during-deploy", {"deploy": outcome, "supervisor": events, "during": traffic.summary(killed_at),
+                                                   "after": after.summary()})
+        assert not after.failures and len(after.calls) > 4 * CLIENTS, after.summary()
+        control = grpcclient.InferenceServerClient(server.grpc_url)
+        index = control.get_model_repository_index(as_json=True).get("models", [])
+        control.close()
+        ready = sorted(int(m["version"]) for m in index if m.get("name") == "mips_topk" and m.get("state") == "READY")
+        assert ready == [2] and server.is_ready(), f"ready versions of mips_topk {ready}; the deploy said {outcome}"
+        assert {c.value[0] for c in after.calls} == {load_index_version(indexes["B"])}
+    finally:
+        server.stop()

@@ -181,7 +181,9 @@ def test_the_client_raises_every_other_error_at_once(server):
 
 def test_the_image_entrypoint_supervises_a_server_it_starts(repository, tmp_path):
     """deploy/Dockerfile and the k8s pods run `python3 supervisor.py -- tritonserver ...`: run that very
-    command line (stdlib only, as a script), kill a stub, see it come back; SIGTERM stops both."""
+    command line (stdlib only, as a script) with no SN_ADMIN_KEY: model control is closed to clients (an
+    unauthenticated load is refused, inference is answered), yet a killed stub comes back, since the
+    supervisor holds the key it made. SIGTERM stops both."""
     import subprocess
     import sys
 
@@ -196,9 +198,18 @@ def test_the_image_entrypoint_supervises_a_server_it_starts(repository, tmp_path
                *IMAGE_COMMAND[2:-1], "--metrics-address=127.0.0.1", f"--metrics-port={metrics}", "--",
                *server.command(prepare_backends(tmp_path))]
     log = open(tmp_path / "supervisor.log", "wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
+    env = {k: v for k, v in server_env().items() if k != "SN_ADMIN_KEY"}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         _wait_for(server.is_ready, 120, "the supervised server's readiness")
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        control = grpcclient.InferenceServerClient(server.grpc_url)
+        with pytest.raises(InferenceServerException, match=r"This protocol is restricted, expecting header"):
+            control.load_model("mips_topk")
+        control.close()
+        assert b"model control closed to clients (no SN_ADMIN_KEY)" in (tmp_path / "supervisor.log").read_bytes()
         tritonserver = [int(p) for p in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()]
         assert len(tritonserver) == 1
         server.process = type("P", (), {"pid": tritonserver[0]})()
@@ -217,6 +228,20 @@ def test_the_image_entrypoint_supervises_a_server_it_starts(repository, tmp_path
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
+
+
+def test_the_image_entrypoint_closes_model_control_unless_the_command_or_a_key_opens_it():
+    from model_repository.supervisor import closed_model_control, restriction_flags
+
+    server = ["/opt/tritonserver/bin/tritonserver", "--model-repository=/models", "--model-control-mode=explicit"]
+    keyed, key, _ = closed_model_control(server, "s3cret")
+    assert keyed == [*server, *restriction_flags("s3cret")] and key == "s3cret"
+    closed, secret, said = closed_model_control(server, None)
+    assert closed == [*server, *restriction_flags(secret)] and len(secret) == 48 and "closed to clients" in said
+    assert closed_model_control(server, None)[1] != secret  # a new key each start
+    k8s = [*server, *restriction_flags("$(SN_ADMIN_KEY)")]  # the manifests restrict it themselves
+    assert closed_model_control(k8s, "s3cret")[0] == k8s
+    assert closed_model_control(["python3", "other.py"], None)[0] == ["python3", "other.py"]
 
 
 def _shm(prefix: str = "") -> set[str]:
