@@ -13,6 +13,7 @@ class BuildConfig:
     artifacts: Path = dataclasses.field(default=Path("artifacts"), metadata={"help": "where every generated file goes (git-ignored)"})
     corpus: Path | None = dataclasses.field(default=None, metadata={"help": "corpus JSONL with id, title, text; default: the Python 3.11 docs from Debian"})
     deb: Path | None = dataclasses.field(default=None, metadata={"help": "a local python3.11-doc .deb to use instead of apt-get download"})
+    accept_unpinned: bool = dataclasses.field(default=False, metadata={"help": "build the default corpus from another python3.11-doc than training/sources.lock.json pins, when the pinned one cannot be had (recorded as pinned: false); without it that is an error"})
     query_tower: Path | None = dataclasses.field(default=None, metadata={"help": "query tower checkpoint folder (Hugging Face); default: packaged all-MiniLM-L6-v2"})
     doc_tower: Path | None = dataclasses.field(default=None, metadata={"help": "doc tower checkpoint folder; default: the query tower"})
     pooling: str = dataclasses.field(default="mean", metadata={"help": "mean, last_token or cls"})
@@ -31,6 +32,9 @@ class BuildConfig:
 
 def _add_fields(parser, cls) -> None:
     for f in dataclasses.fields(cls):
+        if f.type == "bool":
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true", help=f.metadata["help"].replace('%', '%%'))
+            continue
         arg_type = {"int": int, "str": str, "float": float}.get(f.type, Path)  # annotations are strings here
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=arg_type, default=f.default,
                             help=f"{f.metadata['help']} (default: {f.default})".replace('%', '%%'))  # argparse formats help with %

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -55,12 +57,41 @@ def test_lock_refuses_a_pinned_version_with_another_checksum(tmp_path):
         check_lock(fake)
 
 
-def test_lock_accepts_and_records_a_newer_point_release(tmp_path, capsys):
+def test_lock_refuses_another_point_release_unless_it_is_accepted_and_then_records_it(tmp_path, capsys):
     newer = tmp_path / "python3.11-doc_3.11.2-6+deb12u99_all.deb"
     newer.write_bytes(b"a later upload")
-    source = check_lock(newer)
+    with pytest.raises(CorpusError, match=r"3.11.2-6\+deb12u99 is not the pinned .*Pass --accept-unpinned"):
+        check_lock(newer)
+    source = check_lock(newer, accept_unpinned=True)
     assert source["version"] == "3.11.2-6+deb12u99" and source["pinned"] is False and len(source["sha256"]) == 64
     assert "is not the pinned" in capsys.readouterr().err
+
+
+def test_a_pin_apt_cannot_supply_refreshes_the_lists_once_then_fails_the_build(tmp_path, monkeypatch):
+    """Lists older than the pin offer only older versions: apt-get update once, then the pinned version
+    again; still missing, the build stops (a warning let a fresh machine build another corpus). With
+    --accept-unpinned the newest version is used instead. apt-get here is a stand-in that always fails
+    and writes down how it was called."""
+    from training.corpus import fetch_deb
+
+    lock = json.loads((ROOT / "training" / "sources.lock.json").read_text(encoding="utf-8"))["python3.11-doc"]
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho "E: Version not found" >&2\nexit 100\n')
+    (bin_dir / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    older = cache / "python3.11-doc_3.11.2-6+deb12u1_all.deb"
+    older.write_bytes(b"an older point release")
+    with pytest.raises(CorpusError, match=rf"pins version {re.escape(lock['version'])}, and apt-get cannot download it even after "
+                                          r"apt-get update .*Version not found.*pass --accept-unpinned"):
+        fetch_deb(cache)
+    pinned = f"download python3.11-doc={lock['version']}"
+    assert calls.read_text().splitlines() == [pinned, "update -qq", pinned]
+    calls.unlink()
+    assert fetch_deb(cache, accept_unpinned=True) == older
+    assert calls.read_text().splitlines() == [pinned, "update -qq", pinned]
 
 
 def test_export_recorded_its_check_against_pytorch(render_info):

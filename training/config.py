@@ -110,6 +110,7 @@ class DataConfig:
     test_queries: int = 1000
     faq_distractors: int = 1500
     wordnet_queries: int = 1000
+    accept_unpinned: bool = False  # build from another python3.11-doc than sources.lock.json pins (else: an error)
 
 
 @dataclasses.dataclass

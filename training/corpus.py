@@ -6,9 +6,10 @@ Queries JSONL (evaluation and tests): ``{"query": str, "positive": id}``.
 The default corpus is real text nobody here wrote: the reStructuredText sources of
 the Python 3.11 documentation, split into sections, plus the Python FAQ, whose
 questions become queries with their answer as the relevant document. The .deb comes
-from apt and is cached; its sha256 is checked against ``sources.lock.json`` (a
-different sha256 for the pinned version is an error; a newer Debian point release
-is reported and recorded in the corpus manifest).
+from apt and is cached; the version ``sources.lock.json`` pins is the one used, and its
+sha256 is checked. Another version (apt no longer offers the pinned one) fails the build,
+unless the caller accepts it explicitly (``--accept-unpinned``); then it is reported and
+recorded in the corpus manifest.
 """
 from __future__ import annotations
 
@@ -144,23 +145,33 @@ def cached_deb(cache: Path, package: str, version: str = "*") -> Path | None:
     return found[-1] if found else None
 
 
-def fetch_deb(cache: Path, package: str = DOC_PACKAGE) -> Path:
-    """apt-get download into ``cache`` (once); refresh apt lists if apt does not know the package.
+def fetch_deb(cache: Path, package: str = DOC_PACKAGE, accept_unpinned: bool = False) -> Path:
+    """apt-get download into ``cache`` (once), refreshing apt's lists once if apt does not offer it.
 
     A package the lock pins is fetched at the pinned version (``apt-get download pkg=version``), and a
     cached copy of another version does not stand in for it: a cache left by an older point release
-    would silently change the corpus. Only if apt cannot give the pinned version is the newest cached
-    or downloadable one used (``check_lock`` then warns and records it)."""
+    would silently change the corpus. If apt cannot give the pinned version even after ``apt-get
+    update``, that is an error, unless ``accept_unpinned``: then the newest cached or downloadable one
+    is used (``check_lock`` reports and records it)."""
     cache.mkdir(parents=True, exist_ok=True)
     pin = locked(package)
     if pin:
         if deb := cached_deb(cache, package, pin["version"]):
             return deb
-        r = subprocess.run(["apt-get", "download", f"{package}={pin['version']}"], cwd=cache, capture_output=True, text=True)
-        if r.returncode == 0 and (deb := cached_deb(cache, package, pin["version"])):
-            return deb
-        print(f"apt-get download {package}={pin['version']} failed ({r.stderr.strip()[-200:]}); trying the newest version",
-              file=sys.stderr)
+        for attempt in range(2):
+            r = subprocess.run(["apt-get", "download", f"{package}={pin['version']}"], cwd=cache, capture_output=True, text=True)
+            if r.returncode == 0 and (deb := cached_deb(cache, package, pin["version"])):
+                return deb
+            if attempt == 0:  # lists older than the pin offer only older versions
+                print(f"apt-get download {package}={pin['version']} failed; running apt-get update once", file=sys.stderr)
+                subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+        if not accept_unpinned:
+            raise CorpusError(
+                f"{package}: sources.lock.json pins version {pin['version']}, and apt-get cannot download it even after "
+                f"apt-get update ({r.stderr.strip()[-300:]}). Another version changes the corpus, so the build stops: "
+                f"pass --accept-unpinned to use the newest version apt offers (recorded as pinned: false), or a local "
+                f"copy of the pinned .deb with --deb PATH")
+        print(f"{package}: the pinned {pin['version']} cannot be had; --accept-unpinned: trying the newest version", file=sys.stderr)
     if deb := cached_deb(cache, package):
         return deb
     for attempt in range(2):
@@ -176,16 +187,21 @@ def fetch_deb(cache: Path, package: str = DOC_PACKAGE) -> Path:
     )
 
 
-def check_lock(deb: Path) -> dict:
+def check_lock(deb: Path, accept_unpinned: bool = False) -> dict:
+    """The .deb's source record; its version must be the pinned one (with the pinned sha256), unless
+    ``accept_unpinned``, which reports another version and records it as not pinned."""
     lock = locked(DOC_PACKAGE)
     version = deb.name.split("_")[1]
     actual = sha256_file(deb)
     if version == lock["version"] and actual != lock["sha256"]:
         raise CorpusError(f"{deb}: sha256 must be {lock['sha256']} for version {version}; got {actual}")
     if version != lock["version"]:
+        if not accept_unpinned:
+            raise CorpusError(f"{deb}: {DOC_PACKAGE} {version} is not the pinned {lock['version']} (sources.lock.json); "
+                              f"another version changes the corpus. Pass --accept-unpinned to build from it anyway")
         print(
             f"warning: {DOC_PACKAGE} {version} is not the pinned {lock['version']} (a Debian point release); "
-            f"using it and recording sha256 {actual} in the corpus manifest",
+            f"--accept-unpinned: using it and recording sha256 {actual} in the corpus manifest",
             file=sys.stderr,
         )
     return {"package": DOC_PACKAGE, "version": version, "sha256": actual, "pinned": version == lock["version"]}
@@ -208,10 +224,10 @@ def is_built(folder: Path) -> bool:
     )
 
 
-def build_python_docs(out: Path, cache: Path, deb: Path | None = None) -> dict:
+def build_python_docs(out: Path, cache: Path, deb: Path | None = None, accept_unpinned: bool = False) -> dict:
     """Build corpus.jsonl + queries.jsonl + manifest.json in ``out`` from python3.11-doc."""
-    deb = deb or fetch_deb(cache)
-    source = check_lock(deb)
+    deb = deb or fetch_deb(cache, accept_unpinned=accept_unpinned)
+    source = check_lock(deb, accept_unpinned)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
         docs, queries = docs_from_sources(Path(tmp) / SOURCES)

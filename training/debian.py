@@ -237,13 +237,13 @@ def _release_dates() -> dict:
     return dates
 
 
-def build_faq(out: Path, cache: Path, distractors: int) -> tuple[dict, list[dict]]:
+def build_faq(out: Path, cache: Path, distractors: int, accept_unpinned: bool = False) -> tuple[dict, list[dict]]:
     """FAQ questions -> answers (no titles) among other documentation sections, split by a hash
     of the normalised question into dev (FAQ_DEV_SHARE) and test, so that "...in C?" and
     "...in C++?" land together. -> (manifest, every documentation section)."""
     docs_folder = cache.parent / "corpus" / "python-docs"
     if not is_built(docs_folder):
-        build_python_docs(docs_folder, cache)
+        build_python_docs(docs_folder, cache, accept_unpinned=accept_unpinned)
     docs = read_corpus(docs_folder / "corpus.jsonl")
     queries = [json.loads(line) for line in (docs_folder / "queries.jsonl").read_text(encoding="utf-8").splitlines() if line]
     answers = {q["positive"] for q in queries}
@@ -350,11 +350,12 @@ def _drop_held_out(rows: list[dict], fields: tuple[str, ...], held: set[str]) ->
 
 
 def build_all(out: Path, cache: Path, corpus_size: int = 5000, test_queries: int = 1000, faq_distractors: int = 1500,
-              wordnet_queries: int = 1000) -> dict:
-    """Every held-out set first, then training and distillation text with every held-out text removed."""
+              wordnet_queries: int = 1000, accept_unpinned: bool = False) -> dict:
+    """Every held-out set first, then training and distillation text with every held-out text removed.
+    ``accept_unpinned``: build from another python3.11-doc than the pinned one (training.corpus.fetch_deb)."""
     out.mkdir(parents=True, exist_ok=True)
     manifest, train = build_debian(out, corpus_size, test_queries)
-    faq, docs = build_faq(out, cache, faq_distractors)
+    faq, docs = build_faq(out, cache, faq_distractors, accept_unpinned)
     manifest.update(faq)
     manifest.update(build_wordnet(out, cache, wordnet_queries, corpus_size))
     held: set[str] = set()
@@ -365,7 +366,7 @@ def build_all(out: Path, cache: Path, corpus_size: int = 5000, test_queries: int
     foldoc, foldoc_source = lexicons.read_foldoc_headwords(cache)
     words, words_source = lexicons.read_words(cache)
     faq_questions, faq_source = lexicons.read_debian_faq_questions(cache)
-    index_terms = python_index_terms(fetch_deb(cache))
+    index_terms = python_index_terms(fetch_deb(cache, accept_unpinned=accept_unpinned))
     distill = distillation_texts(train, docs, foldoc, index_terms, words, faq_questions, read_rows(out / "faq_corpus.jsonl"))
     distill, distill_dropped = _drop_held_out(distill + questions.templated_questions(distill, words), ("query",), held)
     seen: set[str] = set()

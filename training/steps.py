@@ -22,7 +22,7 @@ def data_step(c: RunConfig) -> Path:
     sizes = (d.corpus_size, d.test_queries, d.faq_distractors, d.wordnet_queries)
     if d.build == "debian" and not debian.is_current(folder, *sizes):
         log(f"building the Debian demo data into {folder}")
-        m = debian.build_all(folder, Path("artifacts/cache"), *sizes)
+        m = debian.build_all(folder, Path("artifacts/cache"), *sizes, accept_unpinned=d.accept_unpinned)
         log(f"pairs {m['pairs']} from {m['clusters']} clusters; eval corpus {m['corpus_documents']} docs; "
             f"FAQ {m['faq_queries']} queries over {m['faq_documents']} docs; WordNet {m['wordnet_queries']} over "
             f"{m['wordnet_documents']}; held-out text removed: {m['held_out_removed']}; "
