@@ -86,3 +86,12 @@ def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def save_result(result: dict, out: Path, plot) -> dict:
+    """``result`` as JSON at ``out`` and ``plot(result, png)`` beside it; -> ``result``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    plot(result, out.with_suffix(".png"))
+    return result

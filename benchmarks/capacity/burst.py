@@ -8,7 +8,6 @@ level, checks every answer against the one a single caller got for the same text
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from benchmarks.common import check_loopback, error_kind, read_queries
+from benchmarks.common import check_loopback, error_kind, read_queries, save_result
 from model_repository.runtime.provenance import git_commit, machine, pyplot, save_figure
 
 ANSWER = {"embed": "EMBEDDING", "retrieve": "DOC_IDS"}
@@ -91,11 +90,7 @@ def run(args: argparse.Namespace) -> dict:
         levels.append(level(args.grpc_url, args.model, texts, references, n, args.calls, args.k, args.grpc_timeout))
     result = {"model": args.model, "k": args.k, "levels": levels, "git_commit": git_commit(), "machine": machine(),
               "passed": all(lv["answered"] == lv["calls"] and lv["mismatched"] == 0 for lv in levels)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    plot(result, out.with_suffix(".png"))
-    return result
+    return save_result(result, args.out, plot)
 
 
 def markdown(result: dict) -> str:

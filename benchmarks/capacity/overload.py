@@ -16,12 +16,11 @@ The server's queue policy per model and the CPU pinning of generator and server 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 from benchmarks.load import openloop, triton_metrics
-from benchmarks.common import check_loopback, read_queries
+from benchmarks.common import check_loopback, read_queries, save_result
 from benchmarks.load.procs import pinned, server_processes
 from model_repository.runtime.cpus import cpus_allowed, parse_cpus
 from model_repository.runtime.provenance import git_commit, machine, save_figure
@@ -168,15 +167,11 @@ def _run(args: argparse.Namespace) -> dict:
         "verdict": verdicts(windows, storm, after, storm_summary, capacity, args),
         "queue_policy": queue_policies(args.grpc_url, args.model),
         "pinning": {"generator_cpus": sorted(os.sched_getaffinity(0)), "server_cpus": cpus_allowed(server_pid)},
-        "generator": "benchmarks/openloop.py: one asyncio loop, tritonclient.grpc.aio, Poisson arrivals",
+        "generator": "benchmarks/load/openloop.py: one asyncio loop, tritonclient.grpc.aio, Poisson arrivals",
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
         "git_commit": git_commit(), "machine": machine(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    plot(result, out.with_suffix(".png"))
-    return result
+    return save_result(result, args.out, plot)
 
 
 def format_windows(result: dict) -> str:
