@@ -2,7 +2,7 @@
 
 1. Capacity: ``--capacity-users`` closed-loop callers for ``--capacity-s`` (after a discarded
    warm-up of the same length); or ``--capacity-rps`` when already measured.
-2. Three phases, one open-loop run (``benchmarks/openloop.py``: arrivals never wait on answers):
+2. Three phases, one open-loop run (``benchmarks/load/openloop.py``: arrivals never wait on answers):
    calm (``--calm-fraction`` x capacity), storm (``--factor`` x capacity), calm again.
 3. Per ``--window-s`` window: offered and admitted rate, p50/p99 of the admitted and of the
    rejected, and how late the generator sent (its own health).
