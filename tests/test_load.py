@@ -95,10 +95,10 @@ def test_poisson_arrivals_offer_the_rate_within_their_own_noise(server, tmp_path
 
 
 def test_open_loop_users_keep_apart_not_in_lock_step_bursts(repository, tmp_path):
-    """Fixed intervals, 10 users at 20 req/s, against a repository that refuses a call with more than 15 ms of
-    predicted work ahead (about 2 rows): users that fire together (each spawned user's first call at once, and every 0.5 s after in
+    """Fixed intervals, 10 users at 20 req/s, against a repository that refuses a call with more than 40 ms of
+    predicted work ahead (about 3 rows): users that fire together (each spawned user's first call at once, and every 0.5 s after in
     lock-step) see most of each burst refused; users at random phases, 50 ms apart, see almost none."""
-    render_variant(tmp_path / "repo", repository, admission_budget_ms=15)
+    render_variant(tmp_path / "repo", repository, admission_budget_ms=40)
     srv = start_server(tmp_path / "repo", tmp_path / "work")
     try:
         result = run_load(load_args(srv, tmp_path, "--load-mode", "open", "--arrivals", "uniform", "--steps", "20",

@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
 from benchmarks.common import check_loopback, error_kind, read_queries, save_result
 from model_repository.runtime.provenance import git_commit, machine, pyplot, save_figure
@@ -23,6 +21,8 @@ ANSWER = {"embed": "EMBEDDING", "retrieve": "DOC_IDS"}
 
 
 def request(model: str, text: str, k: int) -> list:
+    import tritonclient.grpc as grpcclient  # here: `python -m benchmarks` starts where tritonclient is not installed (the GPU image)
+
     inputs = [grpcclient.InferInput("TEXT", [1, 1], "BYTES")]
     inputs[0].set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
     if model == "retrieve":
@@ -39,6 +39,9 @@ def same(model: str, answer: np.ndarray, reference: np.ndarray) -> bool:
 
 def level(url: str, model: str, texts: list[str], references: dict, clients: int, calls: int, k: int, timeout_s: float) -> dict:
     """``clients`` callers, ``calls`` each, back to back; every caller starts at a barrier."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
     barrier = threading.Barrier(clients)
     results: list[list] = [[] for _ in range(clients)]
 
@@ -78,6 +81,8 @@ def level(url: str, model: str, texts: list[str], references: dict, clients: int
 
 def run(args: argparse.Namespace) -> dict:
     check_loopback(args.grpc_url)
+    import tritonclient.grpc as grpcclient
+
     texts = read_queries(Path(args.queries))[: args.texts]
     client = grpcclient.InferenceServerClient(args.grpc_url)
     try:  # the single caller's answer to every text: what every level's answers must equal
