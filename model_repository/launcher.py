@@ -192,7 +192,6 @@ class ServerConfig:
 
 ADMIN_HEADER = supervisor.ADMIN_HEADER  # "sn-admin-key"; HTTP clients send it as is
 GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"  # Triton's gRPC front end expects this prefix
-RESTRICTED = supervisor.RESTRICTED
 restriction_flags = supervisor.restriction_flags  # the one format, shared with the image's entrypoint
 
 

@@ -121,10 +121,6 @@ class Repository:
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
             return response.read()
 
-    def ready_models(self) -> set[str]:
-        return {m["name"] for m in json.loads(self._call("/v2/repository/index", {"ready": True}))
-                if m.get("state") == "READY"}
-
     def states(self) -> dict[tuple[str, str], str]:
         """(model, version) -> Triton's state of it (READY, LOADING, UNLOADING, UNAVAILABLE)."""
         return {(m["name"], str(m.get("version", ""))): m.get("state", "") for m in json.loads(self._call("/v2/repository/index", {}))}
@@ -272,10 +268,11 @@ class StubSupervisor(threading.Thread):
             except Exception as e:  # a probe that failed once must not end the supervision
                 self.log(f"supervisor: check failed: {e!r}", flush=True)
 
-    def _dead_stubs(self, living: dict[int, Stub], now: float) -> dict[str, list[str]]:
-        """model -> the stubs of it that died on their own over ``grace_s`` ago and no reload was made for."""
+    def _dead_stubs(self, living: dict[int, Stub], now: float) -> dict[str, dict[str, str]]:
+        """model -> {instance: what was seen} for the stubs of it that died on their own over ``grace_s`` ago
+        and no reload was made for."""
         self._stubs.update(living)
-        lost: dict[str, list[str]] = {}
+        lost: dict[str, dict[str, str]] = {}
         for pid, stub in list(self._stubs.items()):
             if pid in living:
                 continue
@@ -286,7 +283,7 @@ class StubSupervisor(threading.Thread):
                 self._reloaded_for.discard(pid)
                 continue
             if now - self._dead_since.setdefault(pid, now) >= self.grace_s and pid not in self._reloaded_for:
-                lost.setdefault(stub.model, []).append(f"{stub.instance} (pid {pid}, dead)")
+                lost.setdefault(stub.model, {})[stub.instance] = f"{stub.instance} (pid {pid}, dead)"
         return lost
 
     def check(self) -> None:
@@ -299,12 +296,12 @@ class StubSupervisor(threading.Thread):
         for instance in list(self._missing_since):
             if instance in alive:
                 del self._missing_since[instance]
-        lost = dict(dead)
+        lost = dead  # model -> {instance: what was seen}
         for instance, model in self._known.items():
             if instance not in alive:
                 since = self._missing_since.setdefault(instance, now)
-                if now - since >= self.grace_s and instance not in {i.split(" ")[0] for i in lost.get(model, [])}:
-                    lost.setdefault(model, []).append(instance)
+                if now - since >= self.grace_s:
+                    lost.setdefault(model, {}).setdefault(instance, instance)
         if not lost and not self._dead_since:
             return
         states = self.repository.states()
@@ -335,8 +332,8 @@ class StubSupervisor(threading.Thread):
                 return True
         return False
 
-    def _restart(self, model: str, instances: list[str]) -> None:
-        self._event("crashed", model, f"no living stub for {', '.join(sorted(instances))}")
+    def _restart(self, model: str, instances: dict[str, str]) -> None:
+        self._event("crashed", model, f"no living stub for {', '.join(sorted(instances.values()))}")
         self._generation += 1
         try:
             self.repository.reload(model, self._generation)
@@ -352,8 +349,8 @@ class StubSupervisor(threading.Thread):
         self._failures.pop(model, None)
         self._next_try.pop(model, None)
         for instance in instances:  # the new stubs bring their names back on the next check
-            self._known.pop(instance.split(" ")[0], None)
-            self._missing_since.pop(instance.split(" ")[0], None)
+            self._known.pop(instance, None)
+            self._missing_since.pop(instance, None)
         self._reloaded_for |= {pid for pid, stub in self._stubs.items() if stub.model == model and pid in self._dead_since}
         clear_admission(self.server.pid)
         self._event("restarted", model)

@@ -15,8 +15,8 @@ divided by their rows, is one sample. With requests queued it is the time betwee
 server's cost of a row under load; with none queued it is one request's whole latency. The wait is
 predicted with the 90th percentile of the last ``SAMPLES`` samples: with the median, admitted waits sat
 at the budget on average and 20-30% above it at p99 (benchmarks/results/admission-wait-2026-12-07/),
-and a single stall (a paused stub) still moves it by no more than one sample. Until the first answer nothing is measured and every request
-is admitted.
+and a single stall (a paused stub) still moves it by no more than one sample. Until the first answer
+nothing is measured and every request is admitted.
 
 Each admitted request takes a ticket: a slot of a small table shared by the server's stubs (one file
 per tritonserver process) holding its ticket number, admission time and rows. An ``embed``
